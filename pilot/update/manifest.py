@@ -1,0 +1,261 @@
+"""The release manifest: bytes -> Manifest, freshness checks, and which release to install.
+
+Pure: no I/O, no clock of its own (callers pass `now`). Everything here raises
+ManifestError with a line fit for the user.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from pilot.errors import ManifestError
+from pilot.update.schema import quote_untrusted, validate
+
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class DeltaIndex:
+    url: str
+    size: int
+    sha256: str
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    python_tag: str
+    platform_tag: str
+    url: str
+    size: int
+    sha256: str
+    build_id: str | None = None
+    delta_index: DeltaIndex | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.python_tag}-{self.platform_tag}"
+
+
+@dataclass(frozen=True)
+class Release:
+    version: Version
+    released_at: datetime
+    artifacts: tuple[Artifact, ...]
+    notes: str = ""
+    yanked: bool = False
+    yanked_reason: str | None = None
+    rollout_percent: int = 100
+
+    def artifact_for(self, python_tag: str, platform_tag: str) -> Artifact | None:
+        for artifact in self.artifacts:
+            if (artifact.python_tag, artifact.platform_tag) == (python_tag, platform_tag):
+                return artifact
+        return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    product: str
+    channel: str
+    serial: int
+    issued_at: datetime
+    expires_at: datetime
+    releases: tuple[Release, ...]
+    keyset_version: int = 1
+    min_supported_version: Version | None = None
+
+    @property
+    def latest(self) -> Release | None:
+        """The newest release that is not yanked, whatever its platforms."""
+        candidates = [r for r in self.releases if not r.yanked]
+        return max(candidates, key=lambda r: r.version, default=None)
+
+
+@dataclass(frozen=True)
+class Choice:
+    release: Release
+    artifact: Artifact
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, bounded nesting."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{what}: not UTF-8 (byte {error.start})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno} column {error.colno}"
+        raise ManifestError(f"{what}: not valid JSON ({error.msg} at {where})") from None
+    except (RecursionError, ValueError) as error:
+        raise ManifestError(f"{what}: {error}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise ManifestError(f"{what}: nested too deeply")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {quote_untrusted(key)}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return 1 + max((_depth(child) for child in children), default=0)
+
+
+def parse_timestamp(text: str, what: str) -> datetime:
+    try:
+        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ManifestError(f"{what}: {quote_untrusted(text)} is not a real date") from None
+
+
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_version(text: str, what: str = "version") -> Version:
+    """A canonical PEP 440 public version, as the schema's `version` pattern allows."""
+    validate(text, "version", what=what)
+    try:
+        return Version(text)
+    except InvalidVersion:  # pragma: no cover - the pattern admits only valid versions
+        raise ManifestError(f"{what}: {quote_untrusted(text)} is not a PEP 440 version") from None
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Validate against manifest.schema.json, then the rules a schema cannot say."""
+    document = load_json(data, "manifest")
+    validate(document)
+    releases = tuple(_release(item, f"manifest.releases[{i}]") for i, item in enumerate(document["releases"]))
+    seen: set[Version] = set()
+    for release in releases:
+        if release.version in seen:
+            raise ManifestError(f"manifest: version {release.version} is listed twice")
+        seen.add(release.version)
+    manifest = Manifest(
+        product=document["product"],
+        channel=document["channel"],
+        serial=document["serial"],
+        issued_at=parse_timestamp(document["issued_at"], "manifest.issued_at"),
+        expires_at=parse_timestamp(document["expires_at"], "manifest.expires_at"),
+        releases=releases,
+        keyset_version=document.get("keyset_version", 1),
+        min_supported_version=(
+            Version(document["min_supported_version"]) if "min_supported_version" in document else None
+        ),
+    )
+    if manifest.expires_at <= manifest.issued_at:
+        raise ManifestError("manifest: expires_at is not after issued_at")
+    return manifest
+
+
+def _release(item: dict, what: str) -> Release:
+    artifacts = tuple(_artifact(a) for a in item["artifacts"])
+    tags = [a.tag for a in artifacts]
+    if len(set(tags)) != len(tags):
+        raise ManifestError(f"{what}: two artifacts for the same interpreter and platform")
+    return Release(
+        version=Version(item["version"]),
+        released_at=parse_timestamp(item["released_at"], f"{what}.released_at"),
+        artifacts=artifacts,
+        notes=item.get("notes", ""),
+        yanked=item.get("yanked", False),
+        yanked_reason=item.get("yanked_reason"),
+        rollout_percent=item.get("rollout_percent", 100),
+    )
+
+
+def _artifact(item: dict) -> Artifact:
+    delta = item.get("delta_index")
+    return Artifact(
+        python_tag=item["python_tag"],
+        platform_tag=item["platform_tag"],
+        url=item["url"],
+        size=item["size"],
+        sha256=item["sha256"],
+        build_id=item.get("build_id"),
+        delta_index=DeltaIndex(**delta) if delta else None,
+    )
+
+
+def check_manifest(
+    manifest: Manifest, *, product: str, channel: str, now: datetime, highest_serial: int
+) -> None:
+    """Refuse a manifest for something else, an expired one (freeze) or a replayed older one (rollback)."""
+    if manifest.product != product:
+        raise ManifestError(f"the manifest is for {quote_untrusted(manifest.product)}, not {product}")
+    if manifest.channel != channel:
+        raise ManifestError(f"the manifest is for channel {quote_untrusted(manifest.channel)}, not {channel}")
+    if manifest.serial < highest_serial:
+        raise ManifestError(
+            f"the manifest's serial {manifest.serial} is older than the {highest_serial} already seen "
+            "(a replayed manifest)"
+        )
+    if now >= manifest.expires_at:
+        raise ManifestError(
+            f"the manifest expired at {format_timestamp(manifest.expires_at)} "
+            "(the release server is stale or a mirror is replaying it)"
+        )
+
+
+def choose_update(
+    manifest: Manifest,
+    *,
+    current: Version,
+    python_tag: str,
+    platform_tag: str,
+    rollout_bucket: int = 0,
+    bad_versions: Iterable[Version] = (),
+    target: Version | None = None,
+) -> Choice | None:
+    """The release to install, or None when the current version is the newest one on offer.
+
+    Automatic choice takes the newest version above `current` that is not yanked, not
+    recorded as bad on this install and rolled out to this install's bucket. An explicit
+    `target` (`--to`) may name any listed version, even an older or a bad one, but never a yanked one.
+    """
+    if target is not None:
+        release = next((r for r in manifest.releases if r.version == target), None)
+        if release is None:
+            raise ManifestError(f"version {target} is not in the {manifest.channel} manifest")
+        if release.yanked:
+            raise ManifestError(f"version {target} was yanked: {release.yanked_reason or 'no reason given'}")
+        return Choice(release, _artifact_or_error(release, python_tag, platform_tag))
+    bad = set(bad_versions)
+    candidates = [
+        r for r in manifest.releases
+        if r.version > current and not r.yanked and r.version not in bad and rollout_bucket < r.rollout_percent
+    ]
+    if not candidates:
+        return None
+    release = max(candidates, key=lambda r: r.version)
+    return Choice(release, _artifact_or_error(release, python_tag, platform_tag))
+
+
+def _artifact_or_error(release: Release, python_tag: str, platform_tag: str) -> Artifact:
+    artifact = release.artifact_for(python_tag, platform_tag)
+    if artifact is None:
+        offered = ", ".join(a.tag for a in release.artifacts)
+        raise ManifestError(
+            f"version {release.version} has no build for {python_tag}-{platform_tag} (it has {offered})"
+        )
+    return artifact

@@ -1,0 +1,176 @@
+"""Ed25519 keys, key sets with a threshold, detached signatures and key rotation.
+
+Pure: bytes in, verdicts out. The trust anchor is the key set embedded in the archive at
+build time (`KeySet.embedded`); a later key set is trusted only through a chain of
+rotations each signed by the threshold of the set before it, re-walked from the anchor
+on every check, so nothing cached on disk is ever trusted on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from pilot.errors import ManifestError, VerificationError
+from pilot.update.manifest import load_json
+from pilot.update.schema import validate
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    keyid: str
+    raw: bytes
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> PublicKey:
+        return cls(keyid_for(raw), raw)
+
+    def to_json(self) -> dict:
+        return {"keyid": self.keyid, "scheme": "ed25519", "public": self.raw.hex()}
+
+
+@dataclass(frozen=True)
+class Signature:
+    keyid: str
+    sig: bytes
+
+
+@dataclass(frozen=True)
+class KeySet:
+    version: int
+    threshold: int
+    keys: tuple[PublicKey, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.threshold <= len({k.keyid for k in self.keys}):
+            raise VerificationError(
+                f"key set {self.version}: threshold {self.threshold} cannot be met by {len(self.keys)} key(s)"
+            )
+
+    @classmethod
+    def embedded(cls, build) -> KeySet:
+        """Key set 1: the keys and threshold the build stamped into this archive."""
+        if not build.trusted_keys:
+            raise VerificationError("this build has no trusted keys embedded, so it cannot verify updates")
+        keys = tuple(PublicKey.from_raw(k.public) for k in build.trusted_keys)
+        return cls(version=1, threshold=build.threshold, keys=keys)
+
+    def to_json(self, product: str = "pilot") -> dict:
+        return {
+            "schema_version": 1, "product": product, "type": "keyset", "version": self.version,
+            "threshold": self.threshold, "keys": [k.to_json() for k in self.keys],
+        }
+
+
+def keyid_for(raw_public_key: bytes) -> str:
+    return hashlib.sha256(raw_public_key).hexdigest()
+
+
+def load_public_key(pem: bytes) -> PublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError:
+        raise VerificationError("not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise VerificationError("not an Ed25519 public key")
+    return PublicKey.from_raw(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise VerificationError("not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise VerificationError("not an Ed25519 private key")
+    return key
+
+
+def public_key_of(private: Ed25519PrivateKey) -> PublicKey:
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return PublicKey.from_raw(raw)
+
+
+def sign(private: Ed25519PrivateKey, data: bytes) -> Signature:
+    return Signature(public_key_of(private).keyid, private.sign(data))
+
+
+def encode_signatures(signatures: list[Signature]) -> bytes:
+    """The `.sig` file published beside a signed file."""
+    document = {"signatures": [{"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode()} for s in signatures]}
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def parse_signatures(data: bytes, what: str) -> list[Signature]:
+    try:
+        document = load_json(data, what)
+        validate(document, "signature_envelope", what=what)
+    except ManifestError as error:
+        raise VerificationError(error.message) from None
+    return [Signature(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in document["signatures"]]
+
+
+def verify_threshold(data: bytes, signatures: list[Signature], keyset: KeySet, what: str) -> set[str]:
+    """Return the ids of the trusted keys whose signature over `data` holds; raise below the threshold.
+
+    A key counts once however many signatures name it, and a signature by an unknown key counts for nothing.
+    """
+    trusted = {k.keyid: k for k in keyset.keys}
+    valid: set[str] = set()
+    for signature in signatures:
+        key = trusted.get(signature.keyid)
+        if key is None or key.keyid in valid:
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(key.raw).verify(signature.sig, data)
+        except InvalidSignature:
+            continue
+        valid.add(key.keyid)
+    if len(valid) < keyset.threshold:
+        named = "no signature" if not signatures else f"{len(valid)} valid signature(s)"
+        raise VerificationError(
+            f"{what}: {named} from key set {keyset.version}, {keyset.threshold} required "
+            "(the file was altered or signed by a key this build does not trust)"
+        )
+    return valid
+
+
+def parse_keyset(data: bytes, what: str) -> KeySet:
+    try:
+        document = load_json(data, what)
+        validate(document, "keyset", what=what)
+    except ManifestError as error:
+        raise VerificationError(error.message) from None
+    keys = []
+    for item in document["keys"]:
+        key = PublicKey.from_raw(bytes.fromhex(item["public"]))
+        if key.keyid != item["keyid"]:
+            raise VerificationError(f"{what}: keyid {item['keyid'][:16]}... does not match its public key")
+        keys.append(key)
+    if len({k.keyid for k in keys}) != len(keys):
+        raise VerificationError(f"{what}: a key is listed twice")
+    return KeySet(version=document["version"], threshold=document["threshold"], keys=tuple(keys))
+
+
+def verify_rotation(current: KeySet, data: bytes, signatures: list[Signature], what: str) -> KeySet:
+    """Accept key set N+1 only when the threshold of set N and its own threshold both signed it."""
+    successor = parse_keyset(data, what)
+    if successor.version != current.version + 1:
+        raise VerificationError(f"{what}: version {successor.version} does not follow key set {current.version}")
+    verify_threshold(data, signatures, current, what)
+    verify_threshold(data, signatures, successor, what)
+    return successor
+
+
+def check_digest(data_size: int, data_sha256: str, *, size: int, sha256: str, what: str) -> None:
+    if data_size != size:
+        raise VerificationError(f"{what}: {data_size} bytes where the manifest signs {size}")
+    if data_sha256 != sha256:
+        raise VerificationError(f"{what}: sha256 {data_sha256[:16]}... is not the signed {sha256[:16]}...")
+
