@@ -46,10 +46,13 @@ def incompatibility(build):
     if sys.implementation.name == "cpython" and running == built:
         return None
     return (
-        "pilot: this archive was built for %s, running %s: download the matching build "
-        "(pilot-%s-%s.pyz) or run `pilot self-update` with a %s interpreter"
-        % (built, running, build["version"], running, build["python_tag"])
+        "pilot: this archive was built for %s but this is %s: run it with python%s, "
+        "or download pilot-%s-%s.pyz" % (built, running, _dotted(build["python_tag"]), build["version"], running)
     )
+
+
+def _dotted(tag):
+    return tag[2] + "." + tag[3:]  # cp311 -> 3.11
 
 
 def ensure_extracted(archive, build):

@@ -1,0 +1,396 @@
+"""Pilot's release tool: keys, signed manifests and the static release tree.
+
+    python release-tools/release.py keygen  --out DIR [--name NAME]
+    python release-tools/release.py publish --root SITE --channel stable --base-url URL --key KEY [--key KEY ...]
+                                            [--expires-in 30d] [--notes FILE] [--version V] ARTIFACT...
+    python release-tools/release.py yank    --root SITE --channel stable --key KEY ... --reason TEXT VERSION
+    python release-tools/release.py resign  --root SITE --channel stable --key KEY ... [--expires-in 30d]
+    python release-tools/release.py verify  --root SITE --channel stable --trusted-key PUB [...] [--threshold N]
+
+The tree it writes can be served by any static server, object store or GitHub Releases:
+
+    SITE/<channel>/manifest.json        the signed bytes
+    SITE/<channel>/manifest.json.sig    {"signatures": [{"keyid", "sig"}]}: Ed25519 over those exact bytes
+    SITE/releases/<version>/pilot-<version>-<python tag>-<platform tag>.pyz
+
+Every command prints one line per problem and exits non-zero when anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import zipfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "build"))
+import toolenv  # noqa: E402
+
+METADATA_MEMBER = "pilot-build.json"
+PRODUCT = "pilot"
+DURATION = re.compile(r"^(\d+)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ReleaseError(Exception):
+    """A refusal: printed as one line, exit status 1."""
+
+
+@dataclass(frozen=True)
+class SignedFile:
+    data: bytes
+    signatures: bytes
+
+
+def parse_duration(text: str) -> timedelta:
+    match = DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h or 90m")
+    return timedelta(seconds=int(match[1]) * UNITS[match[2]])
+
+
+def now() -> datetime:
+    override = os.environ.get("PILOT_RELEASE_NOW")  # tests: publish manifests issued in the past
+    moment = datetime.fromtimestamp(int(override), UTC) if override else datetime.now(UTC)
+    return moment.replace(microsecond=0)
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(partial, mode)
+    os.replace(partial, path)
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def keygen(args: argparse.Namespace) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from pilot.update.verify import public_key_of
+
+    private = Ed25519PrivateKey.generate()
+    private_path = args.out / f"{args.name}.key"
+    public_path = args.out / f"{args.name}.pub"
+    if private_path.exists():
+        raise ReleaseError(f"{private_path} exists already; refusing to overwrite a signing key")
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_atomically(private_path, private_pem, mode=0o600)
+    write_atomically(public_path, public_pem)
+    print(f"keyid {public_key_of(private).keyid}")
+    print(f"private key {private_path} (mode 0600: keep it secret, e.g. in a CI secret)")
+    print(f"public key  {public_path} (give it to build.py --trusted-key)")
+
+
+def load_signing_keys(paths: list[Path]):
+    from pilot.update.verify import load_private_key
+
+    keys = []
+    for path in paths:
+        try:
+            keys.append(load_private_key(path.read_bytes()))
+        except OSError as error:
+            raise ReleaseError(f"cannot read key {path}: {error.strerror}") from None
+        except Exception as error:
+            raise ReleaseError(f"{path}: {getattr(error, 'message', error)}") from None
+    return keys
+
+
+# --- the manifest -----------------------------------------------------------------------------
+
+
+def manifest_path(root: Path, channel: str) -> Path:
+    return root / channel / "manifest.json"
+
+
+def read_manifest_document(root: Path, channel: str) -> dict | None:
+    path = manifest_path(root, channel)
+    if not path.exists():
+        return None
+    from pilot.update.manifest import parse_manifest
+
+    data = path.read_bytes()
+    parse_manifest(data)  # a broken tree is refused before anything is added to it
+    return json.loads(data)
+
+
+def check_against_schema(document: dict) -> None:
+    """The published schema (jsonschema) and the client's own parser must both accept it."""
+    import jsonschema
+
+    from pilot.update.manifest import parse_manifest
+
+    schema = json.loads((REPO / "manifest.schema.json").read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(document), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
+        raise ReleaseError(f"the new manifest fails manifest.schema.json at {where}: {errors[0].message}")
+    parse_manifest(encode_manifest(document))
+
+
+def encode_manifest(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Path]) -> SignedFile:
+    from pilot.update.verify import encode_signatures, sign
+
+    check_against_schema(document)
+    data = encode_manifest(document)
+    signatures = encode_signatures([sign(key, data) for key in load_signing_keys(key_paths)])
+    path = manifest_path(root, channel)
+    # Signatures first: a client reading between the two writes sees old bytes under new
+    # signatures, fails verification and keeps what it has; it never installs anything unsigned.
+    write_atomically(path.with_name(path.name + ".sig"), signatures)
+    write_atomically(path, data)
+    return SignedFile(data, signatures)
+
+
+def new_document(previous: dict | None, channel: str, expires_in: timedelta) -> dict:
+    issued = now()
+    document = dict(previous) if previous else {
+        "schema_version": 1, "product": PRODUCT, "channel": channel, "serial": 0, "keyset_version": 1, "releases": [],
+    }
+    from pilot.update.manifest import format_timestamp
+
+    document["serial"] = document["serial"] + 1
+    document["issued_at"] = format_timestamp(issued)
+    document["expires_at"] = format_timestamp(issued + expires_in)
+    return document
+
+
+# --- artifacts --------------------------------------------------------------------------------
+
+
+def read_artifact_metadata(path: Path) -> dict:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read(METADATA_MEMBER))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        raise ReleaseError(f"{path}: not a Pilot archive (no readable {METADATA_MEMBER})") from None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact_name(version: str, meta: dict) -> str:
+    return f"pilot-{version}-{meta['python_tag']}-{meta['platform_tag']}.pyz"
+
+
+def artifact_relpath(version: str, meta: dict) -> str:
+    return f"releases/{version}/{artifact_name(version, meta)}"
+
+
+def publish(args: argparse.Namespace) -> None:
+    from packaging.version import Version
+
+    from pilot.update.manifest import parse_version
+
+    metas = [(path, read_artifact_metadata(path)) for path in args.artifacts]
+    version = args.version or metas[0][1]["version"]
+    parse_version(version, "release version")
+    for path, meta in metas:
+        if meta.get("version") != version:
+            raise ReleaseError(f"{path}: the archive says version {meta.get('version')!r}, the release is {version}")
+    tags = [(meta["python_tag"], meta["platform_tag"]) for _, meta in metas]
+    if len(set(tags)) != len(tags):
+        raise ReleaseError("two artifacts for the same interpreter and platform")
+
+    previous = read_manifest_document(args.root, args.channel)
+    if previous:
+        latest = max((Version(r["version"]) for r in previous["releases"]), default=None)
+        if latest is not None and Version(version) <= latest:
+            raise ReleaseError(f"version {version} is not higher than {latest}, the {args.channel} channel's latest")
+    document = new_document(previous, args.channel, args.expires_in)
+    base_url = args.base_url.rstrip("/")
+    artifacts = []
+    for path, meta in metas:
+        relpath = artifact_relpath(version, meta)
+        artifacts.append({
+            "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{base_url}/{relpath}",
+            "size": path.stat().st_size, "sha256": sha256_of(path), "build_id": meta["build_id"],
+        })
+    release = {"version": version, "released_at": document["issued_at"], "artifacts": artifacts}
+    if args.notes:
+        release["notes"] = args.notes.read_text(encoding="utf-8")
+    document["releases"] = [release, *document["releases"]]
+    check_against_schema(document)  # before any file of the tree changes
+    for path, meta in metas:
+        target = args.root / artifact_relpath(version, meta)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(path, partial)
+        os.replace(partial, target)
+    sign_and_write(args.root, args.channel, document, args.key)
+    print(f"published {version} to {args.channel} (serial {document['serial']}, {len(artifacts)} artifact(s), "
+          f"expires {document['expires_at']})")
+    print(manifest_path(args.root, args.channel))
+
+
+def yank(args: argparse.Namespace) -> None:
+    previous = read_manifest_document(args.root, args.channel)
+    if not previous:
+        raise ReleaseError(f"no {args.channel} manifest under {args.root}")
+    document = new_document(previous, args.channel, args.expires_in)
+    matches = [r for r in document["releases"] if r["version"] == args.version]
+    if not matches:
+        raise ReleaseError(f"version {args.version} is not in the {args.channel} manifest")
+    matches[0].update(yanked=True, yanked_reason=args.reason)
+    sign_and_write(args.root, args.channel, document, args.key)
+    print(f"yanked {args.version} from {args.channel} (serial {document['serial']})")
+
+
+def resign(args: argparse.Namespace) -> None:
+    previous = read_manifest_document(args.root, args.channel)
+    if not previous:
+        raise ReleaseError(f"no {args.channel} manifest under {args.root}")
+    document = new_document(previous, args.channel, args.expires_in)
+    sign_and_write(args.root, args.channel, document, args.key)
+    print(f"re-signed {args.channel} (serial {document['serial']}, expires {document['expires_at']})")
+
+
+# --- verify -----------------------------------------------------------------------------------
+
+
+def verify(args: argparse.Namespace) -> None:
+    from pilot.errors import PilotError
+    from pilot.update.manifest import check_manifest, parse_manifest
+    from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
+
+    path = manifest_path(args.root, args.channel)
+    try:
+        data = path.read_bytes()
+        signatures = (path.with_name(path.name + ".sig")).read_bytes()
+    except OSError as error:
+        raise ReleaseError(f"cannot read {error.filename}: {error.strerror}") from None
+    try:
+        keys = tuple(load_public_key(p.read_bytes()) for p in args.trusted_key)
+        keyset = KeySet(version=1, threshold=args.threshold, keys=keys)
+        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
+        manifest = parse_manifest(data)
+        check_against_schema(json.loads(data))
+        check_manifest(manifest, product=PRODUCT, channel=args.channel, now=now(), highest_serial=0)
+    except PilotError as error:
+        raise ReleaseError(error.message) from None
+    checked = 0
+    for release in manifest.releases:
+        for artifact in release.artifacts:
+            check_artifact(args.root, str(release.version), artifact)
+            checked += 1
+    print(f"ok: {args.channel} serial {manifest.serial}, {len(manifest.releases)} release(s), "
+          f"{checked} artifact(s) match their signed size and sha256")
+
+
+def check_artifact(root: Path, version: str, artifact) -> None:
+    meta = {"python_tag": artifact.python_tag, "platform_tag": artifact.platform_tag}
+    relpath = artifact_relpath(version, meta)
+    if not artifact.url.endswith("/" + relpath):
+        raise ReleaseError(f"{version}: artifact URL {artifact.url} does not point at {relpath}")
+    path = root / relpath
+    if not path.is_file():
+        raise ReleaseError(f"{relpath}: missing from the release tree")
+    size, digest = path.stat().st_size, sha256_of(path)
+    if size != artifact.size:
+        raise ReleaseError(f"{relpath}: {size} bytes, the manifest signs {artifact.size}")
+    if digest != artifact.sha256:
+        raise ReleaseError(f"{relpath}: sha256 {digest[:16]}... differs from the signed {artifact.sha256[:16]}...")
+    embedded = read_artifact_metadata(path)
+    if embedded.get("version") != version:
+        raise ReleaseError(f"{relpath}: the archive says version {embedded.get('version')!r}, the manifest {version}")
+    if artifact.build_id and embedded.get("build_id") != artifact.build_id:
+        raise ReleaseError(f"{relpath}: the archive's build id differs from the signed one")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="release.py", description="Pilot release tool: keys, signed manifests.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("keygen", help="write a new Ed25519 signing key (NAME.key, mode 0600) and NAME.pub")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--name", default="release")
+    p.set_defaults(run=keygen)
+
+    def tree_options(p: argparse.ArgumentParser, signing: bool = True) -> None:
+        p.add_argument("--root", type=Path, required=True, help="the release tree (SITE)")
+        p.add_argument("--channel", default="stable")
+        if signing:
+            p.add_argument("--key", type=Path, action="append", required=True, help="private key; repeat for several")
+            p.add_argument("--expires-in", type=parse_duration, default=timedelta(days=30),
+                           help="manifest lifetime (default 30d)")
+
+    p = commands.add_parser("publish", help="add a release to a channel and re-sign its manifest")
+    tree_options(p)
+    p.add_argument("--base-url", required=True, help="the URL at which SITE is served")
+    p.add_argument("--notes", type=Path, help="release notes file")
+    p.add_argument("--version", help="the release version (default: the version inside the artifacts)")
+    p.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT")
+    p.set_defaults(run=publish)
+
+    p = commands.add_parser("yank", help="mark a release yanked so clients never choose it")
+    tree_options(p)
+    p.add_argument("--reason", required=True)
+    p.add_argument("version")
+    p.set_defaults(run=yank)
+
+    p = commands.add_parser("resign", help="re-sign a channel with a fresh expiry (run before it expires)")
+    tree_options(p)
+    p.set_defaults(run=resign)
+
+    p = commands.add_parser("verify", help="check signatures, schema, expiry and every artifact")
+    tree_options(p, signing=False)
+    p.add_argument("--trusted-key", type=Path, action="append", required=True)
+    p.add_argument("--threshold", type=int, default=1)
+    p.set_defaults(run=verify)
+    return parser
+
+
+def main() -> int:
+    toolenv.reexec_in_tools_env(__file__)
+    sys.path.insert(0, str(REPO))
+    args = build_parser().parse_args()
+    from pilot.errors import PilotError
+
+    try:
+        args.run(args)
+    except ReleaseError as error:
+        print(f"release: {error}", file=sys.stderr)
+        return 1
+    except PilotError as error:
+        print(f"release: {error.one_line()}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"release: {error.strerror}: {error.filename}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
