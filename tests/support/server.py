@@ -1,0 +1,47 @@
+"""A real HTTP server on 127.0.0.1 serving a directory, with a hook to alter responses."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    server: StaticServer
+
+    def log_message(self, format: str, *args) -> None:  # keep test output quiet
+        self.server.requests.append(self.path)
+
+    def do_GET(self) -> None:
+        override = self.server.override
+        if override is not None and override(self):
+            return
+        super().do_GET()
+
+
+class StaticServer(ThreadingHTTPServer):
+    """Serve `root` at http://127.0.0.1:<port>/. `override(handler) -> bool` may answer a request itself."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+        self.root = root
+        self.requests: list[str] = []
+        self.override: Callable[[SimpleHTTPRequestHandler], bool] | None = None
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> StaticServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
