@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
         help="Ed25519 public key (PEM) to embed as the update trust anchor; repeat for several",
     )
     parser.add_argument("--threshold", type=int, default=1, help="signatures required on a manifest (default 1)")
+    parser.add_argument("--manifest-url", help="the default manifest URL the archive checks for updates")
     parser.add_argument("--overlay", type=Path, help=argparse.SUPPRESS)  # tests: files laid over site-packages
     return parser.parse_args()
 
@@ -161,7 +162,8 @@ def shiv_bootstrap_files() -> list[Path]:
 
 def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int) -> None:
     launcher = (REPO / "pilot" / "launcher.py").read_text()
-    main_py = f"PILOT_BUILD = {json.dumps(metadata, sort_keys=True)}\n{launcher}"
+    # A Python literal, not JSON: JSON's null/true/false would be NameErrors in __main__.py.
+    main_py = f"PILOT_BUILD = {dict(sorted(metadata.items()))!r}\n{launcher}"
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("wb") as out:
         out.write(f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode())
@@ -204,6 +206,7 @@ def build(args: argparse.Namespace) -> Path:
             "source_commit": git("rev-parse", "HEAD"),
             "trusted_keys": trusted_keys(args.trusted_key),
             "threshold": args.threshold,
+            "manifest_url": args.manifest_url,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / f"pilot-{version}-{metadata['python_tag']}-{metadata['platform_tag']}.pyz"

@@ -35,6 +35,7 @@ class BuildInfo:
     trusted_keys: tuple[TrustedKey, ...]
     threshold: int
     source_commit: str | None
+    manifest_url: str | None
 
     @classmethod
     def from_dict(cls, data: dict, archive: Path) -> BuildInfo:
@@ -48,6 +49,7 @@ class BuildInfo:
             trusted_keys=keys,
             threshold=int(data.get("threshold", 1)),
             source_commit=data.get("source_commit"),
+            manifest_url=data.get("manifest_url"),
         )
 
 

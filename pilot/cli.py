@@ -38,7 +38,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     version.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     version.set_defaults(handler="pilot.commands.version:run")
+    add_self_update(commands)
+    add_debug(commands)
     return parser
+
+
+SELF_UPDATE_DESCRIPTION = """\
+Update this Pilot archive in place, safely.
+
+Fetches the channel's signed manifest, verifies its signatures against the keys built
+into this archive, its schema, expiry and serial, downloads the newest release for this
+interpreter and platform while checking its signed size and sha256, runs the new
+archive's self-test, swaps it in (the current archive is kept as <path>.backup) and
+restarts into it. If the new version fails to start, the backup is restored by itself.
+"""
+
+SELF_UPDATE_EPILOG = """\
+examples:
+  pilot self-update --check              is there a newer release?
+  pilot self-update --yes                update without asking
+  pilot self-update --to 1.4.2           install this listed version (even one skipped as bad)
+  pilot self-update --from-file pilot-1.4.2-cp311-linux_x86_64.pyz --manifest site/
+                                         offline install, same verification
+  pilot self-update --rollback           go back to the backup
+  pilot self-update --status --json      how the last update ended
+
+The manifest URL comes from --manifest-url, PILOT_MANIFEST_URL, upgrade.manifest_url in
+$PILOT_HOME/config.yaml (default ~/.pilot), or the default built into the archive.
+"""
+
+
+def add_self_update(commands) -> None:
+    p = commands.add_parser(
+        "self-update", help="update Pilot to the newest signed release", description=SELF_UPDATE_DESCRIPTION,
+        epilog=SELF_UPDATE_EPILOG + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only check whether an update is available")
+    mode.add_argument("--status", action="store_true", help="show where the last update stands")
+    mode.add_argument("--rollback", action="store_true", help="go back to the backup archive")
+    mode.add_argument("--after-restart", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--channel", help="release channel (default: upgrade.channel, else stable)")
+    p.add_argument("--to", metavar="VERSION", help="install this version instead of the newest")
+    p.add_argument("--manifest-url", metavar="URL", help="manifest to use instead of the configured one")
+    p.add_argument("--no-restart", action="store_true", help="install; the next command starts the new version")
+    p.add_argument("--from-file", metavar="PYZ", help="install this archive (offline); needs --manifest")
+    p.add_argument("--manifest", metavar="DIR_OR_FILE", help="manifest for --from-file (file or tree)")
+    p.add_argument("--json", action="store_true", help="with --check or --status: print JSON")
+    p.set_defaults(handler="pilot.commands.self_update:run")
+
+
+def add_debug(commands) -> None:
+    p = commands.add_parser("debug", help="diagnostics for developers and the updater")
+    sub = p.add_subparsers(dest="debug_command", metavar="WHAT", required=True)
+    test = sub.add_parser("self-test", help="import every module, load native code, print version as JSON")
+    test.set_defaults(handler="pilot.commands.debug:self_test")
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -1,17 +1,40 @@
-"""The archive's entry point: the build copies this file to the archive's __main__.py.
+"""The archive's entry point and boot guard: the build copies this file to the archive's __main__.py.
 
-It runs before any of Pilot's application code is imported, so it uses the
-standard library only and old-Python syntax: it must be able to say "wrong
-interpreter" on any Python 3 and must keep working when the application code
-of a new version is broken. The build prepends a `PILOT_BUILD = {...}` line;
-the application reads it back through `pilot.buildinfo`, never from the archive
-file (which an update may have replaced since this process started).
+It runs before any of Pilot's application code is imported, so it uses the standard
+library only and old-Python syntax: it must be able to say "wrong interpreter" on any
+Python 3, and a new version that is broken at import time must not be able to disable
+its own rollback. The build prepends a `PILOT_BUILD = {...}` line; the application reads
+it back through `pilot.buildinfo`, never from the archive file, which an update may have
+replaced since this process started.
+
+The boot guard. Before an update execs the new archive it writes a trial record
+(update/trial.json: from/to versions and build ids, install and backup paths, the pid
+that will exec, a deadline) and arms `signal.alarm`, which survives exec. Every start
+of any Pilot archive reads that record (one stat when there is none) and decides:
+
+  run       no trial, or another process is still inside one
+  trial     this process is the trial boot: run the app; if it ends, raises or hangs past
+            the deadline before `commit_boot()`, restore the backup and exec the old
+            version in this same process
+  rollback  the trial boot died (os._exit, SIGKILL, SIGSEGV) or hung: restore the backup,
+            record why, and exec the old version with this process's arguments
+  void      the new archive never got installed: drop the record
+
+The application side (pilot.update.sentinel) writes the record and commits it, using
+the file helpers below so both sides agree on the format.
 """
 
+import json
 import os
+import signal
 import sys
+import time
 
 EXIT_INCOMPATIBLE = 5
+BOOT_TIMEOUT_SECONDS = 60
+
+
+# --- where things are -------------------------------------------------------------------------
 
 
 def python_tag():
@@ -30,13 +53,242 @@ def platform_tag():
     return "%s_%s" % (system, machine)
 
 
+def pilot_home():
+    return os.path.expanduser(os.environ.get("PILOT_HOME") or os.path.join("~", ".pilot"))
+
+
+def update_dir():
+    return os.path.join(pilot_home(), "update")
+
+
+def trial_path():
+    return os.path.join(update_dir(), "trial.json")
+
+
+def state_path():
+    return os.path.join(update_dir(), "state.json")
+
+
 def extraction_root():
     """Where shiv unpacks site-packages; keyed by build id only, so any file name shares it."""
     return os.path.expanduser(os.environ.get("SHIV_ROOT") or os.path.join("~", ".shiv"))
 
 
-def site_packages_dir(build):
-    return os.path.join(extraction_root(), "pilot_" + build["build_id"], "site-packages")
+def extraction_dir(build_id):
+    return os.path.join(extraction_root(), "pilot_" + build_id)
+
+
+# --- small durable files ----------------------------------------------------------------------
+
+
+def fsync_directory(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path):
+    """The JSON object at path, or None when it is missing or unreadable (a torn write is no record)."""
+    try:
+        with open(path, "rb") as stream:
+            value = json.loads(stream.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_json(path, value):
+    """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    partial = "%s.%d.partial" % (path, os.getpid())
+    with open(partial, "wb") as stream:
+        stream.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, path)
+    fsync_directory(directory)
+
+
+def remove_file(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_directory(os.path.dirname(path))
+
+
+class UpdateLock:
+    """The exclusive lock every install, rollback and commit takes (update/lock).
+
+    Re-entrant within a process: flock on a second descriptor would wait for the first."""
+
+    _fd = None
+    _depth = 0
+
+    def __init__(self, blocking=True):
+        self.blocking = blocking
+
+    def __enter__(self):
+        if UpdateLock._depth == 0:
+            import fcntl
+
+            os.makedirs(update_dir(), exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(os.path.join(update_dir(), "lock"), flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                raise
+            UpdateLock._fd = fd
+        UpdateLock._depth += 1
+        return self
+
+    def __exit__(self, *exc_info):
+        UpdateLock._depth -= 1
+        if UpdateLock._depth == 0:
+            os.close(UpdateLock._fd)  # closing releases the lock
+            UpdateLock._fd = None
+
+
+def now_iso():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def record_outcome(state, trial, outcome, reason=None):
+    """Fold a trial's end into the update state (pure: returns the new state)."""
+    state = dict(state or {})
+    state["last"] = {
+        "state": outcome, "from_version": trial["from_version"], "to_version": trial["to_version"],
+        "at": now_iso(), "reason": reason, "install_path": trial["install_path"], "backup_path": trial["backup_path"],
+    }
+    state["notice_pending"] = True
+    if outcome == "rolled_back":
+        bad = list(state.get("bad_versions") or [])
+        if trial["to_version"] not in bad:
+            bad.append(trial["to_version"])
+        state["bad_versions"] = bad
+    return state
+
+
+# --- the boot guard ---------------------------------------------------------------------------
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def boot_decision(trial, build_id, pid, now, is_alive=pid_alive):
+    """run | trial | rollback | void: what a starting process does about an open trial (pure)."""
+    if trial is None:
+        return "run"
+    in_progress = now < trial.get("deadline", 0) and is_alive(trial.get("pid", -1))
+    if build_id == trial.get("to_build_id"):
+        if pid == trial.get("pid"):
+            return "trial"
+        return "run" if in_progress else "rollback"
+    if pid != trial.get("pid") and in_progress:
+        return "run"  # the updating process has not exec'd yet
+    return "void"
+
+
+class BootTimeout(BaseException):
+    """Raised by SIGALRM in a trial boot that did not commit in time (BaseException: app code cannot swallow it)."""
+
+
+def _on_alarm(signum, frame):
+    raise BootTimeout()
+
+
+def describe_failure(error):
+    if isinstance(error, BootTimeout):
+        return "it did not finish starting within the boot deadline (hang)"
+    if isinstance(error, SystemExit):
+        return "it exited with status %s before confirming its start" % (error.code,)
+    text = str(error).strip().splitlines()
+    return "it failed to start: %s%s" % (type(error).__name__, (": " + text[0][:200]) if text else "")
+
+
+def roll_back(trial, reason, argv):
+    """Put the backup back at the install path, record why, and exec the old version.
+
+    Returns only when there is no backup to go back to (the failure is recorded all the same)."""
+    with UpdateLock():
+        current = read_json(trial_path())
+        if current is not None and current.get("started_at") == trial.get("started_at"):
+            if not os.path.exists(trial["backup_path"]):
+                reason += "; no backup was left to restore"
+                write_json(state_path(), record_outcome(read_json(state_path()), trial, "failed", reason))
+                remove_file(trial_path())
+                return
+            os.replace(trial["backup_path"], trial["install_path"])
+            fsync_directory(os.path.dirname(trial["install_path"]))
+            write_json(state_path(), record_outcome(read_json(state_path()), trial, "rolled_back", reason))
+            remove_file(trial_path())
+    signal.alarm(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, trial["install_path"]] + list(argv))
+
+
+def void_trial(trial):
+    with UpdateLock():
+        current = read_json(trial_path())
+        if current is not None and current.get("started_at") == trial.get("started_at"):
+            state = record_outcome(read_json(state_path()), trial, "failed", "the update was interrupted before "
+                                   "the new version was installed; nothing changed")
+            write_json(state_path(), state)
+            remove_file(trial_path())
+
+
+def trial_committed(trial):
+    current = read_json(trial_path())
+    return current is None or current.get("started_at") != trial.get("started_at")
+
+
+def run_trial(trial, start_app):
+    """Run the app as the trial boot; any way it ends before committing rolls back in this process."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+    remaining = int(trial.get("deadline", 0) - time.time())
+    signal.alarm(max(remaining, 1))  # re-arm: the alarm set before exec may have been cleared by the interpreter
+    try:
+        code = start_app()
+    except BaseException as error:  # every failure of the new version rolls back
+        if trial_committed(trial):
+            raise
+        roll_back(trial, "%s %s" % (trial["to_version"], describe_failure(error)), trial.get("resume_argv", []))
+    if not trial_committed(trial):
+        reason = "%s exited with status %s before confirming its start" % (trial["to_version"], code)
+        roll_back(trial, reason, trial.get("resume_argv", []))
+    return code
+
+
+def guard_boot(build, start_app):
+    """Consult the trial record before the app starts; returns the app's exit code."""
+    if not os.path.exists(trial_path()):
+        return start_app()
+    trial = read_json(trial_path())
+    decision = boot_decision(trial, build["build_id"], os.getpid(), time.time())
+    if decision == "trial":
+        return run_trial(trial, start_app)
+    if decision == "rollback":
+        reason = "%s did not finish starting (its process ended or hung before confirming)" % trial["to_version"]
+        roll_back(trial, reason, sys.argv[1:])
+    if decision == "void":
+        void_trial(trial)
+    return start_app()
+
+
+# --- start ------------------------------------------------------------------------------------
 
 
 def incompatibility(build):
@@ -57,7 +309,7 @@ def _dotted(tag):
 
 def ensure_extracted(archive, build):
     """Return the extracted site-packages, unpacking the archive first if it is not there yet."""
-    site_packages = site_packages_dir(build)
+    site_packages = os.path.join(extraction_dir(build["build_id"]), "site-packages")
     if not os.path.isdir(site_packages):
         # Cold path only: shiv's extractor takes a file lock and renames a finished
         # temp directory into place, so concurrent first starts are safe.
@@ -71,7 +323,27 @@ def ensure_extracted(archive, build):
     return site_packages
 
 
-def main(build, archive):
+IN_USE_FILE = ".pilot-in-use"
+_held_extraction = []
+
+
+def hold_extraction(directory):
+    """Take a shared lock on the extraction this process runs from, so pruning never deletes it under us.
+
+    Returns False when the directory vanished before the lock was granted (a prune won the race)."""
+    import fcntl
+
+    try:
+        flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(os.path.join(directory, IN_USE_FILE), flags, 0o644)
+    except FileNotFoundError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held_extraction.append(fd)  # kept open for the life of the process; exec closes it
+    return os.path.isdir(os.path.join(directory, "site-packages"))
+
+
+def start_application(build, archive):
     if sys.argv[1:] == ["--version"]:
         # Answered from the archive's own metadata: works under any interpreter, costs no unpacking.
         print("pilot " + build["version"])
@@ -81,6 +353,8 @@ def main(build, archive):
         sys.stderr.write(problem + "\n")
         return EXIT_INCOMPATIBLE
     site_packages = ensure_extracted(archive, build)
+    if not hold_extraction(os.path.dirname(site_packages)):
+        site_packages = ensure_extracted(archive, build)
     import site
 
     before = list(sys.path)
@@ -91,6 +365,10 @@ def main(build, archive):
     from pilot.cli import main as cli_main
 
     return cli_main()
+
+
+def main(build, archive):
+    return guard_boot(build, lambda: start_application(build, archive))
 
 
 if __name__ == "__main__":

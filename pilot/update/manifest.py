@@ -117,8 +117,14 @@ def _reject_constant(name: str) -> None:
 
 
 def _depth(value: Any) -> int:
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return 1 + max((_depth(child) for child in children), default=0)
+    """How deeply `value` nests, up to MAX_DEPTH + 1; iterative, so no document can exhaust the stack."""
+    deepest, pending = 0, [(value, 1)]
+    while pending and deepest <= MAX_DEPTH:
+        node, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def parse_timestamp(text: str, what: str) -> datetime:

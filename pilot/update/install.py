@@ -1,0 +1,216 @@
+"""Putting a verified archive in place: download beside the install, pre-flight, swap, prune.
+
+At every instant the install path holds a complete archive: the new one is written to a
+private temp file in the same directory (a rename across filesystems is not atomic),
+fsynced, the current archive is kept as `<name>.backup` through a hard link, and
+`os.replace` moves the new one in. The directory is fsynced after each rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pilot.errors import InstallError, VerificationError
+from pilot.launcher import IN_USE_FILE, extraction_root, fsync_directory
+from pilot.update.manifest import Artifact
+from pilot.update.verify import check_digest
+
+METADATA_MEMBER = "pilot-build.json"
+METADATA_CAP = 64 * 1024
+PREFLIGHT_TIMEOUT = 180
+TEMP_PREFIX = ".pilot-download-"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Paths:
+    install: Path
+    backup: Path
+
+    @classmethod
+    def for_archive(cls, archive: Path) -> Paths:
+        install = Path(os.path.realpath(archive))  # a symlinked install is updated where it really lives
+        return cls(install, install.with_name(install.name + ".backup"))
+
+
+def ensure_writable(directory: Path) -> None:
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise InstallError(
+            f"cannot write to {directory}, where Pilot is installed",
+            hint="run the update as the owner of that directory, or move pilot to one you own such as ~/.local/bin",
+        )
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "F_FULLFSYNC"):  # macOS: os.fsync does not flush the drive's cache
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+        else:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def temp_file(directory: Path) -> Iterator[Path]:
+    """A private temp file beside the install; removed unless the caller moved it away."""
+    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".partial", dir=directory)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress: Progress | None = None) -> None:
+    """Write the stream to target, hashing as it goes; never more than the signed size."""
+    digest = hashlib.sha256()
+    received = 0
+    with target.open("wb") as out:
+        for chunk in chunks:
+            received += len(chunk)
+            if received > artifact.size:
+                raise VerificationError(f"download of {artifact.url}: more bytes than the {artifact.size} signed")
+            digest.update(chunk)
+            out.write(chunk)
+            if progress:
+                progress(received, artifact.size)
+        out.flush()
+        os.fsync(out.fileno())
+    check_digest(received, digest.hexdigest(), size=artifact.size, sha256=artifact.sha256, what="the download")
+
+
+def read_metadata(archive: Path) -> dict:
+    """The archive's pilot-build.json, read with zipfile (never by running the archive)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            info = zf.getinfo(METADATA_MEMBER)
+            if info.file_size > METADATA_CAP:
+                raise VerificationError(f"{archive.name}: its build metadata is implausibly large")
+            value = json.loads(zf.read(info))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
+        raise VerificationError(f"{archive.name}: not a Pilot archive (no readable {METADATA_MEMBER})") from None
+    if not isinstance(value, dict):
+        raise VerificationError(f"{archive.name}: its build metadata is not an object")
+    return value
+
+
+def check_metadata(archive: Path, *, version: str, artifact: Artifact) -> dict:
+    metadata = read_metadata(archive)
+    if metadata.get("version") != version:
+        raise VerificationError(f"the archive says it is version {metadata.get('version')!r}, not {version}")
+    if (metadata.get("python_tag"), metadata.get("platform_tag")) != (artifact.python_tag, artifact.platform_tag):
+        raise VerificationError("the archive was built for another interpreter or platform than the manifest says")
+    if artifact.build_id and metadata.get("build_id") != artifact.build_id:
+        raise VerificationError("the archive's build id differs from the signed one")
+    return metadata
+
+
+def preflight(candidate: Path, *, version: str, build_id: str) -> None:
+    """Run the new archive's self-test with this interpreter; it also pre-extracts it for a warm first start."""
+    env = dict(os.environ)
+    for name in ("PILOT_FAILPOINT", "SHIV_FORCE_EXTRACT"):
+        env.pop(name, None)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(candidate), "debug", "self-test"], capture_output=True, text=True,
+            timeout=PREFLIGHT_TIMEOUT, env=env, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise InstallError(f"the new version {version} hung in its self-test ({PREFLIGHT_TIMEOUT} s)") from None
+    answer = _last_json_line(result.stdout)
+    if result.returncode != 0 or answer is None:
+        detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:200]
+        raise InstallError(f"the new version {version} failed its self-test: {detail}")
+    if answer.get("version") != version or answer.get("build_id") != build_id:
+        raise InstallError(f"the new version's self-test answered {answer.get('version')!r}, expected {version}")
+
+
+def _last_json_line(text: str) -> dict | None:
+    for line in reversed(text.strip().splitlines()):
+        with contextlib.suppress(ValueError):
+            value = json.loads(line)
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def swap_in(candidate: Path, paths: Paths) -> None:
+    """Make candidate the install, keeping the current archive as the backup."""
+    mode = stat.S_IMODE(paths.install.stat().st_mode) if paths.install.exists() else 0o755
+    os.chmod(candidate, mode | stat.S_IXUSR)
+    fsync_file(candidate)
+    if paths.install.exists():
+        keep_as(paths.install, paths.backup)
+    os.replace(candidate, paths.install)
+    fsync_directory(str(paths.install.parent))
+
+
+def keep_as(source: Path, target: Path) -> None:
+    """Atomically make target a copy of source (a hard link when the filesystem allows)."""
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()
+    try:
+        os.link(source, staging)
+    except OSError:
+        shutil.copy2(source, staging)
+        fsync_file(staging)
+    os.replace(staging, target)
+    fsync_directory(str(target.parent))
+
+
+def swap_back(paths: Paths) -> None:
+    """Exchange install and backup (`--rollback`): the current version becomes the backup."""
+    if not paths.backup.exists():
+        raise InstallError(f"there is no backup to roll back to ({paths.backup} does not exist)")
+    current = paths.install.with_name(f".{paths.install.name}.{os.getpid()}.current")
+    os.link(paths.install, current)
+    try:
+        os.replace(paths.backup, paths.install)
+        os.replace(current, paths.backup)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            current.unlink()
+    fsync_directory(str(paths.install.parent))
+
+
+def prune_extractions(keep_build_ids: set[str]) -> list[Path]:
+    """Delete extraction directories of builds that are neither kept nor in use by a running process."""
+    import fcntl
+
+    removed = []
+    root = Path(extraction_root())
+    for directory in sorted(root.glob("pilot_*")):
+        if not directory.is_dir() or directory.name.removeprefix("pilot_") in keep_build_ids:
+            continue
+        fd = os.open(directory / IN_USE_FILE, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+        finally:
+            os.close(fd)
+    return removed
