@@ -232,7 +232,9 @@ def roll_back(trial, reason, argv):
                 return
             os.replace(trial["backup_path"], trial["install_path"])
             fsync_directory(os.path.dirname(trial["install_path"]))
-            write_json(state_path(), record_outcome(read_json(state_path()), trial, "rolled_back", reason))
+            state = record_outcome(read_json(state_path()), trial, "rolled_back", reason)
+            state["last"]["rollback_pid"] = os.getpid()
+            write_json(state_path(), state)
             remove_file(trial_path())
     signal.alarm(0)
     sys.stdout.flush()

@@ -85,10 +85,14 @@ def check(updater, args: argparse.Namespace) -> int:
         print(f"update available: {result.current} -> {result.choice.release.version} (run `pilot self-update`)")
     else:
         print(f"pilot {result.current} is up to date (latest on {result.manifest.channel}: {info['latest']})")
+    report_skipped(result)
+    return 0
+
+
+def report_skipped(result) -> None:
     for version in result.skipped_bad:
         print(f"note: {version} failed to start here before and is skipped; "
               f"install it anyway with `pilot self-update --to {version}`", file=sys.stderr)
-    return 0
 
 
 def parse_target(text: str | None) -> Version | None:
@@ -114,6 +118,7 @@ def update(updater, build: BuildInfo, args: argparse.Namespace) -> int:
         result = updater.check(target=target)
         if result.choice is None:
             print(f"pilot {build.version} is up to date (latest on {result.manifest.channel}: {result.latest})")
+            report_skipped(result)
             return 0
         version = result.choice.release.version
         confirm(f"Update pilot {build.version} to {version}?", args.yes)
@@ -196,6 +201,7 @@ def show_status(as_json: bool) -> int:
         "running_version": build.version if build else None,
         "highest_serial": state.get("highest_serial", 0),
         "bad_versions": state.get("bad_versions", []),
+        "rollback_pid": None if trial else last.get("rollback_pid"),
     }
     if as_json:
         print(json.dumps(info, indent=2))

@@ -302,7 +302,10 @@ class HttpFetcher:
 
         resp, final, chunk = self._retrying(budget, first)
         try:
-            yield from self._rest(budget, resp, final, chunk, size, chunk_size)
+            try:
+                yield from self._rest(budget, resp, final, chunk, size, chunk_size)
+            except _Transient:
+                yield from self._rest(budget, *self._retrying(budget, first), size, chunk_size)
         finally:
             _dispose(resp)
 

@@ -88,7 +88,7 @@ def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress:
         for chunk in chunks:
             received += len(chunk)
             if received > artifact.size:
-                raise VerificationError(f"download of {artifact.url}: more bytes than the {artifact.size} signed")
+                raise VerificationError(f"the download is larger than the {artifact.size} bytes the manifest signs")
             digest.update(chunk)
             out.write(chunk)
             if progress:
