@@ -1,0 +1,421 @@
+"""The release pipeline: every step .github/workflows/release.yml runs, as one script.
+
+The workflow's `run:` steps are calls of this script and nothing else, and
+tests/release_tools/test_pipeline.py runs those very lines locally (a throwaway key, a
+bare git repository for the gh-pages branch, a loopback HTTP server for Pages), so what
+CI does on a tag is what the test suite checks on every change.
+
+    pipeline.py tag-version --ref refs/tags/v1.2.3 [--github-output]
+    pipeline.py write-key   --from-env VAR --kind public|private --out FILE
+    pipeline.py pubkey      --key KEY --out PUB
+    pipeline.py build       --version V --out DIR --public-key PUB [--public-key PUB ...] [--threshold N]
+    pipeline.py restore     --site SITE --branch gh-pages [--remote origin]
+    pipeline.py publish     --site SITE --channel stable --base-url URL --private-key KEY [--private-key KEY ...]
+                            [--expires-in 30d] [--version V] [--notes FILE] --artifacts DIR
+    pipeline.py save        --site SITE --branch gh-pages [--remote origin] --message TEXT
+
+`restore` and `save` keep the release tree (SITE, see release.py) on a git branch of the
+repository the current directory belongs to: `restore` copies the branch's files into an
+empty SITE (or starts an empty tree when the branch does not exist yet), `save` commits
+SITE on top of what `restore` fetched and pushes without force, so two publishes racing
+each other fail instead of one silently dropping the other's release.
+
+Every command prints one line per problem to stderr and exits non-zero when anything fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "build"))
+import toolenv  # noqa: E402
+
+BUILD_SCRIPT = REPO / "build" / "build.py"
+RELEASE_SCRIPT = REPO / "release-tools" / "release.py"
+METADATA_MEMBER = "pilot-build.json"
+TAG_PREFIX = "refs/tags/v"
+SITE_REF = "refs/pilot/site-base/"  # where `restore` keeps the branch commit that `save` builds on
+BOT_NAME = "github-actions[bot]"
+BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
+
+
+class PipelineError(Exception):
+    """A refusal: printed as one line, exit status 1."""
+
+
+# --- tag-version ------------------------------------------------------------------------------
+
+
+def tag_version(args: argparse.Namespace) -> None:
+    from pilot.errors import PilotError
+    from pilot.update.manifest import parse_version
+
+    ref = args.ref
+    if not ref.startswith(TAG_PREFIX):
+        raise PipelineError(f"{ref!r} is not a release tag (refs/tags/v<version>, e.g. refs/tags/v1.2.3)")
+    text = ref[len(TAG_PREFIX):]
+    try:
+        version = parse_version(text, f"tag {ref}")
+    except PilotError:
+        raise PipelineError(f"tag {ref}: {text!r} is not a canonical PEP 440 version "
+                            "(tag releases like v1.2.3, v2.0.0rc1 or v1.2.3.post1)") from None
+    if str(version) != text:
+        raise PipelineError(f"tag {ref}: {text!r} is not canonical; tag it v{version}")
+    if args.github_output:
+        output = os.environ.get("GITHUB_OUTPUT")
+        if not output:
+            raise PipelineError("--github-output: GITHUB_OUTPUT is not set (this flag is for GitHub Actions)")
+        with open(output, "a", encoding="utf-8") as stream:
+            stream.write(f"version={version}\n")
+    print(version)
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def write_key(args: argparse.Namespace) -> None:
+    """Write a key held in an environment variable (a CI secret) to a file, checking what it is."""
+    from pilot.update.verify import load_private_key, load_public_key, public_key_of
+
+    text = os.environ.get(args.from_env, "").strip()
+    if not text:
+        raise PipelineError(f"{args.from_env} is unset or empty (store the {args.kind} key PEM in that secret)")
+    data = (text.replace("\r\n", "\n") + "\n").encode()
+    try:  # never echo the value: it may be a private key in the wrong secret
+        key = public_key_of(load_private_key(data)) if args.kind == "private" else load_public_key(data)
+        keyid = key.keyid
+    except Exception as error:
+        raise PipelineError(f"{args.from_env} does not hold an Ed25519 {args.kind} key in PEM form "
+                            f"({getattr(error, 'message', type(error).__name__)})") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.kind == "private":
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise PipelineError(f"{args.out} exists already; refusing to overwrite a signing key") from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.chmod(args.out, 0o600)
+    else:
+        args.out.write_bytes(data)
+    print(f"{args.kind} key {keyid[:16]}... written to {args.out}")
+
+
+def derive_public_key(private_path: Path, out: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    from pilot.update.verify import load_private_key, public_key_of
+
+    try:
+        private = load_private_key(private_path.read_bytes())
+    except OSError as error:
+        raise PipelineError(f"cannot read key {private_path}: {error.strerror}") from None
+    except Exception as error:
+        raise PipelineError(f"{private_path}: {getattr(error, 'message', error)}") from None
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(pem)
+    return public_key_of(private).keyid
+
+
+def pubkey(args: argparse.Namespace) -> None:
+    keyid = derive_public_key(args.key, args.out)
+    print(f"keyid {keyid}")
+    print(args.out)
+
+
+# --- build ------------------------------------------------------------------------------------
+
+
+def build(args: argparse.Namespace) -> None:
+    command = [sys.executable, str(BUILD_SCRIPT), "--version", args.version, "--out", str(args.out),
+               "--threshold", str(args.threshold)]
+    for key in args.public_key:
+        command += ["--trusted-key", str(key)]
+    result = run_tool(command, "build.py", capture=True)
+    lines = result.stdout.strip().splitlines()
+    archive = Path(lines[-1]) if lines else None
+    if archive is None or not archive.is_file() or archive.parent.resolve() != args.out.resolve():
+        raise PipelineError(f"build.py did not report an archive in {args.out}")
+    smoke_test(archive, args.version)
+    print(archive)
+
+
+def smoke_test(archive: Path, version: str) -> None:
+    """Run the archive with the plain interpreter it was built for (not this tool venv)."""
+    python = getattr(sys, "_base_executable", None) or sys.executable
+    result = subprocess.run([python, str(archive), "--version"], capture_output=True, text=True, timeout=300)
+    said = (result.stdout.strip() or result.stderr.strip()).splitlines()
+    if result.returncode != 0 or result.stdout.strip() != f"pilot {version}":
+        raise PipelineError(f"{archive.name} --version exited {result.returncode}: "
+                            f"{said[-1] if said else 'no output'} (expected 'pilot {version}')")
+
+
+# --- publish ----------------------------------------------------------------------------------
+
+
+def collect_artifacts(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise PipelineError(f"--artifacts {directory}: no such directory")
+    found = sorted(p for p in directory.rglob("*.pyz") if p.is_file() and not p.name.startswith("."))
+    if not found:
+        raise PipelineError(f"no .pyz archives under {directory}")
+    names = [p.name for p in found]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise PipelineError(f"{duplicates[0]} appears more than once under {directory}")
+    return found
+
+
+def embedded_trust(archive: Path) -> tuple[set[str], int]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            meta = json.loads(zf.read(METADATA_MEMBER))
+        return {k["keyid"] for k in meta.get("trusted_keys", [])}, int(meta.get("threshold", 1))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError):
+        raise PipelineError(f"{archive}: not a Pilot archive (no readable {METADATA_MEMBER})") from None
+
+
+def check_signing_keys_trusted(archives: list[Path], keyids: list[str]) -> None:
+    """An archive that does not trust the signing keys could never update again: refuse to ship it."""
+    for archive in archives:
+        trusted, threshold = embedded_trust(archive)
+        usable = trusted & set(keyids)
+        if len(usable) < threshold:
+            raise PipelineError(
+                f"{archive.name} trusts {len(usable)} of the signing key(s) and needs {threshold}: the public key "
+                "it was built with does not match the private key (check the PILOT_RELEASE_PUBLIC_KEY and "
+                "PILOT_RELEASE_SIGNING_KEY secrets)"
+            )
+
+
+def check_existing_manifest(site: Path, channel: str, public_paths: list[Path]) -> None:
+    """The restored tree is input to signing: re-sign only a manifest the release keys signed before.
+
+    Otherwise whoever can push to the branch could slip an entry into the next signed manifest.
+    Expiry is not checked: a manifest that lapsed since the last release is still ours.
+    """
+    from pilot.errors import PilotError
+    from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
+
+    path = site / channel / "manifest.json"
+    if not path.exists():
+        return
+    try:
+        data = path.read_bytes()
+        signatures = path.with_name(path.name + ".sig").read_bytes()
+    except OSError as error:
+        raise PipelineError(f"cannot read {error.filename}: {error.strerror}") from None
+    keys = tuple(load_public_key(p.read_bytes()) for p in public_paths)
+    try:
+        keyset = KeySet(version=1, threshold=1, keys=keys)
+        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
+    except PilotError as error:
+        raise PipelineError(f"the restored {channel} manifest is not signed by the release key, refusing to "
+                            f"sign over it ({error.message})") from None
+
+
+def publish(args: argparse.Namespace) -> None:
+    archives = collect_artifacts(args.artifacts)
+    with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
+        public_paths, keyids = [], []
+        for index, private_path in enumerate(args.private_key):
+            public_path = Path(scratch) / f"signing-{index}.pub"
+            keyids.append(derive_public_key(private_path, public_path))
+            public_paths.append(public_path)
+        check_signing_keys_trusted(archives, keyids)
+        check_existing_manifest(args.site, args.channel, public_paths)
+
+        command = [sys.executable, str(RELEASE_SCRIPT), "publish", "--root", str(args.site),
+                   "--channel", args.channel, "--base-url", args.base_url, "--expires-in", args.expires_in]
+        for private_path in args.private_key:
+            command += ["--key", str(private_path)]
+        if args.version:
+            command += ["--version", args.version]
+        if args.notes:
+            command += ["--notes", str(args.notes)]
+        run_tool([*command, *map(str, archives)], "release.py publish")
+
+        command = [sys.executable, str(RELEASE_SCRIPT), "verify", "--root", str(args.site),
+                   "--channel", args.channel, "--threshold", str(len(public_paths))]
+        for public_path in public_paths:
+            command += ["--trusted-key", str(public_path)]
+        run_tool(command, "release.py verify")
+
+
+# --- the release tree on a git branch ---------------------------------------------------------
+
+
+def git(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True,
+        capture: bool = True) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(["git", *args], cwd=cwd, env=env, text=True, timeout=600,
+                                capture_output=capture)
+    except OSError as error:
+        raise PipelineError(f"cannot run git: {error.strerror}") from None
+    if check and result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()
+        raise PipelineError(f"git {args[0]} failed: {detail[-1] if detail else f'exit {result.returncode}'}")
+    return result
+
+
+def git_dir() -> Path:
+    result = git("rev-parse", "--absolute-git-dir", check=False)
+    if result.returncode != 0:
+        raise PipelineError(f"{Path.cwd()} is not inside a git repository (run from the checkout)")
+    return Path(result.stdout.strip())
+
+
+def with_temporary_index(scratch: str) -> dict:
+    return {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
+
+
+def restore(args: argparse.Namespace) -> None:
+    repo = git_dir()
+    site = args.site.resolve()
+    if site.exists() and any(site.iterdir()):
+        raise PipelineError(f"{args.site} is not empty; restore needs an empty directory")
+    site.mkdir(parents=True, exist_ok=True)
+    local_ref = SITE_REF + args.branch
+    probe = git("ls-remote", "--exit-code", "--heads", args.remote, f"refs/heads/{args.branch}", check=False)
+    if probe.returncode == 2:
+        git("update-ref", "-d", local_ref, check=False)
+        print(f"no {args.branch} branch on {args.remote} yet: starting an empty release tree in {args.site}")
+        return
+    if probe.returncode != 0:
+        raise PipelineError(f"cannot list {args.remote}: {(probe.stderr or '').strip() or probe.returncode}")
+    git("fetch", "--quiet", "--no-tags", "--depth", "1", args.remote, f"+refs/heads/{args.branch}:{local_ref}")
+    with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
+        env = with_temporary_index(scratch)
+        git(f"--git-dir={repo}", f"--work-tree={site}", "read-tree", local_ref, cwd=site, env=env)
+        git(f"--git-dir={repo}", f"--work-tree={site}", "checkout-index", "--all", "--force", cwd=site, env=env)
+    commit = git("rev-parse", local_ref).stdout.strip()
+    count = sum(1 for p in site.rglob("*") if p.is_file())
+    print(f"restored {count} file(s) from {args.remote} {args.branch} ({commit[:12]}) into {args.site}")
+
+
+def save(args: argparse.Namespace) -> None:
+    repo = git_dir()
+    site = args.site.resolve()
+    if not site.is_dir():
+        raise PipelineError(f"{args.site}: no such directory")
+    local_ref = SITE_REF + args.branch
+    base = git("rev-parse", "--verify", "--quiet", local_ref + "^{commit}", check=False).stdout.strip() or None
+    with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
+        env = with_temporary_index(scratch)
+        # Dot files are partial writes or local litter, never part of the published tree.
+        git(f"--git-dir={repo}", f"--work-tree={site}", "add", "--all", "--force", "--", ".",
+            ":(exclude,glob)**/.*", ":(exclude,glob)**/.*/**", cwd=site, env=env)
+        tree = git(f"--git-dir={repo}", "write-tree", env=env).stdout.strip()
+    if base and git("rev-parse", base + "^{tree}").stdout.strip() == tree:
+        print(f"{args.site} is unchanged since {base[:12]}: nothing to push")
+        return
+    env = dict(os.environ)
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", BOT_NAME)
+        env.setdefault(f"GIT_{role}_EMAIL", BOT_EMAIL)
+    parents = ["-p", base] if base else []
+    commit = git("commit-tree", tree, *parents, "-m", args.message, env=env).stdout.strip()
+    # No force: if the branch moved since `restore`, this fails and nothing is lost.
+    git("push", "--quiet", args.remote, f"{commit}:refs/heads/{args.branch}")
+    git("update-ref", local_ref, commit)
+    print(f"pushed {args.site} to {args.remote} {args.branch} ({commit[:12]})")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def run_tool(command: list[str], name: str, capture: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, stdout=subprocess.PIPE if capture else None, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"{name} failed (exit {result.returncode})")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline.py", description="Pilot's release pipeline, step by step.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("tag-version", help="print the version a release tag names (refs/tags/v1.2.3 -> 1.2.3)")
+    p.add_argument("--ref", required=True, help="the git ref, e.g. $GITHUB_REF")
+    p.add_argument("--github-output", action="store_true", help="also append version=V to $GITHUB_OUTPUT")
+    p.set_defaults(run=tag_version)
+
+    p = commands.add_parser("write-key", help="write a key from an environment variable (a CI secret) to a file")
+    p.add_argument("--from-env", required=True, metavar="VAR")
+    p.add_argument("--kind", choices=["public", "private"], required=True)
+    p.add_argument("--out", type=Path, required=True, help="the file (a private key gets mode 0600)")
+    p.set_defaults(run=write_key)
+
+    p = commands.add_parser("pubkey", help="write the public key (PEM) of a private key")
+    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(run=pubkey)
+
+    p = commands.add_parser("build", help="build this interpreter's archive into DIR and run it once")
+    p.add_argument("--version", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--public-key", type=Path, action="append", required=True,
+                   help="the release public key to embed; repeat for several")
+    p.add_argument("--threshold", type=int, default=1)
+    p.set_defaults(run=build)
+
+    def tree_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--site", type=Path, required=True, help="the release tree directory")
+        p.add_argument("--branch", default="gh-pages")
+        p.add_argument("--remote", default="origin")
+
+    p = commands.add_parser("restore", help="copy the release tree from a git branch into an empty SITE")
+    tree_options(p)
+    p.set_defaults(run=restore)
+
+    p = commands.add_parser("publish", help="add every archive in DIR to SITE, sign, and verify the result")
+    p.add_argument("--site", type=Path, required=True)
+    p.add_argument("--channel", default="stable")
+    p.add_argument("--base-url", required=True, help="the URL at which SITE is served")
+    p.add_argument("--private-key", type=Path, action="append", required=True, help="signing key; repeat for several")
+    p.add_argument("--expires-in", default="30d", help="manifest lifetime (default 30d)")
+    p.add_argument("--version", help="the version every archive must carry (e.g. from tag-version)")
+    p.add_argument("--notes", type=Path, help="release notes file")
+    p.add_argument("--artifacts", type=Path, required=True, help="directory searched for .pyz archives")
+    p.set_defaults(run=publish)
+
+    p = commands.add_parser("save", help="commit SITE onto the branch restore fetched and push it")
+    tree_options(p)
+    p.add_argument("--message", required=True)
+    p.set_defaults(run=save)
+    return parser
+
+
+def main() -> int:
+    toolenv.reexec_in_tools_env(__file__)
+    sys.path.insert(0, str(REPO))
+    args = build_parser().parse_args()
+    from pilot.errors import PilotError
+
+    try:
+        args.run(args)
+    except PipelineError as error:
+        print(f"pipeline: {args.command}: {error}", file=sys.stderr)
+        return 1
+    except PilotError as error:
+        print(f"pipeline: {args.command}: {error.one_line()}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"pipeline: {args.command}: {error.strerror}: {error.filename}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

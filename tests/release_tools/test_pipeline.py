@@ -1,0 +1,407 @@
+"""The release workflow, run locally: .github/workflows/release.yml's own steps, end to end.
+
+`WorkflowRunner` executes the workflow file itself. Its `run:` steps must be calls of
+release-tools/pipeline.py and nothing else (any other command fails the test), and they run
+with the workflow's own arguments, `${{ }}` expressions and environment; the few actions it
+uses are played by local stand-ins (a bare git repository for origin, a directory for the
+artifact store, a loopback StaticServer for GitHub Pages), and an action it does not know
+fails the test. So the workflow cannot drift from what this test checks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pilot.update.manifest import parse_manifest
+from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
+from tests.support.archives import REPO
+from tests.support.server import StaticServer
+
+pytestmark = pytest.mark.slow
+
+WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
+PIPELINE = REPO / "release-tools" / "pipeline.py"
+PIPELINE_CALL = ["python", "release-tools/pipeline.py"]
+SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
+EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+SHELL_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+STEP_KEYS = {"run": {"name", "id", "run", "env"}, "uses": {"name", "id", "uses", "with"}}
+
+
+def load_workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def run_pipeline(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PIPELINE), *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
+
+
+class WorkflowRunner:
+    """Runs jobs of release.yml on this machine, one fresh workspace per job, like a runner does."""
+
+    def __init__(self, workflow: dict, root: Path, *, secrets: dict[str, str], origin: Path,
+                 pages: StaticServer) -> None:
+        self.workflow = workflow
+        self.root = root
+        self.secrets = secrets
+        self.origin = origin
+        self.pages = pages
+        self.artifact_store = root / "artifact-store"
+        self.pages_artifact = root / "pages-artifact"
+        self.executed: list[tuple[str, str]] = []  # (job, pipeline subcommand) in order
+        self.jobs_run = 0
+
+    def run_job(self, name: str, ref: str, matrix: dict | None = None) -> None:
+        job = self.workflow["jobs"][name]
+        self.jobs_run += 1
+        workspace = self.root / f"{self.jobs_run}-{name}" / "workspace"
+        runner_temp = workspace.parent / "runner-temp"
+        workspace.mkdir(parents=True)
+        runner_temp.mkdir()
+        # actions/checkout leaves a git repository whose origin is the project's repository.
+        git("init", "--quiet", cwd=workspace)
+        git("remote", "add", "origin", self.origin.as_uri(), cwd=workspace)
+        context = {"github": {"ref": ref}, "secrets": self.secrets, "matrix": matrix or {},
+                   "runner": {"temp": str(runner_temp)}, "steps": {}}
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
+        base_env.update(CI="true", GITHUB_REF=ref, GITHUB_WORKSPACE=str(workspace), RUNNER_TEMP=str(runner_temp))
+        for index, step in enumerate(job["steps"]):
+            kind = "uses" if "uses" in step else "run"
+            assert set(step) <= STEP_KEYS[kind], f"{name} step {index}: keys the local runner does not play: {step}"
+            if kind == "uses":
+                outputs = self.action(step, workspace, context)
+            else:
+                outputs = self.run_step(name, index, step, workspace, runner_temp, base_env, context)
+            if "id" in step:
+                context["steps"][step["id"]] = {"outputs": outputs}
+
+    def run_step(self, job: str, index: int, step: dict, workspace: Path, runner_temp: Path, base_env: dict,
+                 context: dict) -> dict:
+        output_file = runner_temp / f"output-{index}"
+        output_file.touch()
+        env = {**base_env, "GITHUB_OUTPUT": str(output_file)}
+        env.update({key: evaluate(str(value), context) for key, value in step.get("env", {}).items()})
+        lines = [line.strip() for line in step["run"].replace("\\\n", " ").splitlines()]
+        commands = [line for line in lines if line and not line.startswith("#")]
+        assert commands, f"{job} step {index} runs nothing"
+        for line in commands:
+            assert "${{" not in line, f"{job}: pass expressions through env:, not into the script: {line}"
+            words = shlex.split(line)
+            assert words[:2] == PIPELINE_CALL, f"{job}: a run: step may only call release-tools/pipeline.py: {line}"
+            args = [expand(word, env) for word in words[2:]]
+            self.executed.append((job, args[0]))
+            result = run_pipeline(*args, env=env, cwd=workspace)
+            assert result.returncode == 0, f"{job}: {line}\n{result.stdout}\n{result.stderr[-4000:]}"
+        return dict(line.split("=", 1) for line in output_file.read_text().splitlines() if "=" in line)
+
+    def action(self, step: dict, workspace: Path, context: dict) -> dict:
+        uses = step["uses"]
+        assert re.fullmatch(r"actions/[\w-]+@v\d+", uses), f"pin actions by major version: {uses}"
+        action = uses.split("@")[0]
+        inputs = {key: evaluate(str(value), context) for key, value in step.get("with", {}).items()}
+        if action == "actions/checkout":
+            return {}  # the workspace is already a repository with origin; pipeline.py runs from REPO
+        if action == "actions/setup-python":
+            assert inputs["python-version"] in SUPPORTED_PYTHONS, inputs
+            return {}  # `python` is this interpreter
+        if action == "actions/upload-artifact":
+            files = sorted(workspace.glob(inputs["path"]))
+            assert files or inputs.get("if-no-files-found") != "error", f"no files match {inputs['path']}"
+            target = self.artifact_store / inputs["name"]
+            assert not target.exists(), f"artifact {inputs['name']} uploaded twice"
+            target.mkdir(parents=True)
+            for path in files:
+                shutil.copy2(path, target / path.name)
+            return {}
+        if action == "actions/download-artifact":
+            assert inputs.get("merge-multiple") == "True", "the publish step expects one flat directory"
+            target = workspace / inputs["path"]
+            target.mkdir(parents=True, exist_ok=True)
+            for artifact in sorted(self.artifact_store.iterdir()):
+                if fnmatch.fnmatchcase(artifact.name, inputs["pattern"]):
+                    for path in artifact.iterdir():
+                        shutil.copy2(path, target / path.name)
+            return {}
+        if action == "actions/configure-pages":
+            return {"base_url": self.pages.url}
+        if action == "actions/upload-pages-artifact":
+            shutil.rmtree(self.pages_artifact, ignore_errors=True)
+            shutil.copytree(workspace / inputs["path"], self.pages_artifact,
+                            ignore=lambda _dir, names: [n for n in names if n.startswith(".")])
+            return {}
+        if action == "actions/deploy-pages":
+            for child in self.pages.root.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            shutil.copytree(self.pages_artifact, self.pages.root, dirs_exist_ok=True)
+            return {"page_url": self.pages.url + "/"}
+        raise AssertionError(f"the local runner does not know {uses}: teach WorkflowRunner.action what it does")
+
+
+def evaluate(text: str, context: dict) -> str:
+    def lookup(match: re.Match) -> str:
+        value = context
+        for part in match[1].split("."):
+            assert isinstance(value, dict) and part in value, f"unknown expression ${{{{ {match[1]} }}}}"
+            value = value[part]
+        return str(value)
+
+    return EXPRESSION.sub(lookup, text)
+
+
+def expand(word: str, env: dict) -> str:
+    def lookup(match: re.Match) -> str:
+        name = match[1] or match[2]
+        assert name in env, f"${name} is not set in the step's environment"
+        return env[name]
+
+    return SHELL_VARIABLE.sub(lookup, word)
+
+
+def local_matrix(workflow: dict) -> dict:
+    matrix = workflow["jobs"]["build"]["strategy"]["matrix"]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert python in matrix["python"], f"this interpreter ({python}) is not in the build matrix"
+    os_name = "ubuntu-latest" if sys.platform.startswith("linux") else "macos-latest"
+    assert os_name in matrix["os"]
+    return {"os": os_name, "python": python}
+
+
+# --- the workflow file ------------------------------------------------------------------------
+
+
+def test_workflow_builds_every_supported_python_on_linux_and_both_macs_and_publishes_on_version_tags():
+    workflow = load_workflow()
+    trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert trigger == {"push": {"tags": ["v*"]}}
+    jobs = workflow["jobs"]
+    assert set(jobs) == {"build", "publish", "deploy"}
+    matrix = jobs["build"]["strategy"]["matrix"]
+    assert matrix["python"] == SUPPORTED_PYTHONS
+    assert set(matrix["os"]) == {"ubuntu-latest", "macos-latest", "macos-15-intel"}
+    assert jobs["publish"]["needs"] == "build" and jobs["deploy"]["needs"] == "publish"
+    # The signing key reaches only the publish job, and only through pipeline.py write-key.
+    for name, job in jobs.items():
+        for step in job["steps"]:
+            secrets = re.findall(r"secrets\.(\w+)", json.dumps(step))
+            if "PILOT_RELEASE_SIGNING_KEY" in secrets:
+                assert name == "publish" and "write-key" in step["run"], step
+    assert workflow["permissions"] == {"contents": "read"}
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tmp_path, release_key, archives):
+    workflow = load_workflow()
+    origin = tmp_path / "origin.git"
+    git("init", "--bare", "--quiet", str(origin))
+    served = tmp_path / "pages"
+    served.mkdir()
+    secrets = {"PILOT_RELEASE_PUBLIC_KEY": release_key.public_path.read_text(),
+               "PILOT_RELEASE_SIGNING_KEY": release_key.private_path.read_text()}
+
+    with StaticServer(served) as pages:
+        runner = WorkflowRunner(workflow, tmp_path / "runs", secrets=secrets, origin=origin, pages=pages)
+        matrix = local_matrix(workflow)
+
+        # v1.0.0, the first release: no gh-pages branch yet. Its build job ran elsewhere: the
+        # artifact store holds a cached archive built for the same key.
+        first = runner.artifact_store / f"pilot-{matrix['os']}-py{matrix['python']}-v1.0.0"
+        first.mkdir(parents=True)
+        shutil.copy2(archives.build("1.0.0"), first)
+        runner.run_job("publish", "refs/tags/v1.0.0")
+        runner.run_job("deploy", "refs/tags/v1.0.0")
+        assert json.loads(fetch(f"{pages.url}/stable/manifest.json"))["serial"] == 1
+        shutil.rmtree(runner.artifact_store)
+
+        # v1.2.3: every job, on top of the tree the first release left on gh-pages.
+        runner.run_job("build", "refs/tags/v1.2.3", matrix)
+        runner.run_job("publish", "refs/tags/v1.2.3")
+        runner.run_job("deploy", "refs/tags/v1.2.3")
+
+        # What a client does: fetch over HTTP, verify in-process against the key it trusts.
+        manifest_bytes = fetch(f"{pages.url}/stable/manifest.json")
+        signature_bytes = fetch(f"{pages.url}/stable/manifest.json.sig")
+        keyset = KeySet(version=1, threshold=1, keys=(load_public_key(release_key.public_path.read_bytes()),))
+        valid = verify_threshold(manifest_bytes, parse_signatures(signature_bytes, "manifest.json.sig"), keyset,
+                                 "manifest.json")
+        assert valid == {release_key.public.keyid}
+        manifest = parse_manifest(manifest_bytes)
+        assert (manifest.product, manifest.channel, manifest.serial) == ("pilot", "stable", 2)
+        assert [str(r.version) for r in manifest.releases] == ["1.2.3", "1.0.0"]
+        assert (manifest.expires_at - manifest.issued_at).days == 30
+
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
+        for release in manifest.releases:
+            (artifact,) = release.artifacts
+            assert artifact.url.startswith(pages.url + "/releases/")
+            data = fetch(artifact.url)
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (artifact.size, artifact.sha256)
+            (downloads / artifact.url.rsplit("/", 1)[1]).write_bytes(data)
+
+        (artifact,) = manifest.releases[0].artifacts
+        archive = downloads / artifact.url.rsplit("/", 1)[1]
+        assert archive.name.startswith("pilot-1.2.3-cp")
+        result = subprocess.run([sys.executable, str(archive), "--version"], capture_output=True, text=True,
+                                timeout=120)
+        assert (result.returncode, result.stdout.strip()) == (0, "pilot 1.2.3"), result.stderr
+
+    # Every run: step went through pipeline.py; the test exercised each subcommand the workflow uses.
+    assert [job for job, _ in runner.executed].count("build") == 3
+    assert {sub for _, sub in runner.executed} == {"tag-version", "write-key", "build", "restore", "publish", "save"}
+    # gh-pages holds the tree as two fast-forward commits, one per release.
+    log = git("log", "--format=%s", "gh-pages", cwd=origin).splitlines()
+    assert log == ["Release 1.2.3", "Release 1.0.0"]
+    files = git("ls-tree", "-r", "--name-only", "gh-pages", cwd=origin).splitlines()
+    assert "stable/manifest.json" in files and "stable/manifest.json.sig" in files
+    assert sum(name.endswith(".pyz") for name in files) == 2
+
+
+# --- single steps -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ref", "version"), [
+    ("refs/tags/v1.2.3", "1.2.3"), ("refs/tags/v2.0.0rc1", "2.0.0rc1"), ("refs/tags/v1.0.post1", "1.0.post1"),
+    ("refs/tags/v10.0.0.dev3", "10.0.0.dev3"),
+])
+def test_tag_version_prints_the_version_a_release_tag_names(ref, version, tmp_path):
+    output = tmp_path / "github-output"
+    output.write_text("earlier=1\n")
+    env = {**os.environ, "GITHUB_OUTPUT": str(output)}
+    result = run_pipeline("tag-version", "--ref", ref, "--github-output", env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{version}\n", "")
+    assert output.read_text() == f"earlier=1\nversion={version}\n"
+
+
+@pytest.mark.parametrize("ref", [
+    "refs/tags/1.2.3", "refs/heads/v1.2.3", "refs/tags/v1.2.3-rc1", "refs/tags/v01.2.3", "refs/tags/v1.2.3+local",
+    "refs/tags/v1!2.0", "refs/tags/vnext", "refs/tags/v", "refs/tags/V1.2.3", "refs/tags/v1.2.3 ",
+])
+def test_tag_version_refuses_a_tag_that_is_not_a_canonical_version_in_one_line(ref):
+    result = run_pipeline("tag-version", "--ref", ref)
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("pipeline: tag-version: ")
+
+
+def test_pubkey_derives_the_public_key_keygen_wrote(tmp_path, release_key):
+    out = tmp_path / "derived.pub"
+    result = run_pipeline("pubkey", "--key", str(release_key.private_path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == release_key.public_path.read_bytes()
+    assert f"keyid {release_key.public.keyid}" in result.stdout
+
+
+def test_write_key_writes_a_secret_0600_and_refuses_the_wrong_kind_without_echoing_it(tmp_path, release_key):
+    private_pem = release_key.private_path.read_text()
+    env = {**os.environ, "SIGNING": private_pem.strip() + "\r\n", "EMPTY": ""}
+    out = tmp_path / "temp" / "release.key"
+    result = run_pipeline("write-key", "--from-env", "SIGNING", "--kind", "private", "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == private_pem
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert private_pem.splitlines()[1] not in result.stdout + result.stderr
+
+    again = run_pipeline("write-key", "--from-env", "SIGNING", "--kind", "private", "--out", str(out), env=env)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+
+    wrong = run_pipeline("write-key", "--from-env", "SIGNING", "--kind", "public", "--out", str(tmp_path / "x.pub"),
+                         env=env)
+    assert wrong.returncode == 1 and len(wrong.stderr.splitlines()) == 1
+    assert "does not hold an Ed25519 public key" in wrong.stderr
+    assert private_pem.splitlines()[1] not in wrong.stdout + wrong.stderr
+    assert not (tmp_path / "x.pub").exists()
+
+    empty = run_pipeline("write-key", "--from-env", "EMPTY", "--kind", "public", "--out", str(tmp_path / "y.pub"),
+                         env=env)
+    assert empty.returncode == 1 and "EMPTY is unset or empty" in empty.stderr
+
+
+def test_publish_refuses_archives_that_do_not_trust_the_signing_key(tmp_path, archives, other_key):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    shutil.copy2(archives.build("1.0.0"), dist)  # built to trust release_key
+    site = tmp_path / "site"
+    result = run_pipeline("publish", "--site", str(site), "--channel", "stable", "--base-url", "http://127.0.0.1:1",
+                          "--private-key", str(other_key.private_path), "--artifacts", str(dist))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+    assert "does not match the private key" in result.stderr
+    assert not site.exists()
+
+
+def test_publish_refuses_to_sign_over_a_restored_manifest_the_key_did_not_sign(tmp_path, archives, release_key):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    shutil.copy2(archives.build("1.0.0"), dist)
+    site = tmp_path / "site"
+    publish = ["publish", "--site", str(site), "--channel", "stable", "--base-url", "http://127.0.0.1:1",
+               "--private-key", str(release_key.private_path), "--artifacts", str(dist)]
+    first = run_pipeline(*publish)
+    assert first.returncode == 0, first.stderr
+    assert "ok: stable serial 1" in first.stdout
+
+    manifest = site / "stable" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"serial": 1', '"serial": 7'))
+    tampered = run_pipeline(*publish)
+    assert tampered.returncode == 1 and len(tampered.stderr.splitlines()) == 1
+    assert "not signed by the release key" in tampered.stderr
+    assert '"serial": 7' in manifest.read_text()  # nothing re-signed
+
+
+def test_restore_and_save_round_trip_the_tree_through_a_branch(tmp_path):
+    origin = tmp_path / "origin.git"
+    git("init", "--bare", "--quiet", str(origin))
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    git("init", "--quiet", cwd=workspace)
+    git("remote", "add", "origin", origin.as_uri(), cwd=workspace)
+
+    result = run_pipeline("restore", "--site", "site", "--branch", "gh-pages", cwd=workspace)
+    assert result.returncode == 0 and "starting an empty release tree" in result.stdout, result.stderr
+    (workspace / "site" / "stable").mkdir()
+    (workspace / "site" / "stable" / "manifest.json").write_text("{}\n")
+    (workspace / "site" / "stable" / ".manifest.json.partial").write_text("half")
+    assert run_pipeline("save", "--site", "site", "--branch", "gh-pages", "--message", "one",
+                        cwd=workspace).returncode == 0
+    assert git("ls-tree", "-r", "--name-only", "gh-pages", cwd=origin) == "stable/manifest.json"
+
+    # A second checkout restores it; a push that raced ahead makes its save fail instead of losing a release.
+    other = tmp_path / "other"
+    shutil.copytree(workspace / ".git", other / ".git")
+    result = run_pipeline("restore", "--site", "site", "--branch", "gh-pages", cwd=other)
+    assert result.returncode == 0, result.stderr
+    assert (other / "site" / "stable" / "manifest.json").read_text() == "{}\n"
+    (workspace / "site" / "a").write_text("a")
+    assert run_pipeline("save", "--site", "site", "--branch", "gh-pages", "--message", "two",
+                        cwd=workspace).returncode == 0
+    (other / "site" / "b").write_text("b")
+    raced = run_pipeline("save", "--site", "site", "--branch", "gh-pages", "--message", "three", cwd=other)
+    assert raced.returncode == 1 and raced.stderr.startswith("pipeline: save: git push failed")
+    assert git("log", "--format=%s", "gh-pages", cwd=origin).splitlines() == ["two", "one"]
+
+    refused = run_pipeline("restore", "--site", "site", "--branch", "gh-pages", cwd=other)
+    assert refused.returncode == 1 and "not empty" in refused.stderr
