@@ -102,12 +102,22 @@ def dispatch(args: argparse.Namespace) -> int:
     return int(handler(args) or 0)
 
 
+def announce_rollback() -> None:
+    from pilot.update.sentinel import rollback_notice
+
+    notice = rollback_notice()
+    if notice:
+        print(notice, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
+    if args.command != "self-update":
+        announce_rollback()
     try:
         return dispatch(args)
     except PilotError as error:

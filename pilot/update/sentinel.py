@@ -126,6 +126,19 @@ def record_installed(trial: Trial) -> None:
         save_state(state)
 
 
+def rollback_notice() -> str | None:
+    """One line for the user when an update was rolled back and they have not been told yet."""
+    if not os.path.exists(state_path()):
+        return None
+    state = load_state()
+    last = state.get("last") or {}
+    if last.get("state") != "rolled_back" or not state.get("notice_pending"):
+        return None
+    take_notice()
+    return (f"pilot: rolled back from {last.get('to_version')} to {last.get('from_version')}: {last.get('reason')} "
+            "(details: pilot self-update --status)")
+
+
 def take_notice() -> dict | None:
     """The last outcome if the user has not been told about it yet (and mark it told)."""
     state = load_state()

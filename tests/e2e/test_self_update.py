@@ -182,6 +182,39 @@ def test_refusals_leave_the_install_untouched(attack, message, v1, v2, release_s
     assert pilot.version() == "pilot 1.0.0"
 
 
+def test_unreachable_server_is_one_line_and_changes_nothing(v1, install_factory):
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    pilot = install_factory(v1)
+    before = sha256(pilot.path)
+    result = pilot.run("self-update", "--yes", extra_env={
+        "PILOT_MANIFEST_URL": f"http://127.0.0.1:{closed}/stable/manifest.json"})
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "could not connect" in result.stderr
+    assert sha256(pilot.path) == before
+
+
+def test_no_artifact_for_this_platform(v1, v2, release_site, install_factory, release_key):
+    from pilot.update.verify import encode_signatures, sign
+
+    release_site.publish(v2)
+    document = json.loads(release_site.manifest.read_bytes())
+    document["releases"][0]["artifacts"][0]["platform_tag"] = "linux_riscv64"
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    release_site.manifest.write_bytes(data)
+    (release_site.manifest.parent / "manifest.json.sig").write_bytes(
+        encode_signatures([sign(release_key.private, data)]))
+    pilot = install_factory(v1)
+    result = pilot.run("self-update", "--yes")
+    assert result.returncode == 3
+    assert "has no build for cp311-linux_x86_64 (it has cp311-linux_riscv64)" in result.stderr
+    assert pilot.version() == "pilot 1.0.0"
+
+
 def test_replayed_older_manifest_is_refused(v1, v2, archives, release_site, install_factory):
     release_site.publish(v2)
     old_manifest = release_site.manifest.read_bytes()
@@ -241,8 +274,13 @@ def test_hard_crash_during_boot_is_rolled_back_at_next_start(v2, archives, relea
     assert crashed.returncode == 7  # os._exit in the new version: nothing of Pilot ran after it
     assert sha256(pilot.path) == sha256(v3)
 
-    status = pilot.status()  # the next start: the guard restores v2 and then runs the command on it
+    next_start = pilot.run("version")  # the guard restores v2, which says so once and runs the command
+    assert next_start.returncode == 0
+    assert "rolled back from 3.0.0 to 2.0.0" in next_start.stderr
+    assert "2.0.0" in next_start.stdout
     assert sha256(pilot.path) == v2_hash
+    assert "rolled back" not in pilot.run("version").stderr  # told once
+    status = pilot.status()
     assert status["state"] == "rolled_back"
     assert status["to_version"] == "3.0.0"
     assert "did not finish starting" in status["reason"]
