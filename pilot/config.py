@@ -6,7 +6,16 @@
       auto_check: true
       check_interval: 30m
       auto_upgrade_on_idle: false
-      notify_channel: none   # telegram, webhook
+      notify_channel: none          # none, telegram, webhook
+    daemon:
+      concurrency: 1
+      executor: claude -p --output-format stream-json --verbose
+      drain_timeout: 10m            # how long an upgrade waits for running tasks before asking
+    notify:
+      telegram_token: "123:abc"
+      telegram_chat_id: "42"
+      telegram_api: https://api.telegram.org
+      webhook_url: https://hooks.example.org/pilot
 
 Precedence: command-line flags (applied by the caller) > environment (PILOT_MANIFEST_URL)
 > $PILOT_HOME/config.yaml > the manifest URL embedded at build time > defaults.
@@ -16,7 +25,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, replace
+import shlex
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +38,11 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 NOTIFY_CHANNELS = ("none", "telegram", "webhook")
 CHANNEL = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+DEFAULT_EXECUTOR = ("claude", "-p", "--output-format", "stream-json", "--verbose")
+
+
+def duration(default: float) -> Any:
+    return field(default=default, metadata={"kind": "duration"})
 
 
 @dataclass(frozen=True)
@@ -35,15 +50,36 @@ class UpgradeConfig:
     manifest_url: str | None = None
     channel: str = "stable"
     auto_check: bool = True
-    check_interval: float = 1800.0
+    check_interval: float = duration(1800.0)
     auto_upgrade_on_idle: bool = False
     notify_channel: str = "none"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    concurrency: int = 1
+    executor: tuple[str, ...] = DEFAULT_EXECUTOR
+    drain_timeout: float = duration(600.0)
+    idle_upgrade_after: float = duration(300.0)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    telegram_token: str | None = None
+    telegram_chat_id: str | None = None
+    telegram_api: str = "https://api.telegram.org"
+    webhook_url: str | None = None
+
+
+SECTIONS = {"upgrade": UpgradeConfig, "daemon": DaemonConfig, "notify": NotifyConfig}
 
 
 @dataclass(frozen=True)
 class Config:
     home: Path
     upgrade: UpgradeConfig = field(default_factory=UpgradeConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def config_file(self) -> Path:
@@ -57,44 +93,46 @@ class Config:
 def parse_duration(value: Any, what: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
-    match = DURATION.match(str(value)) if isinstance(value, str) else None
+    match = DURATION.match(value) if isinstance(value, str) else None
     if not match or float(match[1]) <= 0:
         raise ConfigError(f"{what}: {value!r} is not a duration like 30m, 2h or 90s")
     return float(match[1]) * UNITS[match[2]]
 
 
-def _bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"{what}: expected true or false, got {value!r}")
-
-
-def _string(value: Any, what: str) -> str:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
+def _convert(value: Any, spec, what: str) -> Any:
+    kind = spec.metadata.get("kind") or str(spec.type)
+    if kind == "duration":
+        return parse_duration(value, what)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{what}: expected true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64:
+            return value
+        raise ConfigError(f"{what}: expected a whole number from 1 to 64, got {value!r}")
+    if kind == "tuple[str, ...]":
+        words = shlex.split(value) if isinstance(value, str) else value
+        if isinstance(words, list) and words and all(isinstance(w, str) and w for w in words):
+            return tuple(words)
+        raise ConfigError(f"{what}: expected a command line, got {value!r}")
+    if value is None and "None" in kind:
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()
     raise ConfigError(f"{what}: expected text, got {value!r}")
 
 
-def parse_upgrade(section: Any, base: UpgradeConfig, where: str) -> UpgradeConfig:
+def parse_section(name: str, section: Any, base: Any, where: str) -> Any:
     if section is None:
         return base
     if not isinstance(section, dict):
-        raise ConfigError(f"{where}: 'upgrade' must be a mapping")
-    known = {f for f in UpgradeConfig.__dataclass_fields__}
-    unknown = sorted(str(k) for k in section if k not in known)
+        raise ConfigError(f"{where}: '{name}' must be a mapping")
+    specs = {spec.name: spec for spec in fields(base)}
+    unknown = sorted(str(key) for key in section if key not in specs)
     if unknown:
-        raise ConfigError(f"{where}: unknown key upgrade.{unknown[0]} (known: {', '.join(sorted(known))})")
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        what = f"{where}: upgrade.{key}"
-        if key == "check_interval":
-            values[key] = parse_duration(value, what)
-        elif key in ("auto_check", "auto_upgrade_on_idle"):
-            values[key] = _bool(value, what)
-        elif key == "manifest_url":
-            values[key] = None if value is None else _string(value, what)
-        else:
-            values[key] = _string(value, what)
+        raise ConfigError(f"{where}: unknown key {name}.{unknown[0]} (known: {', '.join(sorted(specs))})")
+    values = {key: _convert(value, specs[key], f"{where}: {name}.{key}") for key, value in section.items()}
     if "channel" in values and not CHANNEL.match(values["channel"]):
         raise ConfigError(f"{where}: upgrade.channel {values['channel']!r} is not a channel name")
     if values.get("notify_channel", "none") not in NOTIFY_CHANNELS:
@@ -102,17 +140,27 @@ def parse_upgrade(section: Any, base: UpgradeConfig, where: str) -> UpgradeConfi
     return replace(base, **values)
 
 
+def parse_upgrade(section: Any, base: UpgradeConfig, where: str) -> UpgradeConfig:
+    return parse_section("upgrade", section, base, where)
+
+
 def load_config(env: dict[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     home = Path(pilot_home())
     build = current_build()
-    upgrade = UpgradeConfig(manifest_url=build.manifest_url if build else None)
+    config = Config(home=home, upgrade=UpgradeConfig(manifest_url=build.manifest_url if build else None))
     path = home / "config.yaml"
     if path.exists():
-        upgrade = parse_upgrade(_read_yaml(path).get("upgrade"), upgrade, str(path))
+        document = _read_yaml(path)
+        unknown = sorted(str(key) for key in document if key not in SECTIONS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+        sections = {name: parse_section(name, document.get(name), getattr(config, name), str(path))
+                    for name in SECTIONS}
+        config = replace(config, **sections)
     if env.get("PILOT_MANIFEST_URL"):
-        upgrade = replace(upgrade, manifest_url=env["PILOT_MANIFEST_URL"])
-    return Config(home=home, upgrade=upgrade)
+        config = config.with_upgrade(manifest_url=env["PILOT_MANIFEST_URL"])
+    return config
 
 
 def _read_yaml(path: Path) -> dict:
