@@ -67,12 +67,17 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def temp_file(directory: Path) -> Iterator[Path]:
-    """A private temp file beside the install; removed unless the caller moved it away."""
+def new_temp(directory: Path) -> Path:
+    """A private (0600) temp file beside the install, so the final rename stays on one filesystem."""
     fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".partial", dir=directory)
     os.close(fd)
-    path = Path(name)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def temp_file(directory: Path) -> Iterator[Path]:
+    """new_temp, removed on exit unless the caller moved it away."""
+    path = new_temp(directory)
     try:
         yield path
     finally:

@@ -49,6 +49,18 @@ class CheckResult:
         return self.choice is not None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A downloaded, verified and self-tested archive waiting beside the install."""
+
+    choice: Choice
+    candidate: Path
+    build_id: str
+
+    def discard(self) -> None:
+        self.candidate.unlink(missing_ok=True)  # a no-op once swap_in moved it into place
+
+
 class FileSource:
     """A Fetcher over local files, for `--from-file PYZ --manifest DIR_OR_FILE`: same checks, no network."""
 
@@ -135,32 +147,50 @@ class Updater:
         install.receive(self.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact, progress)
         return install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
 
-    def install(self, choice: Choice, *, progress: install.Progress | None = None,
-                on_step: Callable[[str], None] = lambda step: None, restart: bool = True,
-                resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV) -> str:
-        """Download, verify, pre-flight and swap; then exec the new version (restart) or return 'installed'."""
-        version = str(choice.release.version)
+    def prepare(self, choice: Choice, *, progress: install.Progress | None = None,
+                on_step: Callable[[str], None] = lambda step: None) -> Prepared:
+        """Download, verify and self-test the new archive beside the install; nothing is swapped yet."""
         install.ensure_writable(self.paths.install.parent)
-        with install.temp_file(self.paths.install.parent) as candidate:
+        candidate = install.new_temp(self.paths.install.parent)
+        try:
             on_step("downloading")
             metadata = self.download_verified(choice, candidate, progress)
             on_step("verifying")
-            install.preflight(candidate, version=version, build_id=metadata["build_id"])
-            trial = sentinel.Trial(
-                from_version=self.build.version, to_version=version, from_build_id=self.build.build_id,
-                to_build_id=metadata["build_id"], install_path=self.paths.install, backup_path=self.paths.backup,
-                resume_argv=resume_argv,
-            )
-            on_step("installing")
-            if restart:
-                sentinel.open_trial(trial)  # before the swap: a crash from here on is caught by the guard
-            install.swap_in(candidate, self.paths)
-        install.prune_extractions({self.build.build_id, metadata["build_id"]})
+            install.preflight(candidate, version=str(choice.release.version), build_id=metadata["build_id"])
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+        return Prepared(choice, candidate, metadata["build_id"])
+
+    def apply(self, prepared: Prepared, *, restart: bool = True, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV,
+              on_step: Callable[[str], None] = lambda step: None) -> str:
+        """Swap a prepared archive in under the update lock; then exec it, or return 'installed'."""
+        trial = sentinel.Trial(
+            from_version=self.build.version, to_version=str(prepared.choice.release.version),
+            from_build_id=self.build.build_id, to_build_id=prepared.build_id, install_path=self.paths.install,
+            backup_path=self.paths.backup, resume_argv=resume_argv,
+        )
+        on_step("installing")
+        try:
+            with sentinel.UpdateLock():
+                if restart:
+                    sentinel.open_trial(trial)  # before the swap: a crash from here on is caught by the guard
+                install.swap_in(prepared.candidate, self.paths)
+        finally:
+            prepared.discard()
+        install.prune_extractions({self.build.build_id, prepared.build_id})
         if not restart:
             sentinel.record_installed(trial)
             return "installed"
         on_step("restarting")
         self.restart(resume_argv)
+
+    def install(self, choice: Choice, *, progress: install.Progress | None = None,
+                on_step: Callable[[str], None] = lambda step: None, restart: bool = True,
+                resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV) -> str:
+        """prepare + apply: what `pilot self-update` does."""
+        prepared = self.prepare(choice, progress=progress, on_step=on_step)
+        return self.apply(prepared, restart=restart, resume_argv=resume_argv, on_step=on_step)
 
     def restart(self, argv: tuple[str, ...]) -> NoReturn:
         signal.alarm(sentinel.boot_timeout())  # survives exec: a hung new version is killed or rolled back
