@@ -302,10 +302,7 @@ class HttpFetcher:
 
         resp, final, chunk = self._retrying(budget, first)
         try:
-            try:
-                yield from self._rest(budget, resp, final, chunk, size, chunk_size)
-            except _Transient:
-                yield from self._rest(budget, *self._retrying(budget, first), size, chunk_size)
+            yield from self._rest(budget, resp, final, chunk, size, chunk_size)
         finally:
             _dispose(resp)
 
@@ -343,8 +340,8 @@ class HttpFetcher:
         import urllib3
 
         timeout = budget.timeout(self.read_timeout)
-        sock = getattr(getattr(resp, "connection", None), "sock", None)
-        if sock is not None:
+        sock = _socket_of(resp)
+        if sock is not None:  # else the timeout urllib3 set at request time (also deadline-capped) applies
             sock.settimeout(timeout)
         try:
             # read1, unlike read, returns after one recv: a trickle cannot keep a read alive forever.
@@ -438,6 +435,20 @@ def _redirect(current: _Target, location: str | None, status: int, allowed: froz
         raise DownloadError(f"refused redirect from {_show(current.host)} to {_show(nxt.host)}, "
                             "which is not an allowed update host", hint=f"{where} -> {_show_url(nxt.url)}")
     return _check_scheme(nxt)
+
+
+def _socket_of(resp: urllib3.BaseHTTPResponse) -> socket.socket | None:
+    """The socket the body is read from.
+
+    http.client drops the connection's `sock` as soon as a response is marked to close
+    (HTTP/1.0, `Connection: close`), so fall back to the socket behind the response's
+    file object; test_a_slow_server_is_cut_off_at_the_deadline[stall-*] notices if this breaks.
+    """
+    sock = getattr(resp.connection, "sock", None) if hasattr(resp, "connection") else None
+    if sock is None:
+        raw = getattr(getattr(getattr(resp, "_fp", None), "fp", None), "raw", None)
+        sock = getattr(raw, "_sock", None)
+    return sock if hasattr(sock, "settimeout") else None
 
 
 def _dispose(resp: urllib3.BaseHTTPResponse) -> None:
