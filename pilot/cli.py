@@ -38,9 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     version.add_argument("--json", action="store_true", help="print one JSON object for scripts")
     version.set_defaults(handler="pilot.commands.version:run")
+    add_daemon_commands(commands)
     add_self_update(commands)
     add_debug(commands)
     return parser
+
+
+def add_daemon_commands(commands) -> None:
+    start = commands.add_parser(
+        "start", help="run the daemon (headless, or with --dashboard)",
+        description="Run the Pilot daemon: it runs queued tasks and checks for updates in the background. "
+                    "Headless it logs to $PILOT_HOME/logs/pilot.log and stderr; --dashboard shows the terminal UI "
+                    "(u: upgrade when an update is available, q: quit).",
+    )
+    start.add_argument("--dashboard", action="store_true", help="show the terminal dashboard")
+    start.set_defaults(handler="pilot.commands.start:run")
+
+    status = commands.add_parser("status", help="token totals, task counts, daemon and update state")
+    status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    status.set_defaults(handler="pilot.commands.tasks:status")
+
+    task = commands.add_parser("task", help="queue and list tasks")
+    sub = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
+    add = sub.add_parser(
+        "add", help="queue a task", usage="pilot task add TITLE [-- COMMAND ARGS...]",
+        description="Queue a task. Without a command the configured executor (daemon.executor, default "
+                    "`claude -p --output-format stream-json --verbose`) runs with TITLE as the prompt.",
+    )
+    add.add_argument("title", help="what the task is (and the prompt when no command is given)")
+    add.add_argument("command", nargs=argparse.REMAINDER, help="the command to run instead of the executor")
+    add.add_argument("--json", action="store_true", help="print the queued task as JSON")
+    add.set_defaults(handler="pilot.commands.tasks:add")
+    listing = sub.add_parser("list", help="list tasks, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler="pilot.commands.tasks:list_tasks")
 
 
 SELF_UPDATE_DESCRIPTION = """\
@@ -116,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    if args.command != "self-update":
+    if args.command not in ("self-update", "start"):  # those two tell it their own way
         announce_rollback()
     try:
         return dispatch(args)

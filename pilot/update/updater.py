@@ -50,6 +50,13 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class CachedManifest:
+    etag: str | None
+    data: bytes
+    signatures: bytes
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A downloaded, verified and self-tested archive waiting beside the install."""
 
@@ -104,13 +111,19 @@ class Updater:
         self.manifest_url = manifest_url
         self.now = now
         self.paths = install.Paths.for_archive(build.archive)
+        self._cached: CachedManifest | None = None  # in memory only: a 304 reuses bytes that are verified again
 
     # -- check -------------------------------------------------------------------------------
 
     def fetch_verified_manifest(self) -> Manifest:
         """Signatures against the embedded keys, then schema, freshness and the serial high-water mark."""
-        data = self.fetcher.fetch(self.manifest_url, max_bytes=MANIFEST_CAP).data
-        signatures = self.fetcher.fetch(self.manifest_url + ".sig", max_bytes=SIGNATURES_CAP).data
+        cached = self._cached
+        response = self.fetcher.fetch(self.manifest_url, max_bytes=MANIFEST_CAP, etag=cached.etag if cached else None)
+        if response.status == 304 and cached is not None:
+            data, signatures = cached.data, cached.signatures  # re-verified below like fresh bytes
+        else:
+            data = response.data
+            signatures = self.fetcher.fetch(self.manifest_url + ".sig", max_bytes=SIGNATURES_CAP).data
         verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), KeySet.embedded(self.build),
                          "manifest.json")
         manifest = parse_manifest(data)
@@ -118,6 +131,7 @@ class Updater:
         check_manifest(manifest, product=PRODUCT, channel=self.config.upgrade.channel, now=self.now(),
                        highest_serial=state.get("highest_serial", 0))
         self._remember_serial(manifest.serial)
+        self._cached = CachedManifest(response.etag or (cached.etag if cached else None), data, signatures)
         return manifest
 
     def _remember_serial(self, serial: int) -> None:

@@ -1,0 +1,96 @@
+"""`pilot task add|list` and `pilot status`: read and write the daemon's SQLite state directly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from pilot.buildinfo import current_version
+from pilot.launcher import pilot_home
+
+
+def open_store():
+    from pilot.state.db import open_store
+
+    return open_store(Path(pilot_home()), app_version=current_version())
+
+
+def add(args: argparse.Namespace) -> int:
+    command = [word for word in args.command if word != "--"] if args.command else None
+    store = open_store()
+    try:
+        task = store.add_task(args.title, tuple(command) if command else None)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(task_json(task)))
+    else:
+        print(f"queued task {task.id}: {task.title}")
+    return 0
+
+
+def list_tasks(args: argparse.Namespace) -> int:
+    store = open_store()
+    try:
+        tasks = store.tasks(limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([task_json(t) for t in tasks], indent=2))
+        return 0
+    if not tasks:
+        print("no tasks yet: add one with `pilot task add TITLE [-- COMMAND ...]`")
+        return 0
+    print(f"{'id':>4}  {'status':11}  {'in':>8}  {'out':>8}  {'cost':>8}  title")
+    for task in tasks:
+        usage = task.usage
+        print(f"{task.id:>4}  {task.status:11}  {usage.input_tokens:>8}  {usage.output_tokens:>8}  "
+              f"${usage.cost_usd:>7.4f}  {task.title}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from pilot.commands.start import daemon_pid
+    from pilot.update.sentinel import load_state
+
+    store = open_store()
+    try:
+        totals = store.totals()
+        running = store.running_tasks()
+    finally:
+        store.close()
+    last_update = load_state().get("last")
+    info = {
+        "version": current_version(),
+        "daemon_pid": daemon_pid(Path(pilot_home())),
+        "tokens": {"input": totals.usage.input_tokens, "output": totals.usage.output_tokens,
+                   "cache_read": totals.usage.cache_read_tokens, "cache_write": totals.usage.cache_write_tokens},
+        "cost_usd": round(totals.usage.cost_usd, 6),
+        "tasks": {"done": totals.done, "failed": totals.failed, "queued": totals.queued, "running": totals.running,
+                  "interrupted": totals.interrupted},
+        "running": [task_json(t) for t in running],
+        "last_update": last_update,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    daemon = f"running (pid {info['daemon_pid']})" if info["daemon_pid"] else "not running (start it: pilot start)"
+    print(f"pilot {info['version']}, daemon {daemon}")
+    tokens = info["tokens"]
+    print(f"tokens: {tokens['input']} in, {tokens['output']} out, {tokens['cache_read']} cache read, "
+          f"{tokens['cache_write']} cache write; cost ${info['cost_usd']:.4f}")
+    tasks = info["tasks"]
+    print(f"tasks: {tasks['done']} done, {tasks['failed']} failed, {tasks['running']} running, "
+          f"{tasks['queued']} queued, {tasks['interrupted']} interrupted")
+    if last_update:
+        print(f"last update: {last_update.get('state')} {last_update.get('from_version')} -> "
+              f"{last_update.get('to_version')} at {last_update.get('at')}")
+    return 0
+
+
+def task_json(task) -> dict:
+    data = asdict(task)
+    data["command"] = list(task.command) if task.command else None
+    return data
