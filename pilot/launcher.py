@@ -222,6 +222,7 @@ def roll_back(trial, reason, argv):
     """Put the backup back at the install path, record why, and exec the old version.
 
     Returns only when there is no backup to go back to (the failure is recorded all the same)."""
+    signal.alarm(0)  # first: a BootTimeout must not cut the rollback short, nor go off after it returns
     with UpdateLock():
         current = read_json(trial_path())
         if current is not None and current.get("started_at") == trial.get("started_at"):
@@ -236,7 +237,6 @@ def roll_back(trial, reason, argv):
             state["last"]["rollback_pid"] = os.getpid()
             write_json(state_path(), state)
             remove_file(trial_path())
-    signal.alarm(0)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, trial["install_path"]] + list(argv))
@@ -268,6 +268,7 @@ def run_trial(trial, start_app):
         if trial_committed(trial):
             raise
         roll_back(trial, "%s %s" % (trial["to_version"], describe_failure(error)), trial.get("resume_argv", []))
+        raise  # no backup to go back to (recorded): the new version's own error is all there is to show
     if not trial_committed(trial):
         reason = "%s exited with status %s before confirming its start" % (trial["to_version"], code)
         roll_back(trial, reason, trial.get("resume_argv", []))
