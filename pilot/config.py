@@ -91,7 +91,7 @@ class Config:
 
 
 def parse_duration(value: Any, what: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"):
         return float(value)
     match = DURATION.match(value) if isinstance(value, str) else None
     if not match or float(match[1]) <= 0:
@@ -112,7 +112,10 @@ def _convert(value: Any, spec, what: str) -> Any:
             return value
         raise ConfigError(f"{what}: expected a whole number from 1 to 64, got {value!r}")
     if kind == "tuple[str, ...]":
-        words = shlex.split(value) if isinstance(value, str) else value
+        try:
+            words = shlex.split(value) if isinstance(value, str) else value
+        except ValueError as error:  # unbalanced quotes
+            raise ConfigError(f"{what}: {error} in {value!r}") from None
         if isinstance(words, list) and words and all(isinstance(w, str) and w for w in words):
             return tuple(words)
         raise ConfigError(f"{what}: expected a command line, got {value!r}")

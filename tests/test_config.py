@@ -145,7 +145,6 @@ def test_a_config_file_that_is_not_utf8(isolated_home):
     assert "not UTF-8 text" in refusal(isolated_home, b"upgrade:\n  channel: b\xe9ta\n")
 
 
-@pytest.mark.xfail(strict=True, reason="pilot.config._convert: shlex.split raises ValueError on unbalanced quotes")
 def test_an_executor_with_unbalanced_quotes_is_a_config_error(isolated_home):
     assert "daemon.executor" in refusal(isolated_home, "daemon:\n  executor: \"claude '-p\"\n")
 
@@ -174,10 +173,9 @@ def test_manifest_url_may_be_null(isolated_home):
 
 
 SECTIONS = ["upgrade", "daemon", "notify", "other"]
-# daemon.executor is left out until the shlex crash (xfail above) is fixed: add it back then.
 KEYS = ["manifest_url", "channel", "auto_check", "check_interval", "auto_upgrade_on_idle", "notify_channel",
-        "concurrency", "drain_timeout", "idle_upgrade_after", "telegram_token", "telegram_chat_id", "webhook_url",
-        "other"]
+        "concurrency", "executor", "drain_timeout", "idle_upgrade_after", "telegram_token", "telegram_chat_id",
+        "webhook_url", "other"]
 VALUES = ["30m", "1.5h", "0", "-1", "true", "no", "null", "~", "[]", "{}", "beta", "2020-13-45", "!!int x",
           ".inf", ".nan", "1e999", "'quoted'", "&a x", "*a", "!!binary x!", "[[[", "{a: {b: c}}"]
 
@@ -203,3 +201,8 @@ def test_any_text_is_a_config_or_a_config_error(isolated_home, text):
         assert "\n" not in error.one_line()
     else:
         assert isinstance(config, Config)
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "1e999"])
+def test_an_infinite_interval_is_refused(isolated_home, value):
+    assert "upgrade.check_interval" in refusal(isolated_home, f"upgrade:\n  check_interval: {value}\n")
