@@ -106,8 +106,10 @@ class Runtime:
     def _announce(self, kind: str, from_version: str | None, to_version: str | None, detail: str | None) -> None:
         event = {"upgraded": "upgrade", "rolled_back": "rollback"}.get(kind, kind)
         self.store.record_update_event(event, from_version=from_version, to_version=to_version, detail=detail)
-        if self.notifier is not None:
-            self.notifier.send(kind, f"Pilot {kind.replace('_', ' ')}: {from_version} -> {to_version}. {detail or ''}")
+        if self.notifier is not None and self.notifier.enabled:
+            text = f"Pilot {kind.replace('_', ' ')}: {from_version} -> {to_version}. {detail or ''}".strip()
+            # A slow chat or webhook server must never hold up the UI or the loop.
+            threading.Thread(target=self.notifier.send, args=(kind, text), name="notify", daemon=True).start()
 
     def start_checker(self) -> None:
         if self.updater is None or not self.config.upgrade.auto_check:
