@@ -1,0 +1,299 @@
+"""Reads and writes of Pilot's state: tasks, sessions with token usage, and the update history.
+
+Thread safety: one connection per Store, opened with `check_same_thread=False` and
+guarded by one `threading.Lock`; every method takes the lock for its whole transaction,
+so the daemon's threads may share a Store. Separate processes (the daemon and a CLI
+command) each open their own Store; SQLite's locks and `busy_timeout` serialise them.
+
+Every write is one short `BEGIN IMMEDIATE ... COMMIT`: taking the write lock up front
+means two claimers can never both see the same queued task, and a read transaction never
+has to be upgraded (which in WAL mode fails at once instead of waiting). Each usage delta
+is committed on its own, so a SIGKILL loses at most the delta being written.
+
+Every SELECT names its columns: a Pilot rolled back to an older version reads a database
+that a newer one extended, by ignoring the columns it does not know.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pilot.errors import StateError
+from pilot.state.db import backup_to_file, state_errors
+from pilot.state.models import UPDATE_KINDS, Session, Task, Totals, UpdateEvent, Usage
+
+LOG_TAIL_CHARS = 4000
+
+_USAGE_COLUMNS = "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd"
+_TASK_COLUMNS = (f"id, title, command, status, created_at, started_at, ended_at, exit_code, {_USAGE_COLUMNS}, "
+                 "log_tail, session_id")
+_SESSION_COLUMNS = f"id, started_at, ended_at, version, pid, {_USAGE_COLUMNS}"
+_EVENT_COLUMNS = "id, at, kind, from_version, to_version, detail"
+_ADD_USAGE = ", ".join(f"{c} = {c} + ?" for c in _USAGE_COLUMNS.split(", "))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _from_text(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _usage(row: tuple, start: int) -> Usage:
+    values = row[start:start + 5]
+    return Usage(int(values[0]), int(values[1]), int(values[2]), int(values[3]), float(values[4]))
+
+
+def _usage_params(usage: Usage) -> tuple[int, int, int, int, float]:
+    return (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
+            usage.cost_usd)
+
+
+def _task(row: tuple) -> Task:
+    command = None if row[2] is None else tuple(json.loads(row[2]))
+    return Task(id=row[0], title=row[1], command=command, status=row[3], created_at=_from_text(row[4]),
+                started_at=_from_text(row[5]), ended_at=_from_text(row[6]), exit_code=row[7],
+                usage=_usage(row, 8), log_tail=row[13], session_id=row[14])
+
+
+def _session(row: tuple) -> Session:
+    return Session(id=row[0], started_at=_from_text(row[1]), ended_at=_from_text(row[2]), version=row[3],
+                   pid=row[4], usage=_usage(row, 5))
+
+
+def _event(row: tuple) -> UpdateEvent:
+    return UpdateEvent(id=row[0], at=_from_text(row[1]), kind=row[2], from_version=row[3], to_version=row[4],
+                       detail=row[5])
+
+
+class Store:
+    """Pilot's state in one SQLite connection (see the module docstring for threads and processes)."""
+
+    def __init__(self, conn: sqlite3.Connection, *, path: Path, warnings: list[str] | None = None,
+                 clock: Callable[[], datetime] = _utc_now) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._closed = False
+        self.path = path
+        self.warnings: list[str] = list(warnings or [])
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return _to_text(self._clock())
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, state_errors(f"read {self.path}"):
+            self._check_open()
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction, holding SQLite's write lock from its first statement."""
+        with self._lock, state_errors(f"write {self.path}"):
+            self._check_open()
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError(f"{self.path} was already closed")
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close; safe to call twice.
+
+        Everything is already committed; the checkpoint is so an exec right after this
+        leaves one clean file (TRUNCATE empties the -wal even when a CLI still has it open)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                with contextlib.suppress(sqlite3.Error):  # a busy checkpoint costs nothing: the WAL is durable
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    def add_task(self, title: str, command: tuple[str, ...] | None = None) -> Task:
+        encoded = None if command is None else json.dumps(list(command))
+        with self._write() as conn:
+            cursor = conn.execute("INSERT INTO tasks (title, command, status, created_at) VALUES (?, ?, 'queued', ?)",
+                                  (title, encoded, self._now()))
+            return self._task_in(conn, cursor.lastrowid)
+
+    def claim_next_task(self, session_id: int) -> Task | None:
+        """The oldest queued task, now running in `session_id`; None when the queue is empty."""
+        with self._write() as conn:
+            row = conn.execute("SELECT id FROM tasks WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE tasks SET status = 'running', started_at = ?, session_id = ? WHERE id = ?",
+                         (self._now(), session_id, row[0]))
+            return self._task_in(conn, row[0])
+
+    def add_task_usage(self, task_id: int, usage: Usage) -> None:
+        """Add a usage delta to the task and to the session running it, in one committed transaction."""
+        with self._write() as conn:
+            session_id = self._session_of(conn, task_id)
+            conn.execute(f"UPDATE tasks SET {_ADD_USAGE} WHERE id = ?", (*_usage_params(usage), task_id))
+            if session_id is not None:
+                conn.execute(f"UPDATE sessions SET {_ADD_USAGE} WHERE id = ?", (*_usage_params(usage), session_id))
+
+    def set_task_cost(self, task_id: int, cost_usd: float) -> None:
+        """Replace the summed-up cost by the authoritative one; the session moves by the difference."""
+        with self._write() as conn:
+            session_id = self._session_of(conn, task_id)
+            (previous,) = conn.execute("SELECT cost_usd FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            conn.execute("UPDATE tasks SET cost_usd = ? WHERE id = ?", (cost_usd, task_id))
+            if session_id is not None:
+                conn.execute("UPDATE sessions SET cost_usd = cost_usd + ? WHERE id = ?",
+                             (cost_usd - previous, session_id))
+
+    def append_log(self, task_id: int, text: str) -> None:
+        """Append to the task's output tail, keeping only the last LOG_TAIL_CHARS characters."""
+        with self._write() as conn:
+            self._session_of(conn, task_id)  # raises for an unknown task
+            conn.execute("UPDATE tasks SET log_tail = substr(log_tail || ?, ?) WHERE id = ?",
+                         (text[-LOG_TAIL_CHARS:], -LOG_TAIL_CHARS, task_id))
+
+    def finish_task(self, task_id: int, *, exit_code: int | None, failed: bool) -> Task:
+        with self._write() as conn:
+            self._session_of(conn, task_id)
+            conn.execute("UPDATE tasks SET status = ?, ended_at = ?, exit_code = ? WHERE id = ?",
+                         ("failed" if failed else "done", self._now(), exit_code, task_id))
+            return self._task_in(conn, task_id)
+
+    def interrupt_running(self, reason: str) -> list[Task]:
+        """Mark tasks a dead daemon left running as interrupted (never re-run: they may have had effects)."""
+        note = f"\n[interrupted: {reason}]\n"
+        with self._write() as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM tasks WHERE status = 'running' ORDER BY id")]
+            for task_id in ids:
+                conn.execute("UPDATE tasks SET status = 'interrupted', ended_at = ?, "
+                             "log_tail = substr(log_tail || ?, ?) WHERE id = ?",
+                             (self._now(), note, -LOG_TAIL_CHARS, task_id))
+            return [self._task_in(conn, task_id) for task_id in ids]
+
+    def task(self, task_id: int) -> Task | None:
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return None if row is None else _task(row)
+
+    def tasks(self, limit: int = 50) -> list[Task]:
+        """The latest tasks, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks ORDER BY id DESC LIMIT ?", (limit,))
+            return [_task(row) for row in rows]
+
+    def running_tasks(self) -> list[Task]:
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")
+            return [_task(row) for row in rows]
+
+    def queued_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute("SELECT count(*) FROM tasks WHERE status = 'queued'").fetchone()[0])
+
+    def totals(self) -> Totals:
+        """Usage summed over all tasks, and how many tasks are in each status."""
+        sums = ", ".join(f"total({c})" for c in _USAGE_COLUMNS.split(", "))
+        with self._read() as conn:
+            usage_row = conn.execute(f"SELECT {sums} FROM tasks").fetchone()
+            counts = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
+        return Totals(usage=_usage(usage_row, 0), done=counts.get("done", 0), failed=counts.get("failed", 0),
+                      queued=counts.get("queued", 0), running=counts.get("running", 0),
+                      interrupted=counts.get("interrupted", 0))
+
+    def _task_in(self, conn: sqlite3.Connection, task_id: int) -> Task:
+        row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise StateError(f"task {task_id} does not exist in {self.path}")
+        return _task(row)
+
+    def _session_of(self, conn: sqlite3.Connection, task_id: int) -> int | None:
+        row = conn.execute("SELECT session_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise StateError(f"task {task_id} does not exist in {self.path}")
+        return row[0]
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def start_session(self, *, version: str, pid: int) -> Session:
+        with self._write() as conn:
+            cursor = conn.execute("INSERT INTO sessions (started_at, version, pid) VALUES (?, ?, ?)",
+                                  (self._now(), version, pid))
+            return self._session_in(conn, cursor.lastrowid)
+
+    def resume_session(self, session_id: int, *, version: str) -> Session | None:
+        """Continue an open session after a hot upgrade's exec; None if it is unknown or already ended."""
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE sessions SET version = ? WHERE id = ? AND ended_at IS NULL",
+                                  (version, session_id))
+            return self._session_in(conn, session_id) if cursor.rowcount else None
+
+    def end_session(self, session_id: int) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE sessions SET ended_at = ? WHERE id = ? AND ended_at IS NULL",
+                         (self._now(), session_id))
+
+    def session(self, session_id: int) -> Session | None:
+        with self._read() as conn:
+            row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            return None if row is None else _session(row)
+
+    def _session_in(self, conn: sqlite3.Connection, session_id: int) -> Session:
+        row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return _session(row)
+
+    # --- update history -----------------------------------------------------------------------
+
+    def record_update_event(self, kind: str, *, from_version: str | None = None, to_version: str | None = None,
+                            detail: str | None = None) -> None:
+        if kind not in UPDATE_KINDS:
+            raise ValueError(f"unknown update event kind {kind!r}; expected one of {UPDATE_KINDS}")
+        with self._write() as conn:
+            conn.execute("INSERT INTO update_events (at, kind, from_version, to_version, detail) "
+                         "VALUES (?, ?, ?, ?, ?)", (self._now(), kind, from_version, to_version, detail))
+
+    def update_events(self, limit: int = 20) -> list[UpdateEvent]:
+        """The latest update events, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM update_events ORDER BY id DESC LIMIT ?", (limit,))
+            return [_event(row) for row in rows]
+
+    # --- snapshots ----------------------------------------------------------------------------
+
+    def snapshot(self, target: Path) -> None:
+        """A consistent copy of the committed state at `target`, through the backup API (atomic replace)."""
+        with self._lock, state_errors(f"snapshot {self.path} to {target}"):
+            self._check_open()
+            backup_to_file(self._conn, Path(target))
+

@@ -1,0 +1,218 @@
+"""The Store: task queue, token accounting, sessions, update history; threads and SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+from pilot.errors import StateError
+from pilot.state import db
+from pilot.state.db import DB_FILENAME, open_store
+from pilot.state.models import Totals, Usage
+from pilot.state.store import LOG_TAIL_CHARS, Store
+from tests.state import children
+
+REPO = Path(__file__).resolve().parents[2]
+APP = "1.0.0"
+
+
+@pytest.fixture
+def store(isolated_home):
+    with open_store(isolated_home, app_version=APP) as opened:
+        yield opened
+
+
+def test_tasks_are_claimed_oldest_first_and_listed_newest_first(store):
+    session = store.start_session(version=APP, pid=123)
+    first = store.add_task("first", ("echo", "one"))
+    store.add_task("second")
+    assert first.status == "queued" and first.command == ("echo", "one") and first.created_at.tzinfo == UTC
+    claimed = store.claim_next_task(session.id)
+    assert (claimed.id, claimed.status, claimed.session_id) == (first.id, "running", session.id)
+    assert claimed.started_at is not None
+    assert store.claim_next_task(session.id).title == "second"
+    assert store.claim_next_task(session.id) is None
+    assert [task.title for task in store.tasks()] == ["second", "first"]
+    assert [task.title for task in store.tasks(limit=1)] == ["second"]
+    assert store.task(first.id).command == ("echo", "one") and store.task(first.id + 1).command is None
+    assert store.task(999) is None
+
+
+def test_usage_goes_to_the_task_and_its_session_and_the_final_cost_replaces_the_sum(store):
+    session = store.start_session(version=APP, pid=1)
+    store.add_task("a")
+    task = store.claim_next_task(session.id)
+    store.add_task_usage(task.id, Usage(100, 10, 1000, 50, 0.01))
+    store.add_task_usage(task.id, Usage(1, 2, 3, 4, 0.02))
+    assert store.task(task.id).usage == Usage(101, 12, 1003, 54, 0.03)
+    store.set_task_cost(task.id, 0.5)  # the result line's authoritative cost
+    assert store.task(task.id).usage.cost_usd == 0.5
+    assert store.session(session.id).usage == Usage(101, 12, 1003, 54, pytest.approx(0.5))
+    unclaimed = store.add_task("not running yet")
+    store.add_task_usage(unclaimed.id, Usage(input_tokens=7))  # no session to charge
+    assert store.session(session.id).usage.input_tokens == 101
+    assert store.totals().usage.input_tokens == 108
+
+
+def test_totals_count_every_status_and_sum_every_task(store):
+    session = store.start_session(version=APP, pid=1)
+    for title in ("ok", "bad", "cut", "busy", "waiting"):
+        store.add_task(title)
+    for failed in (False, True):
+        task = store.claim_next_task(session.id)
+        store.add_task_usage(task.id, Usage(1, 1, 1, 1, 0.25))
+        finished = store.finish_task(task.id, exit_code=1 if failed else 0, failed=failed)
+        assert (finished.status, finished.exit_code) == ("failed" if failed else "done", 1 if failed else 0)
+        assert finished.ended_at is not None
+    store.claim_next_task(session.id)
+    store.interrupt_running("test")
+    store.claim_next_task(session.id)
+    assert store.totals() == Totals(usage=Usage(2, 2, 2, 2, 0.5), done=1, failed=1, queued=1, running=1,
+                                    interrupted=1)
+    assert store.queued_count() == 1
+
+
+def test_interrupt_running_marks_what_a_dead_daemon_left_and_never_requeues(store):
+    session = store.start_session(version=APP, pid=1)
+    store.add_task("was running")
+    store.add_task("still queued")
+    running = store.claim_next_task(session.id)
+    store.append_log(running.id, "half the output")
+    [interrupted] = store.interrupt_running("the daemon died")
+    assert (interrupted.id, interrupted.status) == (running.id, "interrupted")
+    assert interrupted.ended_at is not None and interrupted.exit_code is None
+    assert interrupted.log_tail.startswith("half the output")
+    assert "[interrupted: the daemon died]" in interrupted.log_tail
+    assert store.running_tasks() == [] and store.queued_count() == 1
+    assert store.claim_next_task(session.id).title == "still queued"  # the interrupted one is not run again
+    assert store.interrupt_running("again") == [store.task(2)]
+
+
+def test_the_log_tail_keeps_the_last_characters(store):
+    task = store.add_task("noisy")
+    lines = [f"line {index:04d} é\n" for index in range(400)]  # 12 characters a line: 4800 in all
+    for line in lines:
+        store.append_log(task.id, line)
+    tail = store.task(task.id).log_tail
+    assert len(tail) == LOG_TAIL_CHARS  # characters, not bytes: é is two bytes in UTF-8
+    assert tail == "".join(lines)[-LOG_TAIL_CHARS:]
+    store.append_log(task.id, "x" * 10_000)
+    assert store.task(task.id).log_tail == "x" * LOG_TAIL_CHARS
+
+
+def test_sessions_start_resume_after_exec_and_end(store):
+    session = store.start_session(version="1.0.0", pid=os.getpid())
+    assert (session.version, session.pid, session.ended_at, session.usage) == ("1.0.0", os.getpid(), None, Usage())
+    resumed = store.resume_session(session.id, version="2.0.0")
+    assert (resumed.id, resumed.version, resumed.started_at) == (session.id, "2.0.0", session.started_at)
+    store.end_session(session.id)
+    assert store.session(session.id).ended_at is not None
+    assert store.resume_session(session.id, version="3.0.0") is None
+    assert store.resume_session(999, version="3.0.0") is None
+
+
+def test_update_events_are_kept_newest_first(store):
+    store.record_update_event("check")
+    store.record_update_event("upgrade", from_version="1.0.0", to_version="2.0.0")
+    store.record_update_event("rollback", from_version="2.0.0", to_version="1.0.0", detail="2.0.0 hung at start")
+    events = store.update_events()
+    assert [event.kind for event in events] == ["rollback", "upgrade", "check"]
+    assert (events[0].from_version, events[0].to_version, events[0].detail) == ("2.0.0", "1.0.0", "2.0.0 hung at start")
+    assert events[0].at.tzinfo == UTC
+    assert len(store.update_events(limit=1)) == 1
+    with pytest.raises(ValueError):
+        store.record_update_event("reboot")
+
+
+def test_an_unknown_task_is_a_state_error_and_writes_nothing(store):
+    with pytest.raises(StateError, match="task 42 does not exist"):
+        store.add_task_usage(42, Usage(input_tokens=1))
+    assert store.totals().usage == Usage()
+
+
+@pytest.mark.parametrize("connections", ["one shared store", "a store per thread"])
+def test_concurrent_claims_never_hand_out_a_task_twice(connections, isolated_home):
+    stores = [open_store(isolated_home, app_version=APP)]
+    stores.append(stores[0] if connections == "one shared store" else open_store(isolated_home, app_version=APP))
+    session = stores[0].start_session(version=APP, pid=1)
+    expected = [stores[0].add_task(f"task {index}").id for index in range(60)]
+    claimed: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def claim_all(worker: int) -> None:
+        barrier.wait()
+        try:
+            while (task := stores[worker].claim_next_task(session.id)) is not None:
+                claimed[worker].append(task.id)
+        except BaseException as error:  # e.g. a deferred BEGIN failing to upgrade to a write
+            errors.append(error)
+
+    threads = [threading.Thread(target=claim_all, args=(worker,)) for worker in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    every = claimed[0] + claimed[1]
+    assert sorted(every) == expected and len(set(every)) == len(every)
+    for opened in stores:
+        opened.close()
+
+
+def test_sigkill_while_writing_usage_loses_no_committed_delta(isolated_home):
+    child = subprocess.Popen([sys.executable, "-m", "tests.state.children", "write-usage", str(isolated_home)],
+                             cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _, task_id, session_id = child.stdout.readline().split()
+        reported = 0
+        while reported < 200:
+            reported = int(child.stdout.readline())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest = child.stdout.read()
+        child.wait()
+    reported = max([reported, *(int(line) for line in rest.split())])
+    with open_store(isolated_home, app_version=APP) as store:
+        task = store.task(int(task_id))
+        count = task.usage.input_tokens
+        # The child may have been killed between a commit and its print: at most one unreported delta.
+        assert reported <= count <= reported + 1
+        d = children.DELTA
+        assert task.usage == Usage(count * d.input_tokens, count * d.output_tokens, count * d.cache_read_tokens,
+                                   count * d.cache_write_tokens, count * d.cost_usd)
+        assert store.session(int(session_id)).usage == task.usage
+        assert store.totals().usage == task.usage
+        assert [t.id for t in store.interrupt_running("the daemon was killed")] == [task.id]
+
+
+def test_close_checkpoints_the_wal_and_is_idempotent(isolated_home):
+    reader = None
+    store = open_store(isolated_home, app_version=APP)
+    store.add_task("kept")
+    reader = db.connect(isolated_home / DB_FILENAME)  # a CLI with the file open keeps the -wal in place
+    store.close()
+    store.close()
+    wal = isolated_home / f"{DB_FILENAME}-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert reader.execute("SELECT title FROM tasks").fetchall() == [("kept",)]
+    with pytest.raises(StateError, match="already closed"):
+        store.tasks()
+    reader.close()
+
+
+def test_a_store_can_be_built_on_a_connection_with_a_clock(isolated_home):
+    from datetime import datetime
+
+    conn = db.connect(isolated_home / DB_FILENAME)
+    db.migrate(conn, app_version=APP, snapshot_dir=isolated_home / db.SNAPSHOT_DIRNAME)
+    moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with Store(conn, path=isolated_home / DB_FILENAME, clock=lambda: moment) as store:
+        assert store.add_task("timed").created_at == moment
