@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from pilot import __version__
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pilot: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pilot task list | head`: the reader left; say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except OSError as error:
         # An environment problem we did not anticipate (disk, permissions): one line, not a traceback.
         print(f"pilot: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 from pilot.buildinfo import current_version
@@ -93,4 +94,7 @@ def status(args: argparse.Namespace) -> int:
 def task_json(task) -> dict:
     data = asdict(task)
     data["command"] = list(task.command) if task.command else None
+    for key, value in data.items():
+        if isinstance(value, datetime):
+            data[key] = value.isoformat()
     return data

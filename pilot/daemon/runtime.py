@@ -104,7 +104,7 @@ class Runtime:
         return self.banner
 
     def _announce(self, kind: str, from_version: str | None, to_version: str | None, detail: str | None) -> None:
-        event = {"upgraded": "upgrade", "rolled_back": "rollback"}.get(kind, kind)
+        event = {"upgraded": "upgrade", "rolled_back": "rollback", "update_available": "available"}[kind]
         self.store.record_update_event(event, from_version=from_version, to_version=to_version, detail=detail)
         if self.notifier is not None and self.notifier.enabled:
             text = f"Pilot {kind.replace('_', ' ')}: {from_version} -> {to_version}. {detail or ''}".strip()
@@ -120,6 +120,8 @@ class Runtime:
 
     def _on_check(self, outcome: CheckOutcome) -> None:
         self.outcome = outcome
+        for listener in self.listeners:  # first: the UI shows the news even if recording it fails
+            listener()
         choice = self.available
         if outcome.error:
             log.info("update check failed: %s", outcome.error)
@@ -128,8 +130,6 @@ class Runtime:
             self._announced.add(version)
             log.info("update available: %s", version)
             self._announce("update_available", self.version, version, "press 'u' in the dashboard to upgrade")
-        for listener in self.listeners:
-            listener()
 
     @property
     def available(self):
