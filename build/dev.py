@@ -44,7 +44,7 @@ def ensure_tmux() -> None:
 
 
 def main() -> int:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py runs on whatever python3 a fresh machine has)
         sys.exit("dev: Pilot needs Python 3.11 or newer")
     command, *rest = sys.argv[1:] or ["test"]
     if command != "test":

@@ -15,7 +15,8 @@ class Tmux:
         self.width, self.height = width, height
 
     def _tmux(self, *args: str) -> str:
-        result = subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", *args], capture_output=True, text=True, timeout=30)
+        command = ["tmux", "-L", self.socket, "-f", "/dev/null", *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise AssertionError(f"tmux {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
