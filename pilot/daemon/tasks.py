@@ -2,7 +2,7 @@
 
 Every output line (stdout and stderr merged) goes through a `UsageTracker`: token increases are
 written at once (one committed transaction each) and the result line's cost is the task's final
-cost; every other line is log output, written in small batches (at most `LOG_BATCH_LINES` lines,
+cost; every other line is log output, appended newline-terminated in small batches (at most `LOG_BATCH_LINES` lines,
 at least every `LOG_FLUSH_SECONDS`) so a chatty task does not cost one SQLite commit per line.
 
 The child runs in its own session: a Ctrl-C in the daemon's terminal does not reach it, and
@@ -21,12 +21,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-from pilot.daemon.usage import Usage, UsageTracker
-
-if TYPE_CHECKING:
-    from pilot.state.models import Task
+from pilot.daemon.usage import UsageTracker
+from pilot.state.models import Task, Usage
 
 __all__ = ["EXIT_GRACE_SECONDS", "LOG_BATCH_LINES", "LOG_FLUSH_SECONDS", "command_for", "run_task"]
 
@@ -42,19 +40,19 @@ KILL_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.1
 _EOF = None
 
-OnLine = Callable[[Any, str], object]
+OnLine = Callable[[int, str], object]
 
 
 class TaskStore(Protocol):
     """The part of pilot.state's Store that running a task needs."""
 
-    def add_task_usage(self, task_id: Any, usage: Usage) -> None: ...
+    def add_task_usage(self, task_id: int, usage: Usage) -> None: ...
 
-    def set_task_cost(self, task_id: Any, cost_usd: float) -> None: ...
+    def set_task_cost(self, task_id: int, cost_usd: float) -> None: ...
 
-    def append_log(self, task_id: Any, text: str) -> None: ...
+    def append_log(self, task_id: int, text: str) -> None: ...
 
-    def finish_task(self, task_id: Any, *, exit_code: int | None, failed: bool) -> Task: ...
+    def finish_task(self, task_id: int, *, exit_code: int | None, failed: bool) -> Task: ...
 
 
 def command_for(task: Task, executor: tuple[str, ...]) -> list[str]:
@@ -75,7 +73,7 @@ def run_task(task: Task, store: TaskStore, executor: tuple[str, ...], *,
     """
     argv = command_for(task, executor)
     if cancel is not None and cancel.is_set():  # cancelled while it waited: do not start it at all
-        store.append_log(task.id, "cancelled before it started")
+        store.append_log(task.id, "cancelled before it started\n")
         return store.finish_task(task.id, exit_code=None, failed=True)
     try:
         process = subprocess.Popen(
@@ -83,7 +81,7 @@ def run_task(task: Task, store: TaskStore, executor: tuple[str, ...], *,
             text=True, encoding="utf-8", errors="replace", bufsize=1, start_new_session=True,
         )
     except (OSError, ValueError) as exc:  # not found, not executable, bad format, NUL in an argument
-        store.append_log(task.id, _cannot_run(argv, exc, from_executor=not task.command))
+        store.append_log(task.id, _cannot_run(argv, exc, from_executor=not task.command) + "\n")
         return store.finish_task(task.id, exit_code=None, failed=True)
     return _Run(task, store, process, cancel, on_line).wait()
 
@@ -131,7 +129,7 @@ class _Run:
             self._kill()  # the store or the caller failed us: leave no orphan behind
             raise
         if self.terminated_at is not None:
-            self.store.append_log(self.task.id, "cancelled")
+            self.store.append_log(self.task.id, "cancelled\n")
         # A negative code is a signal (-15 = SIGTERM); any non-zero code, or a cancel, is a failure.
         failed = exit_code != 0 or self.terminated_at is not None
         return self.store.finish_task(self.task.id, exit_code=exit_code, failed=failed)
@@ -192,7 +190,7 @@ class _Run:
 
     def _flush(self) -> None:
         if self.pending:
-            text, self.pending = "\n".join(self.pending), []
+            text, self.pending = "".join(line + "\n" for line in self.pending), []
             self.store.append_log(self.task.id, text)
 
     def _check_cancel(self, now: float) -> None:
