@@ -13,7 +13,7 @@ from pilot.launcher import pilot_home
 
 
 def run(args: argparse.Namespace) -> int:
-    from pilot.daemon.runtime import Banner, Runtime
+    from pilot.daemon.runtime import BannerText, Runtime
 
     home = Path(pilot_home())
     configure_logging(home, to_stderr=not args.dashboard)
@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         except PilotError as error:
             logging.getLogger("pilot").error("upgrade failed: %s", error.one_line())
             runtime = Runtime.open()
-            runtime.banner = Banner("error", f"Upgrade failed, still running v{runtime.version}: {error.one_line()}")
+            text = f"Upgrade failed, still running v{runtime.version}: {error.one_line()}"
+            runtime.banner = BannerText("error", text)
 
 
 def run_ui(runtime, dashboard: bool):

@@ -36,7 +36,7 @@ class Reexec:
 
 
 @dataclass(frozen=True)
-class Banner:
+class BannerText:
     kind: str  # "upgraded", "rolled_back", "error"
     text: str
 
@@ -52,7 +52,7 @@ class Runtime:
         self.updater = self._updater()
         self.checker: UpdateChecker | None = None
         self.outcome: CheckOutcome | None = None
-        self.banner: Banner | None = None
+        self.banner: BannerText | None = None
         self._announced: set[str] = set()
         self.listeners: list[Callable[[], None]] = []
 
@@ -89,18 +89,18 @@ class Runtime:
 
     # -- boot and background checks ----------------------------------------------------------
 
-    def main_loop_up(self) -> Banner | None:
+    def main_loop_up(self) -> BannerText | None:
         """Call once the UI or loop is really running: commits a trial boot and says how the last update ended."""
         record = sentinel.commit_boot(current_build())
         if record is not None:
             self._announce("upgraded", record["from_version"], self.version, "")
-            self.banner = Banner("upgraded", f"✅ Upgraded from v{record['from_version']}")
+            self.banner = BannerText("upgraded", f"✅ Upgraded from v{record['from_version']}")
             return self.banner
         notice = sentinel.take_notice()
         if notice and notice.get("state") == "rolled_back":
             bad, reason = notice.get("to_version"), notice.get("reason")
             self._announce("rolled_back", bad, notice.get("from_version"), reason)
-            self.banner = Banner("rolled_back", f"⚠ Rolled back from v{bad}: {reason}")
+            self.banner = BannerText("rolled_back", f"⚠ Rolled back from v{bad}: {reason}")
         return self.banner
 
     def _announce(self, kind: str, from_version: str | None, to_version: str | None, detail: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+from pathlib import Path
 from typing import ClassVar
 
 from textual import work
@@ -19,7 +20,7 @@ from textual.message import Message
 from textual.widgets import Footer
 from textual.worker import get_current_worker
 
-from pilot.daemon.runtime import Reexec, Runtime
+from pilot.daemon.runtime import BannerText, Reexec, Runtime
 from pilot.dashboard.widgets import Banner, Logo, Metrics, TaskTable, UpdateNotice, UpgradeProgress
 from pilot.errors import PilotError
 
@@ -50,7 +51,7 @@ class UpgradeReady(Message):
 
 
 class PilotApp(App[Reexec | None]):
-    CSS_PATH = "pilot.tcss"
+    CSS_PATH = Path(__file__).with_name("pilot.tcss")  # absolute: subclasses live in other folders
     TITLE = "Pilot"
     BINDINGS: ClassVar = [
         Binding("u", "upgrade", "Upgrade"),
@@ -92,6 +93,10 @@ class PilotApp(App[Reexec | None]):
     def show_banner(self) -> None:
         banner = self.runtime.banner
         self.query_one(Banner).show(banner.kind if banner else None, banner.text if banner else None)
+
+    def set_banner(self, kind: str, text: str) -> None:
+        self.runtime.banner = BannerText(kind, text)  # the runtime owns it: a later redraw shows the same
+        self.show_banner()
 
     def refresh_state(self) -> None:
         self.runtime.daemon.poll()
@@ -164,8 +169,7 @@ class PilotApp(App[Reexec | None]):
     def on_upgrade_failed(self, message: UpgradeFailed) -> None:
         self.upgrading = False
         self.query_one(UpgradeProgress).stop()
-        self.query_one(Banner).show("error", f"Upgrade failed, still running v{self.runtime.version}: "
-                                             f"{message.reason}")
+        self.set_banner("error", f"Upgrade failed, still running v{self.runtime.version}: {message.reason}")
         self.on_check_finished(CheckFinished())
 
     def on_upgrade_ready(self, message: UpgradeReady) -> None:
@@ -177,8 +181,8 @@ class PilotApp(App[Reexec | None]):
         running = self.runtime.daemon.running_count()
         if running and not self.quit_armed:
             self.quit_armed = True
-            self.query_one(Banner).show("error", f"{running} task(s) running: press 'q' again to quit anyway "
-                                                 "(they are recorded as interrupted)")
+            self.set_banner("error", f"{running} task(s) running: press 'q' again to quit anyway "
+                                     "(they are recorded as interrupted)")
             return
         if self._asking:
             self._decisions.put(False)
