@@ -143,6 +143,8 @@ class Runtime:
         choice = self.available
         if self.updater is None or choice is None:
             raise UpdateError("no update is available")
+        if sentinel.open_trial_record() is not None:
+            raise UpdateError("a new version is still starting (its trial boot is open); try again in a moment")
         prepared = self.updater.prepare(choice, progress=on_progress, on_step=on_step)
         try:
             self._drain(on_step, ask_to_keep_waiting, cancelled)
