@@ -240,6 +240,7 @@ def publish(args: argparse.Namespace) -> None:
         release["notes"] = args.notes.read_text(encoding="utf-8")
     document["releases"] = [release, *document["releases"]]
     check_against_schema(document)  # before any file of the tree changes
+    load_signing_keys(args.key)  # so is a key that cannot sign
     for path, meta in metas:
         target = args.root / artifact_relpath(version, meta)
         target.parent.mkdir(parents=True, exist_ok=True)

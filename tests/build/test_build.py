@@ -1,0 +1,246 @@
+"""build/build.py: one reproducible shiv archive that runs anywhere its interpreter does and says so where not."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pilot.launcher import platform_tag
+from tests.support.archives import BUILD_SCRIPT, REPO, run_build
+
+PYTHON_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+SHEBANG = f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode()
+PYENV_ROOT = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+VERSION = "1.0.0"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(*command: str | Path, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def metadata_of(archive: Path) -> dict:
+    with zipfile.ZipFile(archive) as zf:
+        return json.loads(zf.read("pilot-build.json"))
+
+
+def other_interpreters() -> list:
+    """Every other CPython 3 that pyenv has, newest first; at least a (skipped) 3.12 slot."""
+    found = {}
+    for python in sorted(PYENV_ROOT.glob("versions/3.*/bin/python3.*"), reverse=True):
+        match = re.fullmatch(r"python3\.(\d+)", python.name)
+        if match and f"cp3{match[1]}" != PYTHON_TAG:
+            found.setdefault(f"cp3{match[1]}", python)
+    found.setdefault("cp312", None)
+    return [pytest.param(path, tag, id=tag) for tag, path in found.items()]
+
+
+@pytest.fixture(scope="module")
+def archive(archives) -> Path:
+    return archives.build(VERSION)
+
+
+# --- reproducibility --------------------------------------------------------------------------
+
+
+def inputs_of(archive: Path) -> tuple:
+    """What went into a build from the checkout: the commit and Pilot's own sources (not the compiled output)."""
+    with zipfile.ZipFile(archive) as zf:
+        sources = {n: zf.read(n) for n in zf.namelist() if n.startswith("site-packages/pilot/") and n.endswith(".py")}
+        launcher = zf.read("__main__.py").split(b"\n", 1)[1]
+    return metadata_of(archive)["source_commit"], sources, launcher
+
+
+@pytest.mark.slow
+def test_two_builds_of_the_same_commit_are_byte_identical(tmp_path, release_key):
+    for attempt in range(3):
+        first = run_build(VERSION, tmp_path / f"one-{attempt}", trusted_keys=[release_key.public_path])
+        second = run_build(VERSION, tmp_path / f"two-{attempt}", trusted_keys=[release_key.public_path])
+        if inputs_of(first) == inputs_of(second):
+            break  # in a shared checkout someone may commit or edit between the two builds: then try again
+    else:
+        pytest.skip("the checkout kept changing between builds")
+    assert first.parent != second.parent and first.name == second.name
+    assert first.stat().st_size == second.stat().st_size
+    assert sha256(first) == sha256(second)
+
+
+# --- what the archive carries -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_archive_carries_its_build_metadata_and_trusted_key(archive, release_key):
+    meta = metadata_of(archive)
+    assert meta["product"] == "pilot"
+    assert meta["version"] == VERSION
+    assert meta["python_tag"] == PYTHON_TAG
+    assert meta["platform_tag"] == platform_tag()
+    assert re.fullmatch(r"[0-9a-f]{64}", meta["build_id"])
+    assert meta["trusted_keys"] == [{"keyid": release_key.public.keyid, "public": release_key.public.raw.hex()}]
+    assert meta["threshold"] == 1
+    assert archive.name == f"pilot-{VERSION}-{PYTHON_TAG}-{platform_tag()}.pyz"
+
+    with zipfile.ZipFile(archive) as zf:
+        main_py = zf.read("__main__.py").decode()
+        environment = json.loads(zf.read("environment.json"))
+        members = {info.filename: info for info in zf.infolist()}
+        site_packages = sorted(n for n in members if n.startswith("site-packages/"))
+        digest = hashlib.sha256()
+        for name in site_packages:
+            digest.update(name.removeprefix("site-packages/").encode() + b"\0")
+            digest.update(hashlib.sha256(zf.read(name)).digest())
+
+    # The entry module's first line is a Python literal holding the same metadata.
+    first_line = main_py.splitlines()[0]
+    assert first_line.startswith("PILOT_BUILD = ")
+    assert ast.literal_eval(first_line.removeprefix("PILOT_BUILD = ")) == meta
+    # shiv extracts by build id; the build id is a hash of exactly what site-packages holds.
+    assert environment["build_id"] == meta["build_id"] == digest.hexdigest()
+    assert environment["entry_point"] == "pilot.cli:main"
+    assert "site-packages/pilot/cli.py" in members and "site-packages/pilot/launcher.py" in members
+    assert any(n.startswith("site-packages/cryptography/") for n in members)
+    assert not [n for n in members if n.endswith(".pyc") and "/__pycache__/" not in n]
+
+
+@pytest.mark.slow
+def test_zip_members_have_a_fixed_time_and_normalised_modes(archive):
+    meta = metadata_of(archive)
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+    assert len(infos) > 100
+    assert {info.date_time for info in infos} == {expected_date_time(meta["source_commit"])}
+    assert {info.create_system for info in infos} == {3}
+    assert {info.external_attr >> 16 for info in infos} <= {0o100644, 0o100755}
+    assert {info.compress_type for info in infos} == {zipfile.ZIP_DEFLATED}
+
+
+def expected_date_time(commit: str | None) -> tuple:
+    """SOURCE_DATE_EPOCH defaults to the commit's time; 1980-01-01 (the zip epoch) at the earliest."""
+    if commit is None:
+        return (1980, 1, 1, 0, 0, 0)
+    result = run("git", "show", "-s", "--format=%ct", commit, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    *day_and_minute, seconds = time.gmtime(max(int(result.stdout), 315532800))[:6]
+    return (*day_and_minute, seconds - seconds % 2)  # a zip stores times in two-second steps
+
+
+@pytest.mark.slow
+def test_nothing_in_the_archive_names_the_build_machine(archive):
+    data = archive.read_bytes()
+    assert data.startswith(SHEBANG)  # `env`, not the path of the interpreter that built it
+    forbidden = [
+        b"build/.venv",  # the tool environment
+        b"/tmp/pilot-build-",  # the staging directory
+        f"{tempfile.gettempdir()}/pilot-build-".encode(),
+        str(REPO).encode(),  # the checkout
+        sys.prefix.encode(),  # the dev venv that started the build
+    ]
+    found = []
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            content = zf.read(info)
+            found += [(info.filename, pattern) for pattern in forbidden if pattern in content]
+            assert not info.filename.startswith(("/", "..", "bin/", "site-packages/bin/"))
+    assert found == []
+
+
+# --- running it -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_python3_runs_the_archive_from_another_directory(archive, tmp_path):
+    python3 = shutil.which("python3")
+    if python3 is None:
+        pytest.skip("no python3 on PATH")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run(python3, archive, "--version", cwd=elsewhere)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"pilot {VERSION}\n", "")
+
+
+@pytest.mark.slow
+def test_the_archive_is_executable_through_its_shebang(archive, tmp_path):
+    local = tmp_path / archive.name
+    shutil.copyfile(archive, local)
+    local.chmod(0o755)
+    assert local.read_bytes()[: len(SHEBANG)] == SHEBANG
+
+    result = run(f"./{local.name}", "--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"pilot {VERSION}\n", "")
+
+    result = run(f"./{local.name}", "version", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["version"] == VERSION
+    assert info["python"] == PYTHON_TAG
+    assert info["platform"] == platform_tag()
+    assert Path(info["archive"]).resolve() == local.resolve()
+    assert info["install_method"] == "pyz"
+    assert info["build_id"] == metadata_of(archive)["build_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("python", "tag"), other_interpreters())
+def test_another_cpython_gets_one_line_naming_both_tags_and_exit_5(archive, tmp_path, python, tag):
+    if python is None:
+        pytest.skip(f"no {tag} interpreter under {PYENV_ROOT}")
+    for args in (["version"], []):
+        result = run(python, archive, *args, cwd=tmp_path)
+        assert result.returncode == 5, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert PYTHON_TAG in lines[0] and tag in lines[0]
+        assert f"pilot-{VERSION}-{tag}-{platform_tag()}.pyz" in lines[0]
+        assert result.stdout == ""
+    # `--version` is answered from the archive's metadata, on any interpreter.
+    result = run(python, archive, "--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, f"pilot {VERSION}\n")
+
+
+# --- a build outside git ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_build_without_git_metadata_still_runs(tmp_path):
+    env = os.environ.copy()
+    env["GIT_DIR"] = str(tmp_path / "no-such-git-dir")  # as from a source tarball: no commit, no commit time
+    env.pop("SOURCE_DATE_EPOCH", None)
+    built = run_build(VERSION, tmp_path / "dist", env=env)
+    meta = metadata_of(built)
+    assert meta["source_commit"] is None and meta["trusted_keys"] == []
+    with zipfile.ZipFile(built) as zf:
+        assert {info.date_time for info in zf.infolist()} == {expected_date_time(None)}
+    result = run(sys.executable, built, "version", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["version"] == VERSION
+
+
+# --- refusing bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["v1.0", "1.0.0+local", "1.0-rc1", "latest", "1.0.0.0.0", ""])
+def test_build_refuses_a_version_that_is_not_canonical_pep440(tmp_path, version):
+    out = tmp_path / "dist"
+    result = run(sys.executable, BUILD_SCRIPT, "--version", version, "--out", out)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("build: creating the tool")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("build: --version: ") and "not in the expected form" in lines[0]
+    assert not out.exists()

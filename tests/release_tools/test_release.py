@@ -1,0 +1,395 @@
+"""release-tools/release.py, run as a real subprocess on real archives and a real release tree."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from pilot.buildinfo import BuildInfo
+from pilot.update.manifest import format_timestamp, parse_manifest
+from pilot.update.verify import (
+    KeySet,
+    load_private_key,
+    load_public_key,
+    parse_signatures,
+    public_key_of,
+    sign,
+    verify_threshold,
+)
+from tests.conftest import run_release_tool
+from tests.support.archives import REPO
+
+SCHEMA = json.loads((REPO / "manifest.schema.json").read_text())
+BASE_URL = "https://downloads.example.test/pilot"
+DAY = 86400
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def tool(*args: str, now: int | None = None) -> subprocess.CompletedProcess:
+    env = os.environ.copy()
+    env.pop("PILOT_RELEASE_NOW", None)
+    if now is not None:
+        env["PILOT_RELEASE_NOW"] = str(now)
+    return run_release_tool(*[str(a) for a in args], env=env)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The tool refused: non-zero exit, exactly one line on stderr, never a traceback."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("release: ")
+    return lines[0]
+
+
+def publish(site: Path, *artifacts: Path, keys: list[Path], version: str | None = None,
+            now: int | None = None, channel: str = "stable", expires_in: str | None = None):
+    args = ["publish", "--root", site, "--channel", channel, "--base-url", BASE_URL]
+    for key in keys:
+        args += ["--key", key]
+    if version:
+        args += ["--version", version]
+    if expires_in:
+        args += ["--expires-in", expires_in]
+    return tool(*args, *artifacts, now=now)
+
+
+def verify(site: Path, *trusted: Path, threshold: int = 1, channel: str = "stable"):
+    args = ["verify", "--root", site, "--channel", channel, "--threshold", str(threshold)]
+    for key in trusted:
+        args += ["--trusted-key", key]
+    return tool(*args)
+
+
+def manifest_bytes(site: Path, channel: str = "stable") -> bytes:
+    return (site / channel / "manifest.json").read_bytes()
+
+
+def published(site: Path, channel: str = "stable") -> dict:
+    """The channel's manifest, after checking it against manifest.schema.json and the client's parser."""
+    data = manifest_bytes(site, channel)
+    document = json.loads(data)
+    errors = [e.message for e in jsonschema.Draft202012Validator(SCHEMA).iter_errors(document)]
+    assert errors == []
+    parse_manifest(data)
+    return document
+
+
+def tree(site: Path) -> dict[str, bytes]:
+    return {p.relative_to(site).as_posix(): p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file()}
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def v100(archives) -> Path:
+    return archives.build("1.0.0")
+
+
+@pytest.fixture(scope="module")
+def v110(archives) -> Path:
+    return archives.build("1.1.0")
+
+
+@pytest.fixture
+def one_release(site, v100, release_key) -> Path:
+    ok(publish(site, v100, keys=[release_key.private_path]))
+    return site
+
+
+# --- keygen -----------------------------------------------------------------------------------
+
+
+def test_keygen_writes_a_0600_private_key_and_its_public_key(tmp_path):
+    out = tmp_path / "keys"
+    stdout = ok(tool("keygen", "--out", out, "--name", "ci"))
+    private_path, public_path = out / "ci.key", out / "ci.pub"
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public_path.stat().st_mode) == 0o644
+    private = load_private_key(private_path.read_bytes())
+    public = load_public_key(public_path.read_bytes())
+    assert public_key_of(private) == public
+    assert f"keyid {public.keyid}" in stdout.splitlines()
+    # The pair works: a signature by the private key meets a key set of the public one.
+    data = b"manifest bytes"
+    assert verify_threshold(data, [sign(private, data)], KeySet(1, 1, (public,)), "x") == {public.keyid}
+    assert not list(out.glob(".*partial"))
+
+
+def test_keygen_never_overwrites_a_signing_key(tmp_path):
+    out = tmp_path / "keys"
+    ok(tool("keygen", "--out", out))
+    before = (out / "release.key").read_bytes()
+    line = refusal(tool("keygen", "--out", out))
+    assert "refusing to overwrite a signing key" in line
+    assert (out / "release.key").read_bytes() == before
+
+
+def test_each_keygen_makes_a_new_key(tmp_path):
+    ok(tool("keygen", "--out", tmp_path, "--name", "a"))
+    ok(tool("keygen", "--out", tmp_path, "--name", "b"))
+    assert (tmp_path / "a.pub").read_bytes() != (tmp_path / "b.pub").read_bytes()
+
+
+# --- publish and verify -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_publish_writes_a_signed_manifest_and_the_artifact_and_verify_passes(site, v100, release_key):
+    stdout = ok(publish(site, v100, keys=[release_key.private_path]))
+    assert stdout.splitlines()[0].startswith("published 1.0.0 to stable (serial 1, 1 artifact(s), expires ")
+
+    meta = json.loads(zipfile.ZipFile(v100).read("pilot-build.json"))
+    relpath = f"releases/1.0.0/{v100.name}"
+    assert sorted(tree(site)) == ["releases/1.0.0/" + v100.name, "stable/manifest.json", "stable/manifest.json.sig"]
+    assert (site / relpath).read_bytes() == v100.read_bytes()
+
+    document = published(site)
+    assert (document["product"], document["channel"], document["serial"]) == ("pilot", "stable", 1)
+    (release,) = document["releases"]
+    assert release["version"] == "1.0.0"
+    assert release["artifacts"] == [{
+        "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{BASE_URL}/{relpath}",
+        "size": v100.stat().st_size, "sha256": hashlib.sha256(v100.read_bytes()).hexdigest(),
+        "build_id": meta["build_id"],
+    }]
+
+    # The archive's own embedded trust anchor accepts the manifest, exactly as a client would check it.
+    build = BuildInfo.from_dict(meta, v100)
+    signatures = parse_signatures((site / "stable" / "manifest.json.sig").read_bytes(), "manifest.json.sig")
+    assert verify_threshold(manifest_bytes(site), signatures, KeySet.embedded(build), "manifest.json") == {
+        release_key.public.keyid}
+
+    assert ok(verify(site, release_key.public_path)).startswith(
+        "ok: stable serial 1, 1 release(s), 1 artifact(s) match their signed size and sha256")
+
+
+@pytest.mark.slow
+def test_a_second_publish_adds_the_release_and_bumps_the_serial(one_release, v110, release_key):
+    first = published(one_release)
+    ok(publish(one_release, v110, keys=[release_key.private_path]))
+    second = published(one_release)
+    assert second["serial"] == first["serial"] + 1 == 2
+    assert [r["version"] for r in second["releases"]] == ["1.1.0", "1.0.0"]
+    assert second["releases"][1] == first["releases"][0]  # the old release is carried over untouched
+    assert parse_manifest(manifest_bytes(one_release)).latest.version.public == "1.1.0"
+    assert "serial 2, 2 release(s), 2 artifact(s)" in ok(verify(one_release, release_key.public_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("older", ["1.0.0", "1.1.0"])
+def test_publish_refuses_a_version_not_higher_than_the_channels_latest(site, v100, v110, release_key, older):
+    ok(publish(site, v110, keys=[release_key.private_path]))
+    before = tree(site)
+    line = refusal(publish(site, v100 if older == "1.0.0" else v110, keys=[release_key.private_path]))
+    assert f"version {older} is not higher than 1.1.0, the stable channel's latest" in line
+    assert tree(site) == before  # nothing was copied, nothing re-signed
+
+
+@pytest.mark.slow
+def test_publish_refuses_an_artifact_whose_embedded_version_disagrees(site, v100, release_key):
+    line = refusal(publish(site, v100, keys=[release_key.private_path], version="2.0.0"))
+    assert "the archive says version '1.0.0', the release is 2.0.0" in line
+    assert v100.name in line
+    assert tree(site) == {}
+
+
+def test_publish_refuses_a_file_that_is_not_a_pilot_archive(site, tmp_path, release_key):
+    bogus = tmp_path / "pilot-9.0.0-cp311-linux_x86_64.pyz"
+    bogus.write_bytes(b"#!/usr/bin/env python3\nprint('hi')\n")
+    assert "not a Pilot archive" in refusal(publish(site, bogus, keys=[release_key.private_path]))
+    assert tree(site) == {}
+
+
+@pytest.mark.slow
+def test_publish_refuses_a_signing_key_that_is_not_a_private_key(site, v100, release_key):
+    line = refusal(publish(site, v100, keys=[release_key.public_path]))
+    assert str(release_key.public_path) in line and "private key" in line
+    assert tree(site) == {}  # refused before the artifact was copied in
+    missing = site.parent / "no-such.key"
+    assert "cannot read key" in refusal(publish(site, v100, keys=[release_key.private_path, missing]))
+    assert tree(site) == {}
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_manifest_signed_by_a_key_it_does_not_trust(one_release, other_key):
+    line = refusal(verify(one_release, other_key.public_path))
+    assert "manifest.json: 0 valid signature(s) from key set 1, 1 required" in line
+
+
+@pytest.mark.slow
+def test_a_threshold_of_two_needs_two_signatures(site, v100, release_key, other_key):
+    ok(publish(site, v100, keys=[release_key.private_path]))
+    line = refusal(verify(site, release_key.public_path, other_key.public_path, threshold=2))
+    assert "1 valid signature(s) from key set 1, 2 required" in line
+    # resign with both keys: now both signatures are there
+    ok(tool("resign", "--root", site, "--key", release_key.private_path, "--key", other_key.private_path))
+    assert "serial 2" in ok(verify(site, release_key.public_path, other_key.public_path, threshold=2))
+    signatures = json.loads((site / "stable" / "manifest.json.sig").read_text())["signatures"]
+    assert {s["keyid"] for s in signatures} == {release_key.public.keyid, other_key.public.keyid}
+
+
+# --- tampering --------------------------------------------------------------------------------
+
+
+def _artifact(site: Path) -> Path:
+    (path,) = (site / "releases" / "1.0.0").glob("*.pyz")
+    return path
+
+
+TARGETS = {
+    "artifact": _artifact,
+    "manifest": lambda site: site / "stable" / "manifest.json",
+    "signature": lambda site: site / "stable" / "manifest.json.sig",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_one_flipped_byte_anywhere_makes_verify_fail_with_one_line_naming_it(
+        one_release, release_key, target, where):
+    ok(verify(one_release, release_key.public_path))
+    path = TARGETS[target](one_release)
+    size = path.stat().st_size
+    flip_byte(path, {"first": 0, "middle": size // 2, "last": size - 1}[where])
+
+    line = refusal(verify(one_release, release_key.public_path))
+    if target == "artifact":
+        assert f"releases/1.0.0/{path.name}: sha256 " in line and "differs from the signed" in line
+    elif target == "manifest":
+        assert "release: manifest.json: 0 valid signature(s)" in line
+    else:
+        assert line.startswith(("release: manifest.json.sig: ", "release: manifest.json: 0 valid signature(s)"))
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_inside_the_signature_value_fails_the_signature(one_release, release_key):
+    sig_path = one_release / "stable" / "manifest.json.sig"
+    document = json.loads(sig_path.read_text())
+    raw = bytearray(base64.b64decode(document["signatures"][0]["sig"]))
+    raw[10] ^= 0x01
+    document["signatures"][0]["sig"] = base64.b64encode(bytes(raw)).decode()
+    sig_path.write_text(json.dumps(document))
+    assert "manifest.json: 0 valid signature(s) from key set 1, 1 required" in refusal(
+        verify(one_release, release_key.public_path))
+
+
+@pytest.mark.slow
+def test_a_missing_or_truncated_artifact_is_named(one_release, release_key):
+    artifact = _artifact(one_release)
+    artifact.write_bytes(artifact.read_bytes()[:-1])
+    line = refusal(verify(one_release, release_key.public_path))
+    assert f"releases/1.0.0/{artifact.name}: " in line and "bytes, the manifest signs" in line
+    artifact.unlink()
+    assert f"releases/1.0.0/{artifact.name}: missing from the release tree" in refusal(
+        verify(one_release, release_key.public_path))
+
+
+# --- yank, expiry, resign ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_yank_marks_the_release_yanked_and_re_signs(one_release, v110, release_key):
+    ok(publish(one_release, v110, keys=[release_key.private_path]))
+    signatures_before = (one_release / "stable" / "manifest.json.sig").read_bytes()
+
+    stdout = ok(tool("yank", "--root", one_release, "--key", release_key.private_path,
+                     "--reason", "corrupts the state file", "1.1.0"))
+    assert "yanked 1.1.0 from stable (serial 3)" in stdout
+    document = published(one_release)
+    assert document["serial"] == 3
+    yanked, kept = document["releases"]
+    assert (yanked["version"], yanked["yanked"], yanked["yanked_reason"]) == ("1.1.0", True, "corrupts the state file")
+    assert "yanked" not in kept
+    assert parse_manifest(manifest_bytes(one_release)).latest.version.public == "1.0.0"
+    assert (one_release / "stable" / "manifest.json.sig").read_bytes() != signatures_before
+    assert "serial 3, 2 release(s), 2 artifact(s)" in ok(verify(one_release, release_key.public_path))
+
+
+@pytest.mark.slow
+def test_yank_refuses_a_version_that_is_not_published(one_release, release_key):
+    before = tree(one_release)
+    line = refusal(tool("yank", "--root", one_release, "--key", release_key.private_path, "--reason", "x", "9.9"))
+    assert "version 9.9 is not in the stable manifest" in line
+    assert tree(one_release) == before
+
+
+@pytest.mark.slow
+def test_verify_refuses_an_expired_manifest_and_resign_renews_it(site, v100, release_key):
+    issued = int(time.time()) - 31 * DAY  # the default lifetime is 30 days
+    ok(publish(site, v100, keys=[release_key.private_path], now=issued))
+    document = published(site)
+    assert document["issued_at"] == format_timestamp(datetime.fromtimestamp(issued, UTC))
+    expiry = format_timestamp(datetime.fromtimestamp(issued + 30 * DAY, UTC))
+    assert document["expires_at"] == expiry
+
+    line = refusal(verify(site, release_key.public_path))
+    assert f"the manifest expired at {expiry}" in line
+
+    ok(tool("resign", "--root", site, "--key", release_key.private_path, "--expires-in", "2d"))
+    renewed = published(site)
+    assert renewed["serial"] == 2 and renewed["releases"] == document["releases"]
+    assert "serial 2" in ok(verify(site, release_key.public_path))
+
+
+@pytest.mark.slow
+def test_expires_in_sets_the_lifetime(site, v100, release_key):
+    issued = 1_900_000_000
+    ok(publish(site, v100, keys=[release_key.private_path], now=issued, expires_in="90m"))
+    document = published(site)
+    assert document["expires_at"] == format_timestamp(datetime.fromtimestamp(issued + 90 * 60, UTC))
+
+
+# --- the openssl recipe -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_openssl_verifies_the_manifest_signature(one_release, release_key, tmp_path):
+    manifest = one_release / "stable" / "manifest.json"
+    envelope = json.loads((one_release / "stable" / "manifest.json.sig").read_text())
+    sig_bin = tmp_path / "sig.bin"
+    sig_bin.write_bytes(base64.b64decode(envelope["signatures"][0]["sig"]))
+
+    def openssl_verify(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(release_key.public_path), "-rawin",
+             "-in", str(path), "-sigfile", str(sig_bin)],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    result = openssl_verify(manifest)
+    assert result.returncode == 0, result.stderr
+    assert "Signature Verified Successfully" in result.stdout
+
+    altered = tmp_path / "manifest.json"
+    altered.write_bytes(manifest.read_bytes().replace(b'"serial": 1', b'"serial": 2'))
+    result = openssl_verify(altered)
+    assert result.returncode != 0
+    assert "Signature Verified Successfully" not in result.stdout
