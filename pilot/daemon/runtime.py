@@ -181,5 +181,7 @@ class Runtime:
 
     def close(self) -> None:
         self.stop()
+        if not self.daemon.stop():
+            log.warning("some tasks did not stop in time; they will show as interrupted at the next start")
         self.store.end_session(self.session.id)
         self.store.close()

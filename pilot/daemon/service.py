@@ -27,6 +27,7 @@ class Daemon:
         self._threads: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
         self._draining = threading.Event()
+        self._cancel = threading.Event()
         self.idle_since = time.monotonic()
 
     @property
@@ -52,7 +53,7 @@ class Daemon:
 
     def _run(self, task) -> None:
         try:
-            run_task(task, self.store, self.config.executor, on_line=self.on_line)
+            run_task(task, self.store, self.config.executor, cancel=self._cancel, on_line=self.on_line)
         finally:
             self.idle_since = time.monotonic()
             self.on_change()
@@ -68,6 +69,13 @@ class Daemon:
 
     def resume(self) -> None:
         self._draining.clear()
+
+    def stop(self, timeout: float = 15.0) -> bool:
+        """Quit: start nothing more and cancel running tasks (their process groups get SIGTERM, then
+        SIGKILL), so each is recorded as ended before the store closes. True when all have ended."""
+        self.drain()
+        self._cancel.set()
+        return self.wait_idle(timeout)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to timeout seconds for running tasks to end; True when none is left."""

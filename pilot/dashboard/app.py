@@ -182,7 +182,7 @@ class PilotApp(App[Reexec | None]):
         if running and not self.quit_armed:
             self.quit_armed = True
             self.set_banner("error", f"{running} task(s) running: press 'q' again to quit anyway "
-                                     "(they are recorded as interrupted)")
+                                     "(they are stopped and recorded as cancelled)")
             return
         if self._asking:
             self._decisions.put(False)

@@ -231,7 +231,7 @@ async def test_banner_after_a_rollback(runtime):
         assert banner.has_class("rolled_back")
 
 
-async def test_quit_asks_again_while_tasks_run(runtime, store):
+async def test_quit_asks_again_while_tasks_run(runtime, store, isolated_home):
     store.add_task("sleeper", (sys.executable, "-c", "import time; time.sleep(30)"))
     app = PilotApp(runtime)
     async with app.run_test(size=SIZE) as pilot:
@@ -242,6 +242,11 @@ async def test_quit_asks_again_while_tasks_run(runtime, store):
         assert "press 'q' again" in str(app.query_one(Banner).content)
         await pilot.press("q")
         await wait_until(pilot, lambda: not app.is_running)
+    runtime.close()  # what `pilot start` does next: the task is stopped and recorded before the store closes
+    with open_store(isolated_home, app_version="1.0.0") as reopened:
+        (stopped,) = reopened.tasks()
+    assert stopped.status == "failed"
+    assert "cancelled" in stopped.log_tail
 
 
 async def test_layout_snapshot(runtime, store):
