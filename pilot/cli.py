@@ -127,6 +127,8 @@ def add_debug(commands) -> None:
     sub = p.add_subparsers(dest="debug_command", metavar="WHAT", required=True)
     test = sub.add_parser("self-test", help="import every module, load native code, print version as JSON")
     test.set_defaults(handler="pilot.commands.debug:self_test")
+    points = sub.add_parser("failpoints", help="list the crash points PILOT_FAILPOINT=<name> can SIGKILL Pilot at")
+    points.set_defaults(handler="pilot.commands.debug:failpoints")
 
 
 def dispatch(args: argparse.Namespace) -> int:

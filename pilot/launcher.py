@@ -174,6 +174,35 @@ def record_outcome(state, trial, outcome, reason=None):
     return state
 
 
+# --- failpoints -------------------------------------------------------------------------------
+
+# Every step of an install, a boot and a rollback where a crash must leave a working Pilot,
+# in the order they happen. `PILOT_FAILPOINT=<name>` makes the process SIGKILL itself there
+# (tests/security/test_failpoints.py); unset, a failpoint costs one os.environ lookup.
+FAILPOINTS = (
+    "after-download",          # the new archive is written beside the install (temp file)
+    "after-preflight",         # ... and passed its self-test
+    "after-trial-open",        # the trial record is written; nothing swapped yet
+    "after-backup",            # the current archive is kept as <install>.backup
+    "after-rename",            # the new archive is at the install path
+    "before-exec",             # old extractions pruned; about to exec the new version
+    "boot-trial-start",        # the new version's boot guard is about to start the app
+    "boot-before-commit",      # the new version is up and about to commit its boot
+    "boot-after-commit",       # the boot is committed
+    "rollback-after-restore",  # a failed boot: the backup is back, the outcome not yet recorded
+    "during-migration",        # between two statements of a SQLite schema migration
+)
+FAILPOINT_ENV = "PILOT_FAILPOINT"
+
+
+def failpoint(name):
+    """SIGKILL this process here when PILOT_FAILPOINT names this point (crash-consistency tests)."""
+    if os.environ.get(FAILPOINT_ENV) == name:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --- the boot guard ---------------------------------------------------------------------------
 
 
@@ -233,6 +262,7 @@ def roll_back(trial, reason, argv):
                 return
             os.replace(trial["backup_path"], trial["install_path"])
             fsync_directory(os.path.dirname(trial["install_path"]))
+            failpoint("rollback-after-restore")
             state = record_outcome(read_json(state_path()), trial, "rolled_back", reason)
             state["last"]["rollback_pid"] = os.getpid()
             write_json(state_path(), state)
@@ -262,6 +292,7 @@ def run_trial(trial, start_app):
     signal.signal(signal.SIGALRM, _on_alarm)
     remaining = int(trial.get("deadline", 0) - time.time())
     signal.alarm(max(remaining, 1))  # re-arm: the alarm set before exec may have been cleared by the interpreter
+    failpoint("boot-trial-start")
     try:
         code = start_app()
     except BaseException as error:  # every failure of the new version rolls back

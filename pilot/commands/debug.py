@@ -27,3 +27,11 @@ def self_test(args: argparse.Namespace) -> int:
         "version": current_version(), "build_id": build.build_id if build else None, "modules": len(modules),
     }))
     return 0
+
+
+def failpoints(args: argparse.Namespace) -> int:
+    """One name per line, in the order an update and a boot reach them."""
+    from pilot.launcher import FAILPOINTS
+
+    print("\n".join(FAILPOINTS))
+    return 0

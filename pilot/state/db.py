@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pilot.errors import StateError
-from pilot.launcher import fsync_directory, pilot_home
+from pilot.launcher import failpoint, fsync_directory, pilot_home
 
 if TYPE_CHECKING:
     from pilot.state.store import Store
@@ -399,6 +399,7 @@ def _apply(conn: sqlite3.Connection, migration: Migration, *, path: Path, app_ve
             previous = read_meta(conn, MIN_READER_KEY)
             for statement in migration.statements:
                 conn.execute(statement)
+                failpoint("during-migration")
             needed = _later_version(previous, migration.min_reader_version)
             _write_meta(conn, MIN_READER_KEY, needed)
             _write_meta(conn, WRITTEN_BY_KEY, app_version)

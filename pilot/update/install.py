@@ -12,18 +12,20 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilot.errors import InstallError, VerificationError
-from pilot.launcher import IN_USE_FILE, extraction_root, fsync_directory
+from pilot.launcher import IN_USE_FILE, extraction_root, failpoint, fsync_directory, pid_alive
 from pilot.update.manifest import Artifact
 from pilot.update.verify import check_digest
 
@@ -31,6 +33,7 @@ METADATA_MEMBER = "pilot-build.json"
 METADATA_CAP = 64 * 1024
 PREFLIGHT_TIMEOUT = 180
 TEMP_PREFIX = ".pilot-download-"
+LEGACY_TEMP_AGE = 24 * 3600  # a temp name without its owner's pid is stale after a day
 
 Progress = Callable[[int, int], None]
 
@@ -69,7 +72,7 @@ def fsync_file(path: Path) -> None:
 
 def new_temp(directory: Path) -> Path:
     """A private (0600) temp file beside the install, so the final rename stays on one filesystem."""
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".partial", dir=directory)
+    fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".partial", dir=directory)
     os.close(fd)
     return Path(name)
 
@@ -165,7 +168,9 @@ def swap_in(candidate: Path, paths: Paths) -> None:
     fsync_file(candidate)
     if paths.install.exists():
         keep_as(paths.install, paths.backup)
+        failpoint("after-backup")
     os.replace(candidate, paths.install)
+    failpoint("after-rename")
     fsync_directory(str(paths.install.parent))
 
 
@@ -196,6 +201,47 @@ def swap_back(paths: Paths) -> None:
         with contextlib.suppress(FileNotFoundError):
             current.unlink()
     fsync_directory(str(paths.install.parent))
+
+
+def _temp_owner(name: str, install_name: str) -> int | None:
+    """The pid named by a temp file this module makes beside the install: 0 if it names none, None if not ours."""
+    patterns = (
+        rf"{re.escape(TEMP_PREFIX)}(\d+)-.*\.partial",  # new_temp
+        rf"\.{re.escape(install_name)}(?:\.backup)?\.(\d+)\.(?:partial|current)",  # keep_as, swap_back
+    )
+    for pattern in patterns:
+        if match := re.fullmatch(pattern, name):
+            return int(match.group(1))
+    if name.startswith(TEMP_PREFIX) and name.endswith(".partial"):
+        return 0  # made by a Pilot before temp names carried the pid
+    return None
+
+
+def sweep_stale_temps(paths: Paths, now: float | None = None) -> list[Path]:
+    """Remove the temp files of updates whose process is gone (SIGKILL, power cut) from beside the install.
+
+    A file whose owner is still alive (a daemon preparing an upgrade, this very process) is never touched."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = os.listdir(paths.install.parent)
+    except OSError:
+        return removed
+    for name in names:
+        owner = _temp_owner(name, paths.install.name)
+        if owner is None or owner == os.getpid():
+            continue
+        path = paths.install.parent / name
+        try:
+            if owner == 0 and now - path.lstat().st_mtime < LEGACY_TEMP_AGE:
+                continue
+            if owner and pid_alive(owner):
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def prune_extractions(keep_build_ids: set[str]) -> list[Path]:

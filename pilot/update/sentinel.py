@@ -22,6 +22,7 @@ from pilot.errors import UpdateError
 from pilot.launcher import (
     BOOT_TIMEOUT_SECONDS,
     UpdateLock,
+    failpoint,
     read_json,
     record_outcome,
     remove_file,
@@ -99,9 +100,11 @@ def commit_boot(build: BuildInfo | None) -> dict | None:
         return None
     signal.alarm(0)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    failpoint("boot-before-commit")
     with UpdateLock():
         write_json(state_path(), record_outcome(load_state(), record, "committed"))
         remove_file(trial_path())
+    failpoint("boot-after-commit")
     return record
 
 

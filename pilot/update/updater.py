@@ -20,7 +20,8 @@ from packaging.version import Version
 
 from pilot.buildinfo import BuildInfo
 from pilot.config import Config
-from pilot.errors import DownloadError, UpdateError
+from pilot.errors import DownloadError, InstallError, UpdateError
+from pilot.launcher import failpoint
 from pilot.update import install, sentinel
 from pilot.update.manifest import Choice, Manifest, check_manifest, choose_update, parse_manifest
 from pilot.update.restart import exec_archive
@@ -165,12 +166,19 @@ class Updater:
                 on_step: Callable[[str], None] = lambda step: None) -> Prepared:
         """Download, verify and self-test the new archive beside the install; nothing is swapped yet."""
         install.ensure_writable(self.paths.install.parent)
+        install.sweep_stale_temps(self.paths)  # what an update killed earlier left beside the install
         candidate = install.new_temp(self.paths.install.parent)
         try:
             on_step("downloading")
             metadata = self.download_verified(choice, candidate, progress)
+            failpoint("after-download")
             on_step("verifying")
             install.preflight(candidate, version=str(choice.release.version), build_id=metadata["build_id"])
+            failpoint("after-preflight")
+        except OSError as error:  # a full disk or quota, an I/O error: the install is as it was
+            candidate.unlink(missing_ok=True)
+            raise InstallError(f"cannot write the new version beside the install: {error.strerror or error}",
+                               hint=f"free some space in {self.paths.install.parent} and try again") from None
         except BaseException:
             candidate.unlink(missing_ok=True)
             raise
@@ -189,6 +197,7 @@ class Updater:
             with sentinel.UpdateLock():
                 if restart:
                     sentinel.open_trial(trial)  # before the swap: a crash from here on is caught by the guard
+                    failpoint("after-trial-open")
                 install.swap_in(prepared.candidate, self.paths)
         finally:
             prepared.discard()
@@ -208,6 +217,7 @@ class Updater:
 
     def restart(self, argv: tuple[str, ...]) -> NoReturn:
         signal.alarm(sentinel.boot_timeout())  # survives exec: a hung new version is killed or rolled back
+        failpoint("before-exec")
         exec_archive(self.paths.install, list(argv))
 
 
