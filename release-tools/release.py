@@ -6,12 +6,14 @@
     python release-tools/release.py yank    --root SITE --channel stable --key KEY ... --reason TEXT VERSION
     python release-tools/release.py resign  --root SITE --channel stable --key KEY ... [--expires-in 30d]
     python release-tools/release.py verify  --root SITE --channel stable --trusted-key PUB [...] [--threshold N]
+    python release-tools/release.py rotate-keys --root SITE --old-key KEY ... --new-key KEY ... --threshold N
 
 The tree it writes can be served by any static server, object store or GitHub Releases:
 
     SITE/<channel>/manifest.json        the signed bytes
     SITE/<channel>/manifest.json.sig    {"signatures": [{"keyid", "sig"}]}: Ed25519 over those exact bytes
     SITE/releases/<version>/pilot-<version>-<python tag>-<platform tag>.pyz
+    SITE/keys/<n>.json(.sig)            key set n (n >= 2), signed by set n-1's threshold and its own
 
 Every command prints one line per problem and exits non-zero when anything fails.
 """
@@ -153,11 +155,15 @@ def encode_manifest(document: dict) -> bytes:
 
 
 def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Path]) -> SignedFile:
-    from pilot.update.verify import encode_signatures, sign
+    from pilot.update.verify import encode_signatures, parse_signatures, sign, verify_threshold
 
+    document["keyset_version"] = current_keyset_version(root)
     check_against_schema(document)
     data = encode_manifest(document)
     signatures = encode_signatures([sign(key, data) for key in load_signing_keys(key_paths)])
+    if document["keyset_version"] > 1:  # set 1 lives only inside the archives; later ones are published
+        keyset = read_keyset(root, document["keyset_version"])
+        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "the new manifest")
     path = manifest_path(root, channel)
     # Signatures first: a client reading between the two writes sees old bytes under new
     # signatures, fails verification and keeps what it has; it never installs anything unsigned.
@@ -275,13 +281,87 @@ def resign(args: argparse.Namespace) -> None:
     print(f"re-signed {args.channel} (serial {document['serial']}, expires {document['expires_at']})")
 
 
+# --- key rotation -----------------------------------------------------------------------------
+
+
+def current_keyset_version(root: Path) -> int:
+    """The newest key set published under SITE/keys/ (1, the set built into the archives, when none is)."""
+    versions = [int(p.stem) for p in (root / "keys").glob("*.json") if p.stem.isdigit()]
+    return max(versions, default=1)
+
+
+def read_keyset_files(root: Path, version: int) -> tuple[bytes, bytes]:
+    from pilot.update.verify import keyset_path
+
+    path = root / keyset_path(version)
+    try:
+        return path.read_bytes(), path.with_name(path.name + ".sig").read_bytes()
+    except OSError as error:
+        raise ReleaseError(f"cannot read {error.filename}: {error.strerror}") from None
+
+
+def read_keyset(root: Path, version: int):
+    from pilot.update.verify import keyset_path, parse_keyset
+
+    return parse_keyset(read_keyset_files(root, version)[0], keyset_path(version))
+
+
+def unique_keys(keys: list) -> list:
+    from pilot.update.verify import public_key_of
+
+    seen: dict[str, object] = {}
+    for key in keys:
+        seen.setdefault(public_key_of(key).keyid, key)
+    return list(seen.values())
+
+
+def rotate_keys(args: argparse.Namespace) -> None:
+    """Publish key set n+1, signed by the old keys (set n's threshold) and the new ones (its own)."""
+    from pilot.update.verify import (
+        KeySet,
+        encode_signatures,
+        keyset_path,
+        parse_signatures,
+        public_key_of,
+        sign,
+        verify_rotation,
+    )
+
+    old, new = unique_keys(load_signing_keys(args.old_key)), unique_keys(load_signing_keys(args.new_key))
+    current = current_keyset_version(args.root)
+    if current > 1:
+        previous = read_keyset(args.root, current)
+    else:  # set 1 is inside the archives: every old key given must be one of it, and they must meet its threshold
+        previous = KeySet(version=1, threshold=len(old), keys=tuple(public_key_of(k) for k in old))
+    successor = KeySet(version=current + 1, threshold=args.threshold, keys=tuple(public_key_of(k) for k in new))
+    data = (json.dumps(successor.to_json(PRODUCT), indent=2) + "\n").encode()
+    signatures = encode_signatures([sign(key, data) for key in unique_keys(old + new)])
+    what = keyset_path(successor.version)
+    verify_rotation(previous, data, parse_signatures(signatures, what + ".sig"), what)  # what every client checks
+    path = args.root / what
+    write_atomically(path.with_name(path.name + ".sig"), signatures)
+    write_atomically(path, data)
+    removed = {k.keyid for k in previous.keys} - {k.keyid for k in successor.keys}
+    print(f"published key set {successor.version}: {len(successor.keys)} key(s), threshold {successor.threshold}"
+          + (f", {len(removed)} key(s) revoked" if removed else ""))
+    print("sign from now on with the new keys, and re-sign every channel now (resign) so clients move to this set")
+    print(path)
+
+
 # --- verify -----------------------------------------------------------------------------------
 
 
 def verify(args: argparse.Namespace) -> None:
     from pilot.errors import PilotError
     from pilot.update.manifest import check_manifest, parse_manifest
-    from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
+    from pilot.update.verify import (
+        KeySet,
+        declared_keyset_version,
+        load_public_key,
+        parse_signatures,
+        verify_threshold,
+        walk_keysets,
+    )
 
     path = manifest_path(args.root, args.channel)
     try:
@@ -291,7 +371,8 @@ def verify(args: argparse.Namespace) -> None:
         raise ReleaseError(f"cannot read {error.filename}: {error.strerror}") from None
     try:
         keys = tuple(load_public_key(p.read_bytes()) for p in args.trusted_key)
-        keyset = KeySet(version=1, threshold=args.threshold, keys=keys)
+        anchor = KeySet(version=1, threshold=args.threshold, keys=keys)
+        keyset = walk_keysets(anchor, declared_keyset_version(data), lambda n: read_keyset_files(args.root, n))
         verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
         manifest = parse_manifest(data)
         check_against_schema(json.loads(data))
@@ -364,6 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("resign", help="re-sign a channel with a fresh expiry (run before it expires)")
     tree_options(p)
     p.set_defaults(run=resign)
+
+    p = commands.add_parser("rotate-keys", help="publish the next key set, signed by the old and the new keys")
+    p.add_argument("--root", type=Path, required=True, help="the release tree (SITE)")
+    p.add_argument("--old-key", type=Path, action="append", required=True,
+                   help="private key of the current set; repeat until its threshold is met")
+    p.add_argument("--new-key", type=Path, action="append", required=True,
+                   help="private key of the new set (all of them sign it); repeat for several")
+    p.add_argument("--threshold", type=int, default=1, help="signatures the new set requires (default 1)")
+    p.set_defaults(run=rotate_keys)
 
     p = commands.add_parser("verify", help="check signatures, schema, expiry and every artifact")
     tree_options(p, signing=False)

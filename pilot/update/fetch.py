@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import os
 import socket
 import ssl
 import time
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["MAX_REDIRECTS", "Fetcher", "HttpFetcher", "Response", "is_loopback"]
 
 MAX_REDIRECTS = 5
+DEFAULT_DEADLINE = 300.0
+DEADLINE_ENV = "PILOT_UPDATE_DEADLINE"  # seconds one fetch may take in all (retries, redirects, body); tests shorten it
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_SIZE = 1 << 16
 _T = TypeVar("_T")
@@ -57,6 +60,17 @@ class _Transient(DownloadError):
     def __init__(self, message: str, *, hint: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+
+
+def deadline_from_env() -> float:
+    """PILOT_UPDATE_DEADLINE when it is a positive number of seconds, else the 300 s default."""
+    import math
+
+    try:
+        value = float(os.environ.get(DEADLINE_ENV, ""))
+    except ValueError:
+        return DEFAULT_DEADLINE
+    return value if math.isfinite(value) and value > 0 else DEFAULT_DEADLINE
 
 
 # ---------------------------------------------------------------------------- URLs
@@ -242,14 +256,14 @@ def _describe(exc: BaseException, budget: _Budget, target: _Target, proxy: str |
 class HttpFetcher:
     """`Fetcher` over urllib3 with verified TLS, manual redirects, bounded retries and a deadline."""
 
-    def __init__(self, *, connect_timeout: float = 10, read_timeout: float = 30, deadline: float = 300,
+    def __init__(self, *, connect_timeout: float = 10, read_timeout: float = 30, deadline: float | None = None,
                  retries: int = 3, backoff: float = 0.5, max_retry_after: float = 60,
                  ca_certs: str | None = None, allowed_hosts: frozenset[str] | None = None,
                  user_agent: str = "pilot-updater", sleep: Callable[[float], object] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.deadline = deadline
+        self.deadline = deadline_from_env() if deadline is None else deadline
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after

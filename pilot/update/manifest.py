@@ -7,6 +7,8 @@ ManifestError with a line fit for the user.
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -255,6 +257,54 @@ def choose_update(
         return None
     release = max(candidates, key=lambda r: r.version)
     return Choice(release, _artifact_or_error(release, python_tag, platform_tag))
+
+
+def release_root(manifest_url: str) -> str | None:
+    """The release tree a manifest may point into: its URL's parent's parent (SITE/ for SITE/stable/manifest.json).
+
+    None when the manifest is not an http(s) URL (an offline `--from-file` install names its archive itself)."""
+    parts = urllib.parse.urlsplit(manifest_url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    segments = parts.path.split("/")[:-1]  # drop manifest.json
+    root_path = "/".join(segments[:-1]) + "/" if len(segments) > 1 else "/"  # drop the channel
+    return urllib.parse.urlunsplit((parts.scheme.lower(), parts.netloc.lower(), root_path, "", ""))
+
+
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
+
+
+def check_artifact_url(url: str, root: str) -> None:
+    """Refuse an artifact URL outside the release root: another scheme, host or port, credentials,
+    `.`/`..` segments (also percent-encoded), encoded or back slashes, or a path not under the root's."""
+    problem = _escape_problem(url, root)
+    if problem:
+        raise ManifestError(f"the artifact URL {quote_untrusted(url, 120)} {problem}",
+                            hint=f"artifacts must be served under {root}")
+
+
+def _escape_problem(url: str, root: str) -> str | None:
+    try:
+        art, base = urllib.parse.urlsplit(url), urllib.parse.urlsplit(root)
+        art_port, base_port = art.port, base.port
+    except ValueError:
+        return "is malformed"
+    defaults = {"http": 80, "https": 443}
+    if art.scheme.lower() != base.scheme.lower():
+        return f"uses {quote_untrusted(art.scheme)} where the manifest uses {base.scheme}"
+    if "@" in art.netloc:
+        return "carries credentials"
+    if (art.hostname or "").lower() != (base.hostname or "").lower() or \
+            (art_port or defaults.get(art.scheme.lower())) != (base_port or defaults.get(base.scheme.lower())):
+        return "points at another host than the manifest"
+    if "\\" in art.path or _ENCODED_SEPARATOR.search(art.path):
+        return "hides a path separator"
+    segments = urllib.parse.unquote(art.path).split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return "climbs out of its directory (a . or .. segment)"
+    if not urllib.parse.unquote(art.path).startswith(urllib.parse.unquote(base.path)):
+        return "is outside the release root"
+    return None
 
 
 def _artifact_or_error(release: Release, python_tag: str, platform_tag: str) -> Artifact:

@@ -20,15 +20,31 @@ from packaging.version import Version
 
 from pilot.buildinfo import BuildInfo
 from pilot.config import Config
-from pilot.errors import DownloadError, InstallError, UpdateError
+from pilot.errors import DownloadError, InstallError, UpdateError, VerificationError
 from pilot.launcher import failpoint
 from pilot.update import install, sentinel
-from pilot.update.manifest import Choice, Manifest, check_manifest, choose_update, parse_manifest
+from pilot.update.manifest import (
+    Choice,
+    Manifest,
+    check_artifact_url,
+    check_manifest,
+    choose_update,
+    parse_manifest,
+    release_root,
+)
 from pilot.update.restart import exec_archive
-from pilot.update.verify import KeySet, parse_signatures, verify_threshold
+from pilot.update.verify import (
+    KeySet,
+    declared_keyset_version,
+    keyset_path,
+    parse_signatures,
+    verify_threshold,
+    walk_keysets,
+)
 
 MANIFEST_CAP = 1024 * 1024
 SIGNATURES_CAP = 64 * 1024
+KEYSET_CAP = 64 * 1024
 PRODUCT = "pilot"
 AFTER_RESTART_ARGV = ("self-update", "--after-restart")
 
@@ -112,12 +128,14 @@ class Updater:
         self.manifest_url = manifest_url
         self.now = now
         self.paths = install.Paths.for_archive(build.archive)
+        self.release_root = release_root(manifest_url)  # None offline: --from-file names its archive itself
         self._cached: CachedManifest | None = None  # in memory only: a 304 reuses bytes that are verified again
 
     # -- check -------------------------------------------------------------------------------
 
     def fetch_verified_manifest(self) -> Manifest:
-        """Signatures against the embedded keys, then schema, freshness and the serial high-water mark."""
+        """Walk the key rotations from the embedded keys, verify the signatures with the last key set,
+        then the schema, the key set version, freshness and the serial high-water mark."""
         cached = self._cached
         response = self.fetcher.fetch(self.manifest_url, max_bytes=MANIFEST_CAP, etag=cached.etag if cached else None)
         if response.status == 304 and cached is not None:
@@ -125,21 +143,38 @@ class Updater:
         else:
             data = response.data
             signatures = self.fetcher.fetch(self.manifest_url + ".sig", max_bytes=SIGNATURES_CAP).data
-        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), KeySet.embedded(self.build),
-                         "manifest.json")
-        manifest = parse_manifest(data)
         state = sentinel.load_state()
+        accepted_keyset = state.get("highest_keyset_version", 1)
+        keyset = walk_keysets(KeySet.embedded(self.build), max(declared_keyset_version(data), accepted_keyset),
+                              self._fetch_keyset)
+        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
+        manifest = parse_manifest(data)
+        if manifest.keyset_version != keyset.version:
+            raise VerificationError(
+                f"manifest.json is signed under key set {manifest.keyset_version}, but this install has accepted "
+                f"key set {keyset.version} (a replay signed with keys that were rotated out)")
         check_manifest(manifest, product=PRODUCT, channel=self.config.upgrade.channel, now=self.now(),
                        highest_serial=state.get("highest_serial", 0))
-        self._remember_serial(manifest.serial)
+        self._remember_serial(manifest.serial, keyset.version)
         self._cached = CachedManifest(response.etag or (cached.etag if cached else None), data, signatures)
         return manifest
 
-    def _remember_serial(self, serial: int) -> None:
+    def _fetch_keyset(self, version: int) -> tuple[bytes, bytes]:
+        """keys/<version>.json and its .sig, from the release root beside the channel directory."""
+        if self.release_root is not None:
+            url = self.release_root + keyset_path(version)
+        else:  # offline: SITE/keys/ beside SITE/<channel>/manifest.json
+            url = str(Path(self.manifest_url).resolve().parent.parent / keyset_path(version))
+        data = self.fetcher.fetch(url, max_bytes=KEYSET_CAP).data
+        return data, self.fetcher.fetch(url + ".sig", max_bytes=SIGNATURES_CAP).data
+
+    def _remember_serial(self, serial: int, keyset_version: int = 1) -> None:
         with sentinel.UpdateLock():
             state = sentinel.load_state()
-            if serial > state.get("highest_serial", 0) or "install_id" not in state:
+            if serial > state.get("highest_serial", 0) or "install_id" not in state or \
+                    keyset_version > state.get("highest_keyset_version", 1):
                 state["highest_serial"] = max(serial, state.get("highest_serial", 0))
+                state["highest_keyset_version"] = max(keyset_version, state.get("highest_keyset_version", 1))
                 state.setdefault("install_id", secrets.token_hex(16))
                 sentinel.save_state(state)
 
@@ -159,6 +194,8 @@ class Updater:
 
     def download_verified(self, choice: Choice, candidate: Path, progress: install.Progress | None) -> dict:
         artifact = choice.artifact
+        if self.release_root is not None:
+            check_artifact_url(artifact.url, self.release_root)
         install.receive(self.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact, progress)
         return install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
 

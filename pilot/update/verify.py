@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -166,6 +167,41 @@ def verify_rotation(current: KeySet, data: bytes, signatures: list[Signature], w
     verify_threshold(data, signatures, current, what)
     verify_threshold(data, signatures, successor, what)
     return successor
+
+
+MAX_ROTATIONS = 1000  # a bound on one walk; each step needs the previous set's threshold anyway
+
+
+def keyset_path(version: int) -> str:
+    """Where key set `version` is published, relative to the release root."""
+    return f"keys/{version}.json"
+
+
+def walk_keysets(anchor: KeySet, target: int, fetch: Callable[[int], tuple[bytes, bytes]]) -> KeySet:
+    """Key set `target`, reached from the anchor through every rotation in between.
+
+    `fetch(n)` returns the bytes of keys/<n>.json and of its .sig. Each set must be signed by
+    the threshold of the one before it and by its own; nothing is taken from a cache, so a
+    key that a rotation removed can never sign again for a client that walks past it."""
+    if target < anchor.version:
+        raise VerificationError(f"key set {target} is older than key set {anchor.version}, which this install trusts")
+    if target - anchor.version > MAX_ROTATIONS:
+        raise VerificationError(f"key set {target} is more than {MAX_ROTATIONS} rotations away")
+    current = anchor
+    for version in range(anchor.version + 1, target + 1):
+        what = keyset_path(version)
+        data, signatures = fetch(version)
+        current = verify_rotation(current, data, parse_signatures(signatures, what + ".sig"), what)
+    return current
+
+
+def declared_keyset_version(data: bytes) -> int:
+    """The key set an (unverified) manifest says signed it: only a hint of how far to walk, 1 when unclear."""
+    try:
+        value = load_json(data, "manifest").get("keyset_version", 1)
+    except (ManifestError, AttributeError):
+        return 1
+    return value if type(value) is int and 1 <= value <= 2**53 else 1
 
 
 def check_digest(data_size: int, data_sha256: str, *, size: int, sha256: str, what: str) -> None:
