@@ -216,12 +216,15 @@ def pid_alive(pid):
     return True
 
 
-def boot_decision(trial, build_id, pid, now, is_alive=pid_alive):
-    """run | trial | rollback | void: what a starting process does about an open trial (pure)."""
+def boot_decision(trial, build_id, pid, now, is_alive=pid_alive, version=None):
+    """run | trial | rollback | void: what a starting process does about an open trial (pure).
+
+    The new archive is known by its build id and, since two releases of the same code share
+    a build id (it hashes site-packages only), by its version too."""
     if trial is None:
         return "run"
     in_progress = now < trial.get("deadline", 0) and is_alive(trial.get("pid", -1))
-    if build_id == trial.get("to_build_id"):
+    if build_id == trial.get("to_build_id") and version in (None, trial.get("to_version")):
         if pid == trial.get("pid"):
             return "trial"
         return "run" if in_progress else "rollback"
@@ -311,7 +314,7 @@ def guard_boot(build, start_app):
     if not os.path.exists(trial_path()):
         return start_app()
     trial = read_json(trial_path())
-    decision = boot_decision(trial, build["build_id"], os.getpid(), time.time())
+    decision = boot_decision(trial, build["build_id"], os.getpid(), time.time(), version=build.get("version"))
     if decision == "trial":
         return run_trial(trial, start_app)
     if decision == "rollback":

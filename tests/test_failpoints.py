@@ -74,3 +74,15 @@ def test_the_self_test_child_never_inherits_a_failpoint(name, monkeypatch, tmp_p
     monkeypatch.setattr(install.subprocess, "run", fake_run)
     install.preflight(tmp_path / "candidate", version="2.0.0", build_id="b")
     assert FAILPOINT_ENV not in seen
+
+
+def test_a_trial_is_told_apart_by_version_when_both_releases_share_a_build_id():
+    """Same code, new version: one build id. A kill before the swap must void the trial, not roll back."""
+    from pilot.launcher import boot_decision
+
+    trial = {"pid": 1000, "deadline": 5030.0, "from_build_id": "same", "to_build_id": "same",
+             "from_version": "1.0.0", "to_version": "2.0.0"}
+    dead = lambda pid: False  # noqa: E731
+    assert boot_decision(trial, "same", 2000, 5000.0, is_alive=dead, version="1.0.0") == "void"
+    assert boot_decision(trial, "same", 2000, 5000.0, is_alive=dead, version="2.0.0") == "rollback"
+    assert boot_decision(trial, "same", 1000, 5000.0, is_alive=lambda pid: True, version="2.0.0") == "trial"

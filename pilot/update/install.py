@@ -185,6 +185,8 @@ def keep_as(source: Path, target: Path) -> None:
         shutil.copy2(source, staging)
         fsync_file(staging)
     os.replace(staging, target)
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()  # rename() does nothing when target is already a link to source (an interrupted swap's)
     fsync_directory(str(target.parent))
 
 

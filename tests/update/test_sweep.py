@@ -56,3 +56,11 @@ def test_a_temp_without_a_pid_is_removed_only_once_it_is_old(paths):
 
 def test_a_missing_directory_is_nothing_to_sweep(tmp_path):
     assert sweep_stale_temps(Paths.for_archive(tmp_path / "gone" / "pilot")) == []
+
+
+def test_keeping_a_backup_that_is_already_a_link_to_the_install_leaves_no_staging_file(paths):
+    from pilot.update.install import keep_as
+
+    os.link(paths.install, paths.backup)  # what a swap killed between keep_as and os.replace leaves
+    keep_as(paths.install, paths.backup)
+    assert sorted(p.name for p in paths.install.parent.iterdir()) == ["pilot", "pilot.backup"]
