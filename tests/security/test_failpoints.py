@@ -1,0 +1,160 @@
+"""SIGKILL at every named step of an update and a boot, then the next plain start: what is left must work.
+
+For each failpoint (pilot.launcher.FAILPOINTS) a real v1 install with a task in its SQLite
+state runs `PILOT_FAILPOINT=<name> pilot self-update --yes` against a real loopback server
+and dies at that step. Then, with plain starts only: the install path holds a complete
+archive, byte-identical to v1 or v2, that runs and says so; the update state agrees with it
+(committed <-> new; none, failed or rolled back <-> old); the task is still listed. Finally
+the next update sweeps whatever temp files the killed one left and ends cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import zipfile
+
+import pytest
+
+from pilot.launcher import FAILPOINTS
+from tests.e2e.conftest import BROKEN, sha256
+
+pytestmark = pytest.mark.slow
+
+OLD, NEW = "pilot 1.0.0", "pilot 2.0.0"
+
+# failpoint -> (version after the next start, state it records, what a retried update ends with)
+UPDATE_POINTS = {
+    "after-download": (OLD, "none", NEW),
+    "after-preflight": (OLD, "none", NEW),
+    "after-trial-open": (OLD, "failed", NEW),          # the guard voids the trial: nothing was swapped
+    "after-backup": (OLD, "failed", NEW),
+    "after-rename": (OLD, "rolled_back", OLD),         # the new version never proved it starts: back to v1,
+    "before-exec": (OLD, "rolled_back", OLD),          # and 2.0.0 is skipped from then on
+    "boot-trial-start": (OLD, "rolled_back", OLD),
+    "boot-before-commit": (OLD, "rolled_back", OLD),
+    "boot-after-commit": (NEW, "committed", NEW),
+}
+
+
+def recovered(name: str):
+    return pytest.mark.threat("failpoint", name, defence=FAILPOINT_DEFENCES[name])
+
+
+FAILPOINT_DEFENCES = {
+    "after-download": "the download is a private temp file; the install is untouched",
+    "after-preflight": "the self-tested archive is still only a temp file",
+    "after-trial-open": "the next start finds a trial for a build that is not installed and voids it",
+    "after-backup": "the install still holds v1 (the backup is a hard link); the trial is voided",
+    "after-rename": "the trial's pid is dead: the next start restores the backup and records why",
+    "before-exec": "as after-rename: an unconfirmed boot is a failed boot",
+    "boot-trial-start": "as after-rename: the guard rolls back at the next start",
+    "boot-before-commit": "as after-rename: only a committed boot counts",
+    "boot-after-commit": "the commit is one atomic rename of state.json, then the trial record goes",
+    "rollback-after-restore": "the backup is back in place; the next start closes the trial as failed",
+    "during-migration": "each migration is one SQLite transaction; a killed one leaves the schema as it was",
+}
+
+
+def test_every_failpoint_has_an_end_to_end_test():
+    assert set(FAILPOINT_DEFENCES) == set(FAILPOINTS)
+    assert set(UPDATE_POINTS) | {"rollback-after-restore", "during-migration"} == set(FAILPOINTS)
+
+
+def killed(result, point: str) -> None:
+    assert result.returncode == -signal.SIGKILL, f"{point} did not fire: {result.returncode}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+
+
+def check_install(pilot, expected_version: str, archives: dict[str, str]) -> dict:
+    """The next plain start: a complete archive that runs, state agreeing with it, the task still listed."""
+    assert pilot.version() == expected_version
+    with zipfile.ZipFile(pilot.path) as zf:
+        assert zf.testzip() is None
+    assert sha256(pilot.path) == archives[expected_version]
+    status = pilot.status()
+    assert status["running_version"] == expected_version.split()[1]
+    assert status["state"] != "trial"
+    if expected_version == NEW:
+        assert status["state"] == "committed"
+    else:
+        assert status["state"] in ("none", "failed", "rolled_back"), status
+    tasks = pilot.run("task", "list", "--json")
+    assert tasks.returncode == 0, tasks.stderr
+    assert [t["title"] for t in json.loads(tasks.stdout)] == ["made before the update"]
+    return status
+
+
+@pytest.mark.parametrize("point", [pytest.param(p, marks=recovered(p)) for p in UPDATE_POINTS])
+def test_a_kill_at_each_update_step_leaves_a_working_pilot(point, pilot, repo, v1, v2):
+    expected, state, after_retry = UPDATE_POINTS[point]
+    repo.publish_releases(v2)
+    assert pilot.run("task", "add", "made before the update", "--", "true").returncode == 0
+    archives = {OLD: sha256(v1), NEW: sha256(v2)}
+
+    killed(pilot.run("self-update", "--yes", extra_env={"PILOT_FAILPOINT": point}), point)
+
+    status = check_install(pilot, expected, archives)
+    assert status["state"] == state, status
+    if state == "rolled_back":
+        assert status["bad_versions"] == ["2.0.0"]
+        assert "did not finish starting" in status["reason"]
+
+    retry = pilot.run("self-update", "--yes")  # sweeps what the killed update left beside the install
+    assert retry.returncode == 0, retry.stderr
+    assert pilot.stray_files() == []
+    assert pilot.version() == after_retry
+    if after_retry == OLD:
+        assert "2.0.0 failed to start here before" in retry.stderr
+    else:
+        assert pilot.status()["state"] == "committed"
+
+
+@recovered("rollback-after-restore")
+def test_a_kill_in_the_middle_of_a_rollback(pilot, repo, v1, archives):
+    """v3 fails to start; the boot guard restores v1 and is killed before it records the rollback."""
+    v3 = archives.build("3.0.0", overlay=BROKEN["raises"])
+    repo.publish_releases(v3)
+    assert pilot.run("task", "add", "made before the update", "--", "true").returncode == 0
+
+    killed(pilot.run("self-update", "--yes", extra_env={"PILOT_FAILPOINT": "rollback-after-restore"}),
+           "rollback-after-restore")
+
+    status = check_install(pilot, OLD, {OLD: sha256(v1)})
+    assert status["state"] == "failed"
+    assert not pilot.backup.exists()  # it was moved back into place
+    assert pilot.stray_files() == []
+
+
+@recovered("during-migration")
+def test_a_kill_during_a_schema_migration(pilot, repo, v2):
+    """State written by an older Pilot (schema v2); the updated Pilot's first start migrates it and is killed."""
+    from pilot.state.db import MIGRATIONS, SCHEMA_VERSION
+
+    pilot.home.mkdir(parents=True, exist_ok=True)
+    database = pilot.home / "pilot.db"
+    conn = sqlite3.connect(database, isolation_level=None)
+    for migration in MIGRATIONS[:2]:
+        for statement in migration.statements:
+            conn.execute(statement)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('min_reader_version', '0')")
+    conn.execute("INSERT INTO tasks (title, created_at) VALUES ('made before the update', '2026-01-01T00:00:00Z')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    repo.publish_releases(v2)
+    assert pilot.run("self-update", "--yes").returncode == 0
+    assert pilot.version() == NEW
+
+    killed(pilot.run("task", "list", "--json", extra_env={"PILOT_FAILPOINT": "during-migration"}),
+           "during-migration")
+    with sqlite3.connect(database) as reader:
+        assert reader.execute("PRAGMA user_version").fetchone()[0] == 2  # the killed migration left nothing
+
+    tasks = pilot.run("task", "list", "--json")
+    assert tasks.returncode == 0, tasks.stderr
+    assert [t["title"] for t in json.loads(tasks.stdout)] == ["made before the update"]
+    with sqlite3.connect(database) as reader:
+        assert reader.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert reader.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert (pilot.home / "snapshots" / "pilot.db.before-v3").exists()
