@@ -65,3 +65,27 @@ def reexec_in_tools_env(script: str) -> None:
         return
     python = ensure_tools_env()
     os.execv(str(python), [str(python), script, *sys.argv[1:]])
+
+
+def run_cli(script: str, build_parser, refusal: type[Exception], prefix) -> int:
+    """The shared main of the build and release tools: parse, run, and turn any refusal into one line.
+
+    `prefix(args)` names the tool (and command) at the start of that line; exit status 1.
+    """
+    reexec_in_tools_env(script)
+    sys.path.insert(0, str(REPO))
+    args = build_parser().parse_args()
+    from pilot.errors import PilotError
+
+    try:
+        args.run(args)
+    except refusal as error:
+        message = str(error)
+    except PilotError as error:
+        message = error.one_line()
+    except OSError as error:
+        message = f"{error.strerror}: {error.filename}"
+    else:
+        return 0
+    print(f"{prefix(args)}: {message}", file=sys.stderr)
+    return 1

@@ -398,24 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    toolenv.reexec_in_tools_env(__file__)
-    sys.path.insert(0, str(REPO))
-    args = build_parser().parse_args()
-    from pilot.errors import PilotError
-
-    try:
-        args.run(args)
-    except PipelineError as error:
-        print(f"pipeline: {args.command}: {error}", file=sys.stderr)
-        return 1
-    except PilotError as error:
-        print(f"pipeline: {args.command}: {error.one_line()}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"pipeline: {args.command}: {error.strerror}: {error.filename}", file=sys.stderr)
-        return 1
-    return 0
-
+    return toolenv.run_cli(__file__, build_parser, PipelineError, lambda args: f"pipeline: {args.command}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -464,24 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> int:
-    toolenv.reexec_in_tools_env(__file__)
-    sys.path.insert(0, str(REPO))
-    args = build_parser().parse_args()
-    from pilot.errors import PilotError
-
-    try:
-        args.run(args)
-    except ReleaseError as error:
-        print(f"release: {error}", file=sys.stderr)
-        return 1
-    except PilotError as error:
-        print(f"release: {error.one_line()}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"release: {error.strerror}: {error.filename}", file=sys.stderr)
-        return 1
-    return 0
-
+    return toolenv.run_cli(__file__, build_parser, ReleaseError, lambda args: "release")
 
 if __name__ == "__main__":
     sys.exit(main())
