@@ -115,6 +115,10 @@ def update(updater, build: BuildInfo, args: argparse.Namespace) -> int:
         if sentinel.open_trial_record() is not None:
             raise UpdateError("a new version is still starting (its trial boot is open)",
                               hint="run `pilot self-update --status` in a moment")
+        installed = read_metadata(updater.paths.install).get("version")
+        if installed != build.version:  # another process updated it between our start and the lock
+            raise UpdateError(f"pilot {installed} was installed by another process while this {build.version} started",
+                              hint="run the command again")
         result = updater.check(target=target)
         if result.choice is None:
             print(f"pilot {build.version} is up to date (latest on {result.manifest.channel}: {result.latest})")
