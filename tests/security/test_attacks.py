@@ -109,7 +109,8 @@ def test_short_artifact(scene):
 def test_artifact_of_another_release_with_its_valid_hash(scene):
     document = scene.repo.publish_releases(scene.v1, scene.v2)  # both listed with their true hashes
     scene.repo.route(artifact_path(scene.repo, document), respond(scene.v1.read_bytes()))
-    scene.refused(scene.update(), "sha256")  # reproducible builds: v1 and v2 are the same size
+    line = scene.refused(scene.update())
+    assert "sha256" in line or "Content-Length" in line, line  # the sizes may even be equal
 
 
 # --- signatures ---------------------------------------------------------------------------------
