@@ -41,6 +41,7 @@ def read(site, version):
     return (site / "keys" / f"{version}.json").read_bytes(), (site / "keys" / f"{version}.json.sig").read_bytes()
 
 
+@pytest.mark.slow  # builds a real archive to publish
 def test_two_rotations_then_publish_and_verify_follow_the_chain(site, release_key, keys, archives):
     code, out, err = rotate(site, [release_key], [keys["rot-2"]])
     assert code == 0, err
