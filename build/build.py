@@ -99,7 +99,7 @@ def compile_bytecode(site_packages: Path) -> None:
     # Unchecked-hash pycs hold no source mtime (reproducible) and skip the source check at import (fast).
     ok = compileall.compile_dir(
         site_packages, quiet=2, stripdir=str(site_packages), prependdir="site-packages",
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH, workers=1,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH, workers=0,
     )
     if not ok:
         sys.exit("build: some modules do not compile")
@@ -138,7 +138,7 @@ class ArchiveWriter:
         info.compress_type = zipfile.ZIP_DEFLATED
         info.create_system = 3  # unix, whatever the build machine
         info.external_attr = (0o100755 if executable else 0o100644) << 16
-        self.zf.writestr(info, data, compresslevel=9)
+        self.zf.writestr(info, data, compresslevel=6)  # 9 costs twice the time for 1% smaller
 
 
 def shiv_environment(build_id: str, epoch: int) -> bytes:
