@@ -24,7 +24,6 @@ The application side (pilot.update.sentinel) writes the record and commits it, u
 the file helpers below so both sides agree on the format.
 """
 
-import json
 import os
 import signal
 import sys
@@ -93,6 +92,8 @@ def read_json(path):
     """The JSON object at path, or None when it is missing or unreadable (a torn write is no record)."""
     try:
         with open(path, "rb") as stream:
+            import json  # here, not at the top: `pilot --version` never needs it (~10 ms)
+
             value = json.loads(stream.read().decode("utf-8"))
     except (OSError, ValueError):
         return None
@@ -105,6 +106,8 @@ def write_json(path, value):
     os.makedirs(directory, exist_ok=True)
     partial = "%s.%d.partial" % (path, os.getpid())
     with open(partial, "wb") as stream:
+        import json
+
         stream.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
         stream.flush()
         os.fsync(stream.fileno())
@@ -380,6 +383,7 @@ def extract(archive, build_id, directory, verify=False):
     marker is written into it last, and it is renamed into place; a damaged copy is first
     renamed aside, so a process still running from it finds the complete one at the same path."""
     import fcntl
+    import json
     import shutil
     import zipfile
 
