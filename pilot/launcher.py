@@ -42,12 +42,10 @@ def python_tag():
 
 def platform_tag():
     """`linux_x86_64`, `macos_arm64`, ...: the OS and architecture an archive's native code is for."""
-    import platform
-
     system = {"darwin": "macos"}.get(sys.platform, sys.platform)
     if system.startswith("linux"):
         system = "linux"
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()  # what platform.machine() returns on POSIX, without its 6 ms import
     machine = {"amd64": "x86_64", "arm64": "arm64" if system == "macos" else "aarch64"}.get(machine, machine)
     return "%s_%s" % (system, machine)
 
