@@ -50,6 +50,17 @@ def archives(release_key) -> ArchiveFactory:
     return ArchiveFactory([release_key.public_path])
 
 
+@pytest.fixture(scope="session")
+def v1(archives) -> Path:
+    """Pilot 1.0.0, built once per session (and cached across runs)."""
+    return archives.build("1.0.0")
+
+
+@pytest.fixture(scope="session")
+def v2(archives) -> Path:
+    return archives.build("2.0.0")
+
+
 def run_release_tool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(RELEASE_TOOL), *args], capture_output=True, text=True,
                           env=env, timeout=300)

@@ -32,11 +32,6 @@ def shiv_root(tmp_path, monkeypatch) -> Path:
     return root
 
 
-@pytest.fixture
-def v1(archives) -> Path:
-    return archives.build("1.0.0")
-
-
 def run(archive: Path, *args: str, flags: tuple[str, ...] = (), env: dict | None = None,
         timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *flags, str(archive), *args], capture_output=True, text=True,

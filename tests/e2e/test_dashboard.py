@@ -31,16 +31,6 @@ def stream_json_task(tokens_in: int, tokens_out: int, cost: float, sleep: float 
 
 
 @pytest.fixture
-def v1(archives):
-    return archives.build("1.0.0")
-
-
-@pytest.fixture
-def v2(archives):
-    return archives.build("2.0.0")
-
-
-@pytest.fixture
 def terminal():
     tmux = Tmux()
     yield tmux

@@ -15,16 +15,6 @@ from tests.e2e.conftest import BROKEN, sha256
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def v1(archives):
-    return archives.build("1.0.0")
-
-
-@pytest.fixture(scope="module")
-def v2(archives):
-    return archives.build("2.0.0")
-
-
 def test_update_installs_new_version_keeps_backup_and_commits(v1, v2, release_site, install_factory):
     release_site.publish(v2)
     pilot = install_factory(v1)

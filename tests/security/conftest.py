@@ -29,16 +29,6 @@ HERE = Path(__file__).resolve().parent
 # --- fixtures -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def v1(archives) -> Path:
-    return archives.build("1.0.0")
-
-
-@pytest.fixture(scope="session")
-def v2(archives) -> Path:
-    return archives.build("2.0.0")
-
-
 @pytest.fixture
 def repo(site, server, release_key) -> RepoSim:
     return RepoSim(site, server, release_key)
