@@ -143,10 +143,6 @@ def parse_section(name: str, section: Any, base: Any, where: str) -> Any:
     return replace(base, **values)
 
 
-def parse_upgrade(section: Any, base: UpgradeConfig, where: str) -> UpgradeConfig:
-    return parse_section("upgrade", section, base, where)
-
-
 def load_config(env: dict[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     home = Path(pilot_home())
