@@ -53,7 +53,7 @@ def list_tasks(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from pilot.commands.start import daemon_pid
+    from pilot.daemon.lock import daemon_pid
     from pilot.update.sentinel import load_state
 
     store = open_store()
