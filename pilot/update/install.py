@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilot.errors import InstallError, VerificationError
 from pilot.launcher import IN_USE_FILE, extraction_root, failpoint, fsync_directory, pid_alive
 from pilot.update.manifest import Artifact
+from pilot.update.progress import Progress
 from pilot.update.verify import check_digest
 
 METADATA_MEMBER = "pilot-build.json"
@@ -35,7 +36,6 @@ PREFLIGHT_TIMEOUT = 180
 TEMP_PREFIX = ".pilot-download-"
 LEGACY_TEMP_AGE = 24 * 3600  # a temp name without its owner's pid is stale after a day
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
