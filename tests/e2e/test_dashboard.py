@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 
@@ -81,15 +82,17 @@ def test_hot_upgrade_in_a_real_terminal_keeps_pid_tokens_and_history(v1, v2, rel
     assert terminal.pane_dead()
 
 
-def test_sigkill_loses_no_committed_task_or_token(v1, install_factory, tmp_path):
-    import subprocess
+def start_headless(pilot) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(pilot.path), "start"], env={**os.environ, **pilot.env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
+
+def test_sigkill_loses_no_committed_task_or_token(v1, install_factory, tmp_path):
     pilot = install_factory(v1)
     for index in range(3):
         assert pilot.run("task", "add", f"t{index}", "--", *stream_json_task(100, 10, 0.001)).returncode == 0
     assert pilot.run("task", "add", "long", "--", *stream_json_task(500, 50, 0.005, sleep=30)).returncode == 0
-    daemon = subprocess.Popen([sys.executable, str(pilot.path), "start"], env={**os.environ, **pilot.env},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    daemon = start_headless(pilot)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -108,8 +111,7 @@ def test_sigkill_loses_no_committed_task_or_token(v1, install_factory, tmp_path)
     after = json.loads(pilot.run("status", "--json").stdout)
     assert after["tokens"] == committed["tokens"]
     assert after["tasks"]["done"] == 3
-    restarted = subprocess.Popen([sys.executable, str(pilot.path), "start"], env={**os.environ, **pilot.env},
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    restarted = start_headless(pilot)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
