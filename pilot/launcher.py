@@ -75,6 +75,34 @@ def extraction_dir(build_id):
     return os.path.join(extraction_root(), "pilot_" + build_id)
 
 
+METADATA_MEMBER = "pilot-build.json"  # the build metadata, readable by any zip tool
+METADATA_CAP = 64 * 1024
+
+
+def artifact_name(version, python_tag, platform_tag):
+    """The file name of a release archive: pilot-1.4.0-cp311-linux_x86_64.pyz."""
+    return "pilot-%s-%s-%s.pyz" % (version, python_tag, platform_tag)
+
+
+def read_build_metadata(zf):
+    """pilot-build.json of an open zipfile.ZipFile as a dict; ValueError when it is missing, oversized or no object."""
+    import json
+
+    try:
+        info = zf.getinfo(METADATA_MEMBER)
+    except KeyError:
+        raise ValueError("no readable %s" % METADATA_MEMBER) from None
+    if info.file_size > METADATA_CAP:
+        raise ValueError("its %s is implausibly large" % METADATA_MEMBER)
+    try:
+        value = json.loads(zf.read(info).decode("utf-8"))
+    except ValueError:  # not UTF-8, not JSON
+        raise ValueError("no readable %s" % METADATA_MEMBER) from None
+    if not isinstance(value, dict):
+        raise ValueError("its %s is not an object" % METADATA_MEMBER)
+    return value
+
+
 # --- small durable files ----------------------------------------------------------------------
 
 
@@ -98,19 +126,32 @@ def read_json(path):
     return value if isinstance(value, dict) else None
 
 
-def write_json(path, value):
-    """Write atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    directory = os.path.dirname(path)
+def atomic_write(path, data, mode=0o644):
+    """Write bytes durably and atomically: a private temp file in the same directory (a rename across
+    filesystems is not atomic), fsync, rename over path, fsync the directory. Readers see old or new, never part."""
+    directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    partial = "%s.%d.partial" % (path, os.getpid())
-    with open(partial, "wb") as stream:
-        import json
-
-        stream.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n")
-        stream.flush()
-        os.fsync(stream.fileno())
+    partial = os.path.join(directory, ".%s.%d.partial" % (os.path.basename(path), os.getpid()))
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_file(partial)
+        raise
+    os.close(fd)
     os.replace(partial, path)
     fsync_directory(directory)
+
+
+def write_json(path, value, mode=0o644):
+    import json
+
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8") + b"\n", mode)
 
 
 def remove_file(path):
@@ -337,7 +378,8 @@ def incompatibility(build):
         return None
     return (
         "pilot: this archive was built for %s but this is %s: run it with python%s, "
-        "or download pilot-%s-%s.pyz" % (built, running, _dotted(build["python_tag"]), build["version"], running)
+        "or download %s" % (built, running, _dotted(build["python_tag"]),
+                            artifact_name(build["version"], python_tag(), platform_tag()))
     )
 
 
@@ -381,7 +423,6 @@ def extract(archive, build_id, directory, verify=False):
     marker is written into it last, and it is renamed into place; a damaged copy is first
     renamed aside, so a process still running from it finds the complete one at the same path."""
     import fcntl
-    import json
     import shutil
     import zipfile
 
@@ -392,7 +433,7 @@ def extract(archive, build_id, directory, verify=False):
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with zipfile.ZipFile(archive) as zf:  # one open file throughout: an update may replace the path
-            if json.loads(zf.read("pilot-build.json").decode("utf-8")).get("build_id") != build_id:
+            if read_build_metadata(zf).get("build_id") != build_id:
                 raise ArchiveReplaced("pilot: %s is no longer the archive this process started from "
                                       "(an update replaced it); run the command again" % archive)
             members = [i for i in zf.infolist() if i.filename.startswith("site-packages/") and not i.is_dir()]

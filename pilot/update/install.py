@@ -25,13 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pilot.errors import InstallError, VerificationError
-from pilot.launcher import IN_USE_FILE, extraction_root, failpoint, fsync_directory, pid_alive
+from pilot.launcher import IN_USE_FILE, extraction_root, failpoint, fsync_directory, pid_alive, read_build_metadata
 from pilot.update.manifest import Artifact
 from pilot.update.progress import Progress
 from pilot.update.verify import check_digest
 
-METADATA_MEMBER = "pilot-build.json"
-METADATA_CAP = 64 * 1024
 PREFLIGHT_TIMEOUT = 180
 TEMP_PREFIX = ".pilot-download-"
 LEGACY_TEMP_AGE = 24 * 3600  # a temp name without its owner's pid is stale after a day
@@ -110,15 +108,11 @@ def read_metadata(archive: Path) -> dict:
     """The archive's pilot-build.json, read with zipfile (never by running the archive)."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            info = zf.getinfo(METADATA_MEMBER)
-            if info.file_size > METADATA_CAP:
-                raise VerificationError(f"{archive.name}: its build metadata is implausibly large")
-            value = json.loads(zf.read(info))
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
-        raise VerificationError(f"{archive.name}: not a Pilot archive (no readable {METADATA_MEMBER})") from None
-    if not isinstance(value, dict):
-        raise VerificationError(f"{archive.name}: its build metadata is not an object")
-    return value
+            return read_build_metadata(zf)
+    except (OSError, zipfile.BadZipFile):
+        raise VerificationError(f"{archive.name}: not a Pilot archive (no readable pilot-build.json)") from None
+    except ValueError as error:
+        raise VerificationError(f"{archive.name}: not a Pilot archive ({error})") from None
 
 
 def check_metadata(archive: Path, *, version: str, artifact: Artifact) -> dict:

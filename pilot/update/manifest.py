@@ -206,9 +206,10 @@ def _artifact(item: dict) -> Artifact:
 
 
 def check_manifest(
-    manifest: Manifest, *, product: str, channel: str, now: datetime, highest_serial: int
+    manifest: Manifest, *, product: str, channel: str, now: datetime | None, highest_serial: int
 ) -> None:
-    """Refuse a manifest for something else, an expired one (freeze) or a replayed older one (rollback)."""
+    """Refuse a manifest for something else, an expired one (freeze; not checked when now is None)
+    or a replayed older one (rollback)."""
     if manifest.product != product:
         raise ManifestError(f"the manifest is for {quote_untrusted(manifest.product)}, not {product}")
     if manifest.channel != channel:
@@ -218,7 +219,7 @@ def check_manifest(
             f"the manifest's serial {manifest.serial} is older than the {highest_serial} already seen "
             "(a replayed manifest)"
         )
-    if now >= manifest.expires_at:
+    if now is not None and now >= manifest.expires_at:
         raise ManifestError(
             f"the manifest expired at {format_timestamp(manifest.expires_at)} "
             "(the release server is stale or a mirror is replaying it)"

@@ -20,27 +20,12 @@ from packaging.version import Version
 
 from pilot.buildinfo import BuildInfo
 from pilot.config import Config
-from pilot.errors import DownloadError, InstallError, UpdateError, VerificationError
+from pilot.errors import DownloadError, InstallError, UpdateError
 from pilot.launcher import failpoint
 from pilot.update import install, sentinel
-from pilot.update.manifest import (
-    Choice,
-    Manifest,
-    check_artifact_url,
-    check_manifest,
-    choose_update,
-    parse_manifest,
-    release_root,
-)
+from pilot.update.manifest import Choice, Manifest, check_artifact_url, choose_update, release_root
 from pilot.update.restart import exec_archive
-from pilot.update.verify import (
-    KeySet,
-    declared_keyset_version,
-    keyset_path,
-    parse_signatures,
-    verify_threshold,
-    walk_keysets,
-)
+from pilot.update.verify import KeySet, keyset_path, verify_manifest
 
 MANIFEST_CAP = 1024 * 1024
 SIGNATURES_CAP = 64 * 1024
@@ -144,17 +129,11 @@ class Updater:
             data = response.data
             signatures = self.fetcher.fetch(self.manifest_url + ".sig", max_bytes=SIGNATURES_CAP).data
         state = sentinel.load_state()
-        accepted_keyset = state.get("highest_keyset_version", 1)
-        keyset = walk_keysets(KeySet.embedded(self.build), max(declared_keyset_version(data), accepted_keyset),
-                              self._fetch_keyset)
-        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
-        manifest = parse_manifest(data)
-        if manifest.keyset_version != keyset.version:
-            raise VerificationError(
-                f"manifest.json is signed under key set {manifest.keyset_version}, but this install has accepted "
-                f"key set {keyset.version} (a replay signed with keys that were rotated out)")
-        check_manifest(manifest, product=PRODUCT, channel=self.config.upgrade.channel, now=self.now(),
-                       highest_serial=state.get("highest_serial", 0))
+        verified = verify_manifest(
+            data, signatures, anchor=KeySet.embedded(self.build), fetch_keyset=self._fetch_keyset, product=PRODUCT,
+            channel=self.config.upgrade.channel, now=self.now(), highest_serial=state.get("highest_serial", 0),
+            accepted_keyset=state.get("highest_keyset_version", 1))
+        manifest, keyset = verified.manifest, verified.keyset
         self._remember_serial(manifest.serial, keyset.version)
         self._cached = CachedManifest(response.etag or (cached.etag if cached else None), data, signatures)
         return manifest

@@ -13,13 +13,14 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pilot.errors import ManifestError, VerificationError
-from pilot.update.manifest import load_json
+from pilot.update.manifest import Manifest, check_manifest, load_json, parse_manifest
 from pilot.update.schema import validate
 
 
@@ -169,6 +170,7 @@ def verify_rotation(current: KeySet, data: bytes, signatures: list[Signature], w
     return successor
 
 
+KeysetFetch = Callable[[int], tuple[bytes, bytes]]  # n -> the bytes of keys/<n>.json and of its .sig
 MAX_ROTATIONS = 1000  # a bound on one walk; each step needs the previous set's threshold anyway
 
 
@@ -177,7 +179,7 @@ def keyset_path(version: int) -> str:
     return f"keys/{version}.json"
 
 
-def walk_keysets(anchor: KeySet, target: int, fetch: Callable[[int], tuple[bytes, bytes]]) -> KeySet:
+def walk_keysets(anchor: KeySet, target: int, fetch: KeysetFetch) -> KeySet:
     """Key set `target`, reached from the anchor through every rotation in between.
 
     `fetch(n)` returns the bytes of keys/<n>.json and of its .sig. Each set must be signed by
@@ -210,3 +212,30 @@ def check_digest(data_size: int, data_sha256: str, *, size: int, sha256: str, wh
     if data_sha256 != sha256:
         raise VerificationError(f"{what}: sha256 {data_sha256[:16]}... is not the signed {sha256[:16]}...")
 
+
+
+@dataclass(frozen=True)
+class VerifiedManifest:
+    manifest: Manifest
+    keyset: KeySet  # the key set that signed it, reached from the anchor
+
+
+
+def verify_manifest(data: bytes, signatures: bytes, *, anchor: KeySet, fetch_keyset: KeysetFetch, product: str,
+                    channel: str, now: datetime | None, highest_serial: int = 0,
+                    accepted_keyset: int = 1) -> VerifiedManifest:
+    """The one check of a signed manifest, for the client and the release tools alike.
+
+    Walk the key rotations from the anchor (to the set the manifest names, never below one this
+    install has accepted), verify the threshold of signatures over the exact bytes, then the
+    schema, that the manifest names the set that signed it, product, channel, expiry (skipped
+    when `now` is None: a publisher re-signing a lapsed manifest) and the serial high-water mark."""
+    keyset = walk_keysets(anchor, max(declared_keyset_version(data), accepted_keyset), fetch_keyset)
+    verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
+    manifest = parse_manifest(data)
+    if manifest.keyset_version != keyset.version:
+        raise VerificationError(
+            f"manifest.json is signed under key set {manifest.keyset_version}, but this install has accepted "
+            f"key set {keyset.version} (a replay signed with keys that were rotated out)")
+    check_manifest(manifest, product=product, channel=channel, now=now, highest_serial=highest_serial)
+    return VerifiedManifest(manifest, keyset)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pilot.errors import InstallError, VerificationError
+from pilot.launcher import METADATA_CAP
 from pilot.update import install
 from pilot.update.install import (
-    METADATA_CAP,
     Paths,
     check_metadata,
     ensure_writable,
