@@ -7,10 +7,11 @@
       telegram_chat_id: "42"
       webhook_url: https://hooks.example.org/pilot
 
-Configuration mistakes (a missing token, chat id or URL, plain http to another machine) are a
-`ConfigError` when the `Notifier` is built, so the daemon refuses to start with one clear line.
-Delivery failures are not errors: a notification is a courtesy, so `send` logs one line and
-returns it instead of raising.
+Configuration mistakes (a missing token, chat id or URL, plain http to another machine, a proxy
+urllib3 cannot use) are a `ConfigError` when the `Notifier` is built, so the daemon refuses to
+start with one clear line. Delivery failures are not errors: a notification is a courtesy, so
+`send` logs one line and returns it instead of raising. URL and proxy policy and redaction are
+`pilot.net`'s: no message ever shows the bot token, the webhook's path or a proxy password.
 """
 
 from __future__ import annotations
@@ -19,14 +20,24 @@ import json
 import logging
 import socket
 import urllib.parse
-import urllib.request
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pilot.buildinfo import current_version
 from pilot.config import Config
 from pilot.errors import ConfigError
-from pilot.update.fetch import is_loopback
+from pilot.net import (
+    HTTPS_ONLY_HINT,
+    one_line,
+    origin,
+    proxy_for,
+    proxy_headers,
+    redact,
+    redact_logs,
+    scheme_problem,
+    strip_credentials,
+    url_secrets,
+)
 
 if TYPE_CHECKING:
     import urllib3
@@ -39,7 +50,7 @@ EVENTS = ("update_available", "upgraded", "rolled_back")
 TELEGRAM_MAX_TEXT = 4096  # the Bot API's limit for sendMessage text
 TIMEOUT_SECONDS = 10.0
 RETRIES = 2
-_MAX_ERROR_TEXT = 200
+_MAX_MESSAGE = 1000  # a whole failure line; each untrusted piece of it is cut at 200 characters
 
 
 class Notifier:
@@ -52,7 +63,7 @@ class Notifier:
         self._url = ""
         self._chat_id = ""
         self._pool: urllib3.PoolManager | None = None
-        self._secrets: tuple[str, ...] = ()  # never logged: the bot token, the webhook's path
+        self._secrets: tuple[str, ...] = ()  # never logged: the bot token, the webhook's path, proxy credentials
         if self.channel == "none":
             return
         if self.channel == "telegram":
@@ -63,14 +74,19 @@ class Notifier:
                                   hint="copy it from @BotFather")
             api = _checked_url(notify.telegram_api, "notify.telegram_api").rstrip("/")
             self._url = f"{api}/bot{urllib.parse.quote(token, safe=':')}/sendMessage"
-            self._secrets = (token, urllib.parse.urlsplit(self._url).path)
+            self._secrets = (token, urllib.parse.quote(token, safe=""), *url_secrets(self._url))
         elif self.channel == "webhook":
             url = _required(notify.webhook_url, "notify.webhook_url", self.channel)
             self._url = _checked_url(url, "notify.webhook_url")
-            self._secrets = tuple(p for p in (urllib.parse.urlsplit(url).path, url) if len(p) > 1)
+            self._secrets = url_secrets(self._url)
         else:
             raise ConfigError(f"upgrade.notify_channel {self.channel!r} is not one of none, telegram, webhook")
-        self._pool = _pool_for(self._url, timeout, retries)
+        parts = urllib.parse.urlsplit(self._url)
+        proxy = proxy_for(parts.scheme, parts.hostname or "")
+        if proxy is not None:
+            self._secrets += url_secrets(proxy, path=False)
+        redact_logs(self._secrets)  # urllib3's retry warnings quote the request path, i.e. the bot token
+        self._pool = _pool_for(proxy, timeout, retries)
 
     @property
     def enabled(self) -> bool:
@@ -91,7 +107,7 @@ class Notifier:
                 return self._telegram(text)
             return self._webhook(event, text, details)
         except Exception as exc:  # a notification must never take the daemon or an upgrade down
-            return self._failed(f"{self.channel} notification failed: {_show(str(exc) or type(exc).__name__)}")
+            return self._failed(f"{self.channel} notification failed: {self._clean(str(exc) or type(exc).__name__)}")
 
     # -- channels
 
@@ -107,7 +123,7 @@ class Notifier:
         if isinstance(answer, dict) and answer.get("ok") is True:
             return None
         why = answer.get("description") if isinstance(answer, dict) else None
-        why = _show(str(why)) if why else "the answer was not {\"ok\": true}"
+        why = self._clean(str(why)) if why else "the answer was not {\"ok\": true}"
         return self._failed(f"telegram refused the notification (HTTP {status}): {why}")
 
     def _webhook(self, event: str, text: str, details: dict[str, str]) -> str | None:
@@ -124,7 +140,7 @@ class Notifier:
             return self._failed(f"webhook notification failed: {data}")
         if 200 <= status < 300:
             return None
-        return self._failed(f"webhook answered HTTP {status} for {_public(self._url)}")
+        return self._failed(f"webhook answered HTTP {status} for {origin(self._url)}")
 
     # -- plumbing
 
@@ -142,18 +158,21 @@ class Notifier:
                 preload_content=False,
             )
         except HTTPError as exc:
-            return None, f"could not reach {_public(self._url)}: {_reason(exc, self._timeout)}"
+            return None, f"could not reach {origin(self._url)}: {self._clean(_reason(exc, self._timeout))}"
         try:
             data = response.read(64 * 1024, decode_content=True)
         except HTTPError as exc:
-            return None, f"no answer from {_public(self._url)}: {_reason(exc, self._timeout)}"
+            return None, f"no answer from {origin(self._url)}: {self._clean(_reason(exc, self._timeout))}"
         finally:
             response.release_conn()
         return response.status, data.decode("utf-8", "replace")
 
+    def _clean(self, text: str) -> str:
+        """Untrusted text for a message: redacted first, so that the cut cannot leave half a secret."""
+        return one_line(redact(text, self._secrets))
+
     def _failed(self, message: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            message = message.replace(secret, "[redacted]")
+        message = one_line(redact(message, self._secrets), _MAX_MESSAGE)
         log.warning("%s", message)
         return message
 
@@ -166,21 +185,23 @@ def _required(value: str | None, key: str, channel: str) -> str:
 
 
 def _checked_url(url: str, key: str) -> str:
+    """The URL if pilot.net's rule allows it (https anywhere, plain http only to loopback), else a ConfigError
+    that shows no more of it than scheme, host and port: the path may be the secret."""
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        raise ConfigError(f"{key}: {_show(url)} is not a URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(f"{key}: {_show(_public(url))} is not an https:// URL")
-    if parts.scheme == "http" and not is_loopback(host):
-        raise ConfigError(f"{key}: plain http:// to {_show(host)} is not allowed",
-                          hint="use https://; plain http is only for this machine")
+        raise ConfigError(f"{key}: {one_line(origin(url))} is not a URL") from None
+    problem = scheme_problem(parts.scheme, host)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}", hint=HTTPS_ONLY_HINT)
+    if not host:
+        raise ConfigError(f"{key}: {one_line(origin(url))} is not a URL with a host")
     return url
 
 
-def _pool_for(url: str, timeout: float, retries: int) -> urllib3.PoolManager:
+def _pool_for(proxy: str | None, timeout: float, retries: int) -> urllib3.PoolManager:
     import urllib3
 
     retry = urllib3.Retry(
@@ -192,27 +213,14 @@ def _pool_for(url: str, timeout: float, retries: int) -> urllib3.PoolManager:
         respect_retry_after_header=False,  # Telegram's 429 may ask for minutes; a notification cannot wait
     )
     options = {"timeout": urllib3.Timeout(total=timeout), "retries": retry}
-    host = urllib.parse.urlsplit(url).hostname or ""
-    proxy = None if is_loopback(host) else _proxy_for(url, host)
-    if proxy:
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
-
-
-def _proxy_for(url: str, host: str) -> str | None:
-    proxies = urllib.request.getproxies()
-    scheme = urllib.parse.urlsplit(url).scheme
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
-    return proxy if "://" in proxy else f"http://{proxy}"
-
-
-def _public(url: str) -> str:
-    """The URL without credentials or path: a bot token lives in the path and must never be logged."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{netloc}"
+    if proxy is None:
+        return urllib3.PoolManager(**options)
+    try:
+        # The password goes in a header, not in a URL urllib3 might quote in an error.
+        return urllib3.ProxyManager(strip_credentials(proxy), proxy_headers=proxy_headers(proxy), **options)
+    except (urllib3.exceptions.HTTPError, ValueError):
+        raise ConfigError(f"proxy {one_line(origin(proxy))} cannot be used for notifications",
+                          hint="use an http:// or https:// proxy, or name the host in NO_PROXY") from None
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -231,9 +239,4 @@ def _reason(exc: BaseException, timeout: float) -> str:
         if isinstance(current, OSError) and current.strerror:
             best = current.strerror
         current = getattr(current, "reason", None) or current.__cause__ or current.__context__
-    return _show(best or type(exc).__name__)
-
-
-def _show(text: str) -> str:
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
+    return best or type(exc).__name__

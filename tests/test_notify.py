@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import socket
+import socketserver
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import trustme
 
 from pilot.buildinfo import current_version
 from pilot.config import Config, NotifyConfig, UpgradeConfig
@@ -21,6 +26,15 @@ from pilot.notify import TELEGRAM_MAX_TEXT, Notifier
 
 TOKEN = "123456:ABC-def_ghi"
 CHAT = "-100424242"
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def clean_proxy_env(monkeypatch) -> None:
+    """The developer's own proxy settings must not leak into these tests."""
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 @dataclass
@@ -233,8 +247,9 @@ def test_unknown_event_is_reported_not_sent(fake_server, tmp_path):
      "notify.telegram_api: plain http:// to api.telegram.org is not allowed"),
     ("webhook", {}, "notify.webhook_url is required when upgrade.notify_channel is webhook"),
     ("webhook", {"webhook_url": "http://hooks.example.org/x"}, "plain http:// to hooks.example.org is not allowed"),
-    ("webhook", {"webhook_url": "ftp://hooks.example.org/x"}, "is not an https:// URL"),
-    ("webhook", {"webhook_url": "hooks.example.org/x"}, "is not an https:// URL"),
+    ("webhook", {"webhook_url": "ftp://hooks.example.org/x"}, "notify.webhook_url: ftp:// URLs are not allowed"),
+    ("webhook", {"webhook_url": "hooks.example.org/x"}, "notify.webhook_url: URLs without a scheme are not allowed"),
+    ("webhook", {"webhook_url": "https:///x"}, "notify.webhook_url: https:// is not a URL with a host"),
     ("webhook", {"webhook_url": "https://hooks.example.org:99999/x"}, "is not a URL"),
 ])
 def test_incomplete_configuration_is_one_clear_config_error(tmp_path, channel, notify, message):
@@ -249,3 +264,160 @@ def test_https_and_loopback_urls_are_accepted(tmp_path):
     Notifier(config("webhook", tmp_path, webhook_url="http://localhost:8080/pilot"))
     Notifier(config("webhook", tmp_path, webhook_url="http://[::1]:8080/pilot"))
     Notifier(config("telegram", tmp_path, telegram_token=TOKEN, telegram_chat_id=CHAT))  # the default API
+
+
+def test_a_malformed_url_is_reported_without_its_secret_path(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        Notifier(config("webhook", tmp_path, webhook_url="https://hook:pw@hooks.example.org:99999/hooks/s3cret"))
+    assert caught.value.one_line() == "notify.webhook_url: https://hooks.example.org:99999 is not a URL"
+
+
+# ---------------------------------------------------------------------------- credentials and proxies
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:  # a port that was free a moment ago: connection refused
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SECRETS = (TOKEN, "ABC-def", urllib.parse.quote(TOKEN, safe=""), "s3cret", "hook-pass", "pr0xy-pass", "sig=abc123")
+
+
+def telegram_answer(description: str):
+    return lambda fake: [(401, {"ok": False, "error_code": 401, "description": description.format(url=fake.url)})]
+
+
+@pytest.mark.parametrize("scenario", [
+    # Telegram's own text quoting the token where a 200-character cut would leave half of it
+    "telegram: " + "x" * 183 + TOKEN + " is unknown",
+    # ... URL-quoted, inside a URL, after a newline
+    "telegram: POST {url}/bot" + urllib.parse.quote(TOKEN, safe="") + "/sendMessage: Unauthorized",
+    "telegram: Unauthorized\nbot " + TOKEN,
+    "webhook: HTTP 500",
+    "telegram via proxy: connection refused",
+    "webhook via proxy: connection refused",
+])
+def test_no_credential_appears_in_any_message_of_a_failing_delivery(fake_server, tmp_path, monkeypatch, caplog,
+                                                                    scenario):
+    channel, _, detail = scenario.partition(": ")
+    fake_server.answers = [(500, b"oops")]
+    if channel == "telegram":
+        fake_server.answers = telegram_answer(detail)(fake_server)
+    if "via proxy" in channel:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://pilot:pr0xy-pass@127.0.0.1:{closed_port()}")
+        api, hook = "https://api.telegram.invalid", "https://hook:hook-pass@hooks.invalid/hooks/s3cret?sig=abc123"
+    else:
+        api, hook = fake_server.url, fake_server.url.replace("//", "//hook:hook-pass@") + "/hooks/s3cret?sig=abc123"
+    if channel.startswith("telegram"):
+        cfg = config("telegram", tmp_path, telegram_token=TOKEN, telegram_chat_id=CHAT, telegram_api=api)
+    else:
+        cfg = config("webhook", tmp_path, webhook_url=hook)
+    with caplog.at_level(logging.DEBUG):
+        error = Notifier(cfg, retries=1).send("upgraded", "hi")  # a retry makes urllib3 log a warning
+    assert error is not None and "\n" not in error
+    assert [r.getMessage() for r in caplog.records if r.name == "pilot.notify"] == [error]
+    shown = "\n".join([error, caplog.text])
+    assert [secret for secret in SECRETS if secret in shown] == []
+    if "via proxy" in channel:  # urllib3's own retry warning quoted the path, and was redacted
+        assert "Retrying" in caplog.text and "[redacted]" in caplog.text
+
+
+def test_an_unusable_proxy_is_a_config_error_without_its_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALL_PROXY", "socks5://pilot:pr0xy-pass@127.0.0.1:1080")
+    with pytest.raises(ConfigError) as caught:
+        Notifier(config("webhook", tmp_path, webhook_url="https://hooks.example.org/hooks/s3cret"))
+    assert caught.value.one_line() == ("proxy socks5://127.0.0.1:1080 cannot be used for notifications "
+                                       "(use an http:// or https:// proxy, or name the host in NO_PROXY)")
+    monkeypatch.setenv("NO_PROXY", "hooks.example.org")
+    Notifier(config("webhook", tmp_path, webhook_url="https://hooks.example.org/hooks/s3cret"))
+
+
+class _AuthProxy(socketserver.ThreadingTCPServer):
+    """A CONNECT proxy that wants Basic pilot:pr0xy-pass and tunnels every target to 127.0.0.1."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _AuthProxyHandler)
+        self.heads: list[str] = []
+
+
+class _AuthProxyHandler(socketserver.BaseRequestHandler):
+    server: _AuthProxy
+
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.request.recv(4096)
+            if not data:
+                return
+            head += data
+        text = head.decode()
+        self.server.heads.append(text)
+        expected = "Proxy-Authorization: Basic " + base64.b64encode(b"pilot:pr0xy-pass").decode()
+        if expected not in text.split("\r\n"):
+            self.request.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            return
+        port = int(text.split(" ", 2)[1].rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port)) as upstream:
+            self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            back = threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)
+            back.start()
+            _pipe(self.request, upstream)
+            back.join(5)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def tls_hook(tmp_path, monkeypatch) -> Iterator[FakeServer]:
+    """A webhook receiver over TLS for hooks.pilot.test, trusted through SSL_CERT_FILE."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    fake = FakeServer(url="", answers=[(204, b"")])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("hooks.pilot.test").configure_cert(ctx)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    fake.url = f"https://hooks.pilot.test:{server.server_address[1]}"  # resolvable only by the proxy
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def auth_proxy() -> Iterator[_AuthProxy]:
+    proxy = _AuthProxy()
+    threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True).start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_a_proxy_password_is_sent_as_a_header_and_never_shown(tls_hook, auth_proxy, tmp_path, monkeypatch, caplog):
+    port = auth_proxy.server_address[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://pilot:pr0xy-pass@127.0.0.1:{port}")
+    cfg = config("webhook", tmp_path, webhook_url=f"{tls_hook.url}/hooks/s3cret")
+    assert Notifier(cfg, retries=0).send("upgraded", "through the proxy") is None
+    assert [r.path for r in tls_hook.received] == ["/hooks/s3cret"]
+    assert auth_proxy.heads[0].startswith(f"CONNECT hooks.pilot.test:{tls_hook.url.rpartition(':')[2]} ")
+
+    monkeypatch.setenv("HTTPS_PROXY", f"http://pilot:wr0ng-pass@127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING, logger="pilot.notify"):
+        error = Notifier(cfg, retries=0).send("upgraded", "refused by the proxy")
+    assert error is not None and error.startswith(f"webhook notification failed: could not reach {tls_hook.url}: ")
+    assert len(tls_hook.received) == 1
+    for shown in (error, caplog.text):
+        assert "wr0ng" not in shown and "s3cret" not in shown and "pilot:" not in shown
