@@ -1,22 +1,22 @@
 """The updater's only network code: small capped fetches and exact-size streams.
 
 Policy is enforced here rather than left to urllib3 defaults: TLS is always verified,
-plain http is only for loopback, redirects are followed by hand so each hop is checked,
-retries are bounded and never outlive the call's deadline, and every failure becomes a
-one-line `DownloadError`. urllib3 is imported lazily so that importing `Response` or
-`Fetcher` (for type hints or fakes) costs nothing on non-update paths.
+the URL and proxy rules of `pilot.net` apply to the first URL and to every redirect hop
+(followed by hand so each hop is checked), retries are bounded and never outlive the call's
+deadline, and every failure becomes a one-line `DownloadError` without credentials. urllib3
+is imported lazily so that importing `Response` or `Fetcher` (for type hints or fakes) costs
+nothing on non-update paths.
 """
 
 from __future__ import annotations
 
 import email.utils
-import ipaddress
+import math
 import os
 import socket
 import ssl
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
@@ -24,11 +24,21 @@ from http.client import HTTPException
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pilot.errors import DownloadError
+from pilot.net import (
+    HTTPS_ONLY_HINT,
+    one_line,
+    proxy_for,
+    proxy_headers,
+    redact,
+    scheme_problem,
+    show_url,
+    strip_credentials,
+)
 
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["MAX_REDIRECTS", "Fetcher", "HttpFetcher", "Response", "is_loopback"]
+__all__ = ["MAX_REDIRECTS", "Fetcher", "HttpFetcher", "Response"]
 
 MAX_REDIRECTS = 5
 DEFAULT_DEADLINE = 300.0
@@ -64,8 +74,6 @@ class _Transient(DownloadError):
 
 def deadline_from_env() -> float:
     """PILOT_UPDATE_DEADLINE when it is a positive number of seconds, else the 300 s default."""
-    import math
-
     try:
         value = float(os.environ.get(DEADLINE_ENV, ""))
     except ValueError:
@@ -84,65 +92,28 @@ class _Target:
     port: int
 
 
-def is_loopback(host: str) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1: the only hosts plain http may reach."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _show(text: str, limit: int = 200) -> str:
-    """Server- or user-supplied text made safe for a one-line message."""
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _show_url(url: str) -> str:
-    """The URL without credentials, which must never reach a terminal or a log."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    return _show(urllib.parse.urlunsplit(parts))
-
-
 def _split(url: str) -> _Target:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise DownloadError(f"refused malformed URL {_show_url(url)}: {_show(str(exc))}") from None
+        raise DownloadError(f"refused malformed URL {show_url(url)}: {one_line(str(exc))}") from None
     scheme, host = parts.scheme.lower(), (parts.hostname or "")
     if not host:
-        raise DownloadError(f"refused URL without a host: {_show_url(url)}")
+        raise DownloadError(f"refused URL without a host: {show_url(url)}")
     return _Target(url, scheme, host, port or (443 if scheme == "https" else 80))
 
 
 def _check_scheme(target: _Target) -> _Target:
-    if target.scheme not in ("http", "https"):
-        raise DownloadError(f"refused {_show(target.scheme or 'scheme-less')} URL {_show_url(target.url)}",
-                            hint="update URLs must use https://")
-    if target.scheme == "http" and not is_loopback(target.host):
-        raise DownloadError(f"refused plain http:// to {_show(target.host)}",
-                            hint="update URLs must use https://; plain http is only allowed to this machine")
+    """pilot.net's rule, before anything connects: https anywhere, plain http only to loopback."""
+    problem = scheme_problem(target.scheme, target.host)
+    if problem is not None:
+        raise DownloadError(f"refused {show_url(target.url)}: {problem}", hint=f"update URLs must {HTTPS_ONLY_HINT}")
     return target
 
 
 def _parse(url: str) -> _Target:
     return _check_scheme(_split(url))
-
-
-def _proxy_for(target: _Target) -> str | None:
-    """The proxy from HTTPS_PROXY/HTTP_PROXY/ALL_PROXY unless NO_PROXY or loopback says direct."""
-    if is_loopback(target.host):
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(target.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(target.host):
-        return None
-    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
@@ -189,8 +160,8 @@ def _reason(exc: BaseException) -> str:
     """The innermost OS-level explanation, e.g. 'Connection reset by peer'."""
     for inner in reversed(list(_causes(exc))):
         if isinstance(inner, OSError) and inner.strerror:
-            return _show(inner.strerror)
-    return _show(str(exc) or type(exc).__name__)
+            return one_line(inner.strerror)
+    return one_line(redact(str(exc)) or type(exc).__name__)  # urllib3's text may quote a URL
 
 
 class _Budget:
@@ -205,7 +176,7 @@ class _Budget:
         return self.deadline_at - self.fetcher._clock()
 
     def expired_error(self) -> DownloadError:
-        return DownloadError(f"download of {_show_url(self.target.url)} took longer than {self.fetcher.deadline:g} s",
+        return DownloadError(f"download of {show_url(self.target.url)} took longer than {self.fetcher.deadline:g} s",
                              hint="the network or the server is too slow; try again later")
 
     def timeout(self, limit: float) -> float:
@@ -220,7 +191,7 @@ def _describe(exc: BaseException, budget: _Budget, target: _Target, proxy: str |
     """Turn whatever urllib3, ssl or socket raised into one line for the user."""
     from urllib3 import exceptions as u3
 
-    host, where, url = _show(target.host), _show(f"{target.host}:{target.port}"), _show_url(target.url)
+    host, where, url = one_line(target.host), one_line(f"{target.host}:{target.port}"), show_url(target.url)
     timed_out = isinstance(exc, u3.TimeoutError) and not isinstance(exc, u3.NewConnectionError)
     if timed_out and budget.remaining() <= 0:  # the socket timeout was what was left of the deadline
         return budget.expired_error()
@@ -228,11 +199,11 @@ def _describe(exc: BaseException, budget: _Budget, target: _Target, proxy: str |
         error = _Transient if getattr(gai, "errno", None) == socket.EAI_AGAIN else DownloadError
         return error(f"could not resolve {host}", hint="check the network connection and the update URL")
     if (bad_cert := _find(exc, ssl.SSLCertVerificationError)) is not None:
-        why = _show(getattr(bad_cert, "verify_message", None) or str(bad_cert))
+        why = one_line(getattr(bad_cert, "verify_message", None) or str(bad_cert))
         return DownloadError(f"TLS certificate of {host} did not verify: {why}",
                              hint="check the system clock and CA certificates, or whether a proxy intercepts TLS")
     if isinstance(exc, u3.ProxyError) or (proxy and isinstance(exc, u3.NewConnectionError)):
-        return _Transient(f"could not use proxy {_show_url(proxy or '')} to reach {host}: {_reason(exc)}",
+        return _Transient(f"could not use proxy {show_url(proxy or '')} to reach {host}: {_reason(exc)}",
                           hint="check HTTPS_PROXY/ALL_PROXY/NO_PROXY")
     if isinstance(exc, u3.NewConnectionError):
         if _find(exc, ConnectionRefusedError) is not None:
@@ -307,7 +278,7 @@ class HttpFetcher:
             try:
                 announced = resp.length_remaining
                 if announced is not None and announced != size:
-                    raise DownloadError(f"{_show_url(final.url)} has Content-Length {announced}, expected {size} bytes",
+                    raise DownloadError(f"{show_url(final.url)} has Content-Length {announced}, expected {size} bytes",
                                         hint="the server is not serving the release the manifest describes")
                 return resp, final, self._read(budget, resp, final, min(chunk_size, size)) if size else b""
             except BaseException:
@@ -332,13 +303,13 @@ class HttpFetcher:
                 break
             chunk = self._read(budget, resp, final, min(chunk_size, size - got))
         if got < size:
-            raise DownloadError(f"{_show_url(final.url)} ended after {got} of {size} bytes")
+            raise DownloadError(f"{show_url(final.url)} ended after {got} of {size} bytes")
         if self._read(budget, resp, final, 1):  # one byte is enough to know the server sends too much
-            raise DownloadError(f"{_show_url(final.url)} sent more than the expected {size} bytes")
+            raise DownloadError(f"{show_url(final.url)} sent more than the expected {size} bytes")
 
     def _read_capped(self, budget: _Budget, resp: urllib3.BaseHTTPResponse, final: _Target, cap: int) -> bytes:
         announced = resp.length_remaining
-        too_big = DownloadError(f"{_show_url(final.url)} is larger than the {cap}-byte cap",
+        too_big = DownloadError(f"{show_url(final.url)} is larger than the {cap}-byte cap",
                                 hint="the server is not serving what the updater expects")
         if announced is not None and announced > cap:
             raise too_big
@@ -390,7 +361,7 @@ class HttpFetcher:
             location = resp.headers.get("Location")
             _dispose(resp)
             target = _redirect(target, location, resp.status, allowed)
-        raise DownloadError(f"too many redirects (more than {MAX_REDIRECTS}) from {_show_url(budget.target.url)}")
+        raise DownloadError(f"too many redirects (more than {MAX_REDIRECTS}) from {show_url(budget.target.url)}")
 
     def _check_status(self, resp: urllib3.BaseHTTPResponse, target: _Target,
                       allow_304: bool) -> urllib3.BaseHTTPResponse:
@@ -399,7 +370,7 @@ class HttpFetcher:
             return resp
         retry_after = _retry_after(resp.headers.get("Retry-After"), self.max_retry_after)
         _dispose(resp)
-        message = f"HTTP {status} for {_show_url(target.url)}"
+        message = f"HTTP {status} for {show_url(target.url)}"
         if status == 429 or 500 <= status <= 599:
             raise _Transient(message, retry_after=retry_after)
         raise DownloadError(message)
@@ -407,7 +378,7 @@ class HttpFetcher:
     def _request(self, budget: _Budget, target: _Target, extra: dict[str, str]) -> urllib3.BaseHTTPResponse:
         import urllib3
 
-        proxy = _proxy_for(target)
+        proxy = proxy_for(target.scheme, target.host)
         timeout = urllib3.Timeout(connect=budget.timeout(self.connect_timeout), read=budget.timeout(self.read_timeout))
         headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **extra}
         try:
@@ -427,27 +398,27 @@ class HttpFetcher:
             if proxy is None:
                 self._managers[proxy] = urllib3.PoolManager(num_pools=4, **tls)
             else:
-                auth = urllib.parse.urlsplit(proxy).netloc.rpartition("@")[0]
-                headers = urllib3.make_headers(proxy_basic_auth=urllib.parse.unquote(auth)) if auth else None
+                # The password goes in a header, not in a URL urllib3 might quote in an error.
                 try:
-                    self._managers[proxy] = urllib3.ProxyManager(proxy, num_pools=4, proxy_headers=headers, **tls)
+                    self._managers[proxy] = urllib3.ProxyManager(strip_credentials(proxy), num_pools=4,
+                                                                 proxy_headers=proxy_headers(proxy), **tls)
                 except (urllib3.exceptions.HTTPError, ValueError):
-                    raise DownloadError(f"proxy {_show_url(proxy)} is not supported",
+                    raise DownloadError(f"proxy {show_url(proxy)} is not supported",
                                         hint="use an http:// or https:// proxy, or set NO_PROXY") from None
         return self._managers[proxy]
 
 
 def _redirect(current: _Target, location: str | None, status: int, allowed: frozenset[str]) -> _Target:
     """The next hop, if policy allows it: same scheme strength and an allowed host."""
-    where = _show_url(current.url)
+    where = show_url(current.url)
     if not location:
         raise DownloadError(f"HTTP {status} redirect without a Location from {where}")
     nxt = _split(urllib.parse.urljoin(current.url, location))
     if current.scheme == "https" and nxt.scheme == "http":
-        raise DownloadError(f"refused redirect from https to http ({where} -> {_show_url(nxt.url)})")
+        raise DownloadError(f"refused redirect from https to http ({where} -> {show_url(nxt.url)})")
     if nxt.host not in allowed:
-        raise DownloadError(f"refused redirect from {_show(current.host)} to {_show(nxt.host)}, "
-                            "which is not an allowed update host", hint=f"{where} -> {_show_url(nxt.url)}")
+        raise DownloadError(f"refused redirect from {one_line(current.host)} to {one_line(nxt.host)}, "
+                            "which is not an allowed update host", hint=f"{where} -> {show_url(nxt.url)}")
     return _check_scheme(nxt)
 
 

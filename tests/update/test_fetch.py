@@ -143,6 +143,7 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
             head += data
         line = head.split(b"\r\n", 1)[0].decode()
         self.server.seen.append(line)
+        self.server.heads.append(head.decode())
         method, target, _ = line.split(" ", 2)
         if method != "CONNECT":
             self.request.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
@@ -171,6 +172,7 @@ class FakeProxy(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         self.connections = 0
         self.seen: list[str] = []
+        self.heads: list[str] = []  # request line and headers of each request
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -448,14 +450,30 @@ def test_more_than_five_redirects_are_refused(server) -> None:
 # ---------------------------------------------------------------------------- schemes and proxies
 
 
-@pytest.mark.parametrize("url", ["http://example.invalid/m.json", "ftp://127.0.0.1/m.json", "file:///etc/passwd"])
-def test_insecure_schemes_are_refused_before_connecting(proxy, monkeypatch, url) -> None:
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://example.invalid/m.json", "refused http://example.invalid/m.json: plain http:// to example.invalid is "
+                                      "not allowed (update URLs must use https://; plain http is only allowed to "
+                                      "this machine)"),
+    ("ftp://127.0.0.1/m.json", "refused ftp://127.0.0.1/m.json: ftp:// URLs are not allowed (update URLs must "
+                               "use https://; plain http is only allowed to this machine)"),
+    ("file:///etc/passwd", "refused URL without a host: file:///etc/passwd"),
+])
+def test_insecure_schemes_are_refused_before_connecting(proxy, monkeypatch, url, expected) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("ALL_PROXY", proxy.url)
     with pytest.raises(DownloadError) as excinfo:
         HttpFetcher().fetch(url, max_bytes=100)
-    assert failure(excinfo).startswith("refused ")  # not "could not resolve": no connection was tried
+    assert failure(excinfo) == expected  # not "could not resolve": no connection was tried
     assert proxy.connections == 0
+
+
+def test_a_refused_url_is_shown_without_its_credentials() -> None:
+    with pytest.raises(DownloadError) as excinfo:
+        HttpFetcher().fetch("http://user:s3cret@updates.example.org/m.json", max_bytes=100)
+    assert failure(excinfo).startswith("refused http://updates.example.org/m.json: plain http:// to updates")
+    with pytest.raises(DownloadError) as excinfo:
+        HttpFetcher().fetch("https://user:s3cret@[::1/m.json", max_bytes=100)
+    assert failure(excinfo).startswith("refused malformed URL https://[::1/m.json: ")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
@@ -482,6 +500,25 @@ def test_https_goes_through_the_proxy_unless_no_proxy(tls_server, proxy, ca_file
         HttpFetcher(ca_certs=ca_file, retries=0).fetch(url, max_bytes=100)
     assert failure(excinfo).startswith("could not resolve updates.pilot.test")
     assert proxy.connections == 1
+
+
+def test_proxy_credentials_travel_in_a_header_and_never_in_a_message(tls_server, proxy, ca_file,
+                                                                      monkeypatch) -> None:
+    port = proxy.server_address[1]
+    monkeypatch.setenv("HTTPS_PROXY", f"http://pilot:s%40cret@127.0.0.1:{port}")
+    serve(tls_server, lambda h: reply(h, body=b"via proxy"))
+    url = https_url(tls_server, "/m", host="updates.pilot.test")
+    assert HttpFetcher(ca_certs=ca_file).fetch(url, max_bytes=100).data == b"via proxy"
+    [head] = proxy.heads
+    assert "Proxy-Authorization: Basic cGlsb3Q6c0BjcmV0\r\n" in head  # base64 of "pilot:s@cret"
+
+    closed = closed_port()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://pilot:s%40cret@127.0.0.1:{closed}")
+    with pytest.raises(DownloadError) as excinfo:
+        HttpFetcher(ca_certs=ca_file, retries=0).fetch(url, max_bytes=100)
+    line = failure(excinfo)
+    assert line.startswith(f"could not use proxy http://127.0.0.1:{closed} to reach updates.pilot.test")
+    assert "pilot" not in line.replace("pilot.test", "") and "cret" not in line
 
 
 # ---------------------------------------------------------------------------- TLS and connection failures
