@@ -50,7 +50,15 @@ class VerificationError(UpdateError):
 
 
 class DownloadError(UpdateError):
-    """The network failed us: timeout, refused connection, bad status, byte cap."""
+    """The network failed us: timeout, refused connection, bad status, byte cap.
+
+    `retry_after` is the delay in seconds the server asked for (Retry-After), if it sent one:
+    the background checker waits at least that long before it tries again.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
 
 
 class InstallError(UpdateError):

@@ -43,6 +43,7 @@ __all__ = ["MAX_REDIRECTS", "Fetcher", "HttpFetcher", "Response"]
 MAX_REDIRECTS = 5
 DEFAULT_DEADLINE = 300.0
 DEADLINE_ENV = "PILOT_UPDATE_DEADLINE"  # seconds one fetch may take in all (retries, redirects, body); tests shorten it
+RETRY_AFTER_LIMIT = 24 * 3600.0  # a longer Retry-After counts as a day: no server may silence updates for ever
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_SIZE = 1 << 16
 _T = TypeVar("_T")
@@ -66,10 +67,6 @@ class Fetcher(Protocol):
 
 class _Transient(DownloadError):
     """A failure worth retrying; `retry_after` is the server's requested delay, if any."""
-
-    def __init__(self, message: str, *, hint: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after = retry_after
 
 
 def deadline_from_env() -> float:
@@ -116,7 +113,7 @@ def _parse(url: str) -> _Target:
     return _check_scheme(_split(url))
 
 
-def _retry_after(value: str | None, cap: float) -> float | None:
+def _retry_after(value: str | None, cap: float = RETRY_AFTER_LIMIT) -> float | None:
     """Retry-After as seconds (delta or HTTP-date), clamped to [0, cap]; None if absent or garbled."""
     if not value:
         return None
@@ -225,10 +222,18 @@ def _describe(exc: BaseException, budget: _Budget, target: _Target, proxy: str |
 
 
 class HttpFetcher:
-    """`Fetcher` over urllib3 with verified TLS, manual redirects, bounded retries and a deadline."""
+    """`Fetcher` over urllib3 with verified TLS, manual redirects, bounded retries and a deadline.
+
+    A 429 or 5xx with Retry-After is waited for (at most `max_retry_after`, within the deadline)
+    and retried. With `wait_for_retry_after=False` (the background checker, which schedules its
+    own next try) such an answer ends the fetch at once instead: the `DownloadError` carries the
+    server's delay as `retry_after`, bounded by a day rather than by `max_retry_after`. Whenever
+    the fetcher gives up, the error carries the last Retry-After the server sent, if any.
+    """
 
     def __init__(self, *, connect_timeout: float = 10, read_timeout: float = 30, deadline: float | None = None,
                  retries: int = 3, backoff: float = 0.5, max_retry_after: float = 60,
+                 wait_for_retry_after: bool = True,
                  ca_certs: str | None = None, allowed_hosts: frozenset[str] | None = None,
                  user_agent: str = "pilot-updater", sleep: Callable[[float], object] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -238,6 +243,7 @@ class HttpFetcher:
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
+        self.wait_for_retry_after = wait_for_retry_after
         self.ca_certs = ca_certs
         self.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
         self.user_agent = user_agent
@@ -338,16 +344,26 @@ class HttpFetcher:
 
     def _retrying(self, budget: _Budget, attempt: Callable[[], _T]) -> _T:
         tries = 0
+        retry_after: float | None = None  # the last delay the server asked for, kept on the final error
         while True:
             try:
                 return attempt()
             except _Transient as exc:
                 tries += 1
-                delay = exc.retry_after if exc.retry_after is not None else self.backoff * 2 ** (tries - 1)
+                if exc.retry_after is not None:
+                    retry_after = exc.retry_after
+                    if not self.wait_for_retry_after:
+                        hint = f"the server asks to retry after {math.ceil(retry_after)} s"
+                        raise DownloadError(exc.message, hint=hint, retry_after=retry_after) from None
+                    delay = min(exc.retry_after, self.max_retry_after)
+                else:
+                    delay = self.backoff * 2 ** (tries - 1)
                 if tries > self.retries:
-                    raise DownloadError(exc.message, hint=f"gave up after {tries} attempts") from None
+                    raise DownloadError(exc.message, hint=f"gave up after {tries} attempts",
+                                        retry_after=retry_after) from None
                 if delay >= budget.remaining():
-                    raise DownloadError(exc.message, hint=f"no time left to retry within {self.deadline:g} s") from None
+                    raise DownloadError(exc.message, hint=f"no time left to retry within {self.deadline:g} s",
+                                        retry_after=retry_after) from None
                 self._sleep(delay)
 
     def _open(self, budget: _Budget, target: _Target, extra: dict[str, str],
@@ -368,7 +384,7 @@ class HttpFetcher:
         status = resp.status
         if status == 200 or (status == 304 and allow_304):
             return resp
-        retry_after = _retry_after(resp.headers.get("Retry-After"), self.max_retry_after)
+        retry_after = _retry_after(resp.headers.get("Retry-After"))  # capped at a day, not at max_retry_after
         _dispose(resp)
         message = f"HTTP {status} for {show_url(target.url)}"
         if status == 429 or 500 <= status <= 599:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import socketserver
 import ssl
@@ -381,6 +382,92 @@ def test_no_sleep_reaches_past_the_deadline(server) -> None:
         f.fetch(server.url + "/m", max_bytes=10)
     assert failure(excinfo).startswith(f"HTTP 503 for {server.url}/m")
     assert sleeps == [] and len(server.requests) == 1
+    assert excinfo.value.retry_after == 30
+
+
+def test_a_long_retry_after_is_waited_for_up_to_max_retry_after_by_default(server) -> None:
+    serve(server, sequence(lambda h: reply(h, 503, headers={"Retry-After": "120"}), lambda h: reply(h, body=b"ok")))
+    f, sleeps = fetcher()
+    assert f.wait_for_retry_after is True
+    assert f.fetch(server.url + "/m", max_bytes=10).data == b"ok"
+    assert sleeps == [60.0] and len(server.requests) == 2
+
+
+def test_the_default_really_sleeps_for_retry_after(server) -> None:
+    serve(server, sequence(lambda h: reply(h, 429, headers={"Retry-After": "1"}), lambda h: reply(h, body=b"ok")))
+    started = time.monotonic()
+    assert HttpFetcher().fetch(server.url + "/m", max_bytes=10).data == b"ok"
+    assert time.monotonic() - started >= 1.0
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("how", ["fetch", "stream"])
+@pytest.mark.parametrize("status", [503, 429])
+def test_without_waiting_a_retry_after_ends_the_fetch_at_once(server, how, status) -> None:
+    serve(server, sequence(lambda h: reply(h, status, headers={"Retry-After": "120"}), lambda h: reply(h, body=b"ok")))
+    f, sleeps = fetcher(wait_for_retry_after=False)
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as excinfo:
+        if how == "fetch":
+            f.fetch(server.url + "/m", max_bytes=10)
+        else:
+            collect(f.stream(server.url + "/m", size=2), [])
+    assert time.monotonic() - started < 1
+    assert failure(excinfo) == f"HTTP {status} for {server.url}/m (the server asks to retry after 120 s)"
+    assert excinfo.value.retry_after == 120  # not clamped to max_retry_after (60 s)
+    assert sleeps == [] and len(server.requests) == 1
+
+
+@pytest.mark.parametrize(("header", "low", "high"), [
+    ("0", 0, 0),
+    ("3600", 3600, 3600),
+    ("999999999", 86400, 86400),  # a day at most: no server can silence the checker for ever
+    ("Fri, 31 Dec 2099 23:59:59 GMT", 86400, 86400),
+    (None, 590, 601),  # an HTTP-date ten minutes from now
+])
+def test_without_waiting_retry_after_is_bounded_by_a_day(server, header, low, high) -> None:
+    value = header or email.utils.formatdate(time.time() + 600, usegmt=True)
+    serve(server, lambda h: reply(h, 503, headers={"Retry-After": value}))
+    f, sleeps = fetcher(wait_for_retry_after=False)
+    with pytest.raises(DownloadError) as excinfo:
+        f.fetch(server.url + "/m", max_bytes=10)
+    assert low <= excinfo.value.retry_after <= high
+    assert sleeps == []
+
+
+def test_without_waiting_transient_errors_without_retry_after_are_still_retried(server) -> None:
+    serve(server, sequence(lambda h: reply(h, 502), lambda h: reply(h, body=b"ok")))
+    f, sleeps = fetcher(wait_for_retry_after=False)
+    assert f.fetch(server.url + "/m", max_bytes=10).data == b"ok"
+    assert sleeps == [0.5]
+
+
+def test_giving_up_keeps_the_last_retry_after(server) -> None:
+    serve(server, sequence(*(lambda h, n=n: reply(h, 503, headers={"Retry-After": str(n)}) for n in (1, 2, 3))))
+    f, sleeps = fetcher(retries=2)
+    with pytest.raises(DownloadError) as excinfo:
+        f.fetch(server.url + "/m", max_bytes=10)
+    assert failure(excinfo) == f"HTTP 503 for {server.url}/m (gave up after 3 attempts)"
+    assert excinfo.value.retry_after == 3
+    assert sleeps == [1.0, 2.0]
+
+
+def test_giving_up_keeps_a_retry_after_even_when_the_last_answer_had_none(server) -> None:
+    serve(server, sequence(lambda h: reply(h, 429, headers={"Retry-After": "5"}), lambda h: reply(h, 500)))
+    f, sleeps = fetcher(retries=1)
+    with pytest.raises(DownloadError) as excinfo:
+        f.fetch(server.url + "/m", max_bytes=10)
+    assert failure(excinfo) == f"HTTP 500 for {server.url}/m (gave up after 2 attempts)"
+    assert excinfo.value.retry_after == 5 and sleeps == [5.0]
+
+
+def test_errors_without_retry_after_say_none(server) -> None:
+    serve(server, lambda h: reply(h, 503))
+    f, _ = fetcher(retries=1)
+    with pytest.raises(DownloadError) as excinfo:
+        f.fetch(server.url + "/m", max_bytes=10)
+    assert excinfo.value.retry_after is None
+    assert DownloadError("any").retry_after is None
 
 
 def test_404_is_not_retried(server) -> None:
