@@ -12,19 +12,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pilot.errors import VerificationError
+from pilot.update.signing import encode_signatures, load_private_key, public_key_of, sign
 from pilot.update.verify import (
     KeySet,
     PublicKey,
     Signature,
     check_digest,
-    encode_signatures,
     keyid_for,
-    load_private_key,
     load_public_key,
     parse_keyset,
     parse_signatures,
-    public_key_of,
-    sign,
     verify_rotation,
     verify_threshold,
 )
