@@ -26,12 +26,10 @@ Every command prints one line per problem to stderr and exits non-zero when anyt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +38,7 @@ import toolenv  # noqa: E402
 
 BUILD_SCRIPT = REPO / "build" / "build.py"
 RELEASE_SCRIPT = REPO / "release-tools" / "release.py"
-METADATA_MEMBER = "pilot-build.json"
+PRODUCT = "pilot"
 TAG_PREFIX = "refs/tags/v"
 SITE_REF = "refs/pilot/site-base/"  # where `restore` keeps the branch commit that `save` builds on
 BOT_NAME = "github-actions[bot]"
@@ -81,9 +79,20 @@ def tag_version(args: argparse.Namespace) -> None:
 # --- keys -------------------------------------------------------------------------------------
 
 
+def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """pilot.launcher.atomic_write (temp file beside, fsync, rename, fsync of the directory), refusals in one line."""
+    from pilot.launcher import atomic_write
+
+    try:
+        atomic_write(path, data, mode)
+    except OSError as error:
+        raise PipelineError(f"cannot write {path}: {error.strerror}") from None
+
+
 def write_key(args: argparse.Namespace) -> None:
     """Write a key held in an environment variable (a CI secret) to a file, checking what it is."""
-    from pilot.update.verify import load_private_key, load_public_key, public_key_of
+    from pilot.update.signing import load_private_key, public_key_of
+    from pilot.update.verify import load_public_key
 
     text = os.environ.get(args.from_env, "").strip()
     if not text:
@@ -95,24 +104,14 @@ def write_key(args: argparse.Namespace) -> None:
     except Exception as error:
         raise PipelineError(f"{args.from_env} does not hold an Ed25519 {args.kind} key in PEM form "
                             f"({getattr(error, 'message', type(error).__name__)})") from None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.kind == "private":
-        try:
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise PipelineError(f"{args.out} exists already; refusing to overwrite a signing key") from None
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(args.out, 0o600)
-    else:
-        args.out.write_bytes(data)
+    if args.kind == "private" and args.out.exists():
+        raise PipelineError(f"{args.out} exists already; refusing to overwrite a signing key")
+    write_file(args.out, data, mode=0o600 if args.kind == "private" else 0o644)
     print(f"{args.kind} key {keyid[:16]}... written to {args.out}")
 
 
 def derive_public_key(private_path: Path, out: Path) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    from pilot.update.verify import load_private_key, public_key_of
+    from pilot.update.signing import load_private_key, public_key_of, public_key_pem
 
     try:
         private = load_private_key(private_path.read_bytes())
@@ -120,11 +119,7 @@ def derive_public_key(private_path: Path, out: Path) -> str:
         raise PipelineError(f"cannot read key {private_path}: {error.strerror}") from None
     except Exception as error:
         raise PipelineError(f"{private_path}: {getattr(error, 'message', error)}") from None
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(pem)
+    write_file(out, public_key_pem(private))
     return public_key_of(private).keyid
 
 
@@ -178,12 +173,18 @@ def collect_artifacts(directory: Path) -> list[Path]:
 
 
 def embedded_trust(archive: Path) -> tuple[set[str], int]:
+    """The key ids and threshold an archive trusts, read with the client's own reader of its build metadata."""
+    from pilot.errors import VerificationError
+    from pilot.update.install import read_metadata
+
     try:
-        with zipfile.ZipFile(archive) as zf:
-            meta = json.loads(zf.read(METADATA_MEMBER))
-        return {k["keyid"] for k in meta.get("trusted_keys", [])}, int(meta.get("threshold", 1))
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError):
-        raise PipelineError(f"{archive}: not a Pilot archive (no readable {METADATA_MEMBER})") from None
+        meta = read_metadata(archive)
+    except VerificationError as error:
+        raise PipelineError(error.one_line()) from None
+    try:
+        return {k["keyid"] for k in meta.get("trusted_keys") or []}, int(meta.get("threshold", 1))
+    except (KeyError, ValueError, TypeError):
+        raise PipelineError(f"{archive.name}: not a Pilot archive (its trusted keys are unreadable)") from None
 
 
 def check_signing_keys_trusted(archives: list[Path], keyids: list[str]) -> None:
@@ -200,13 +201,16 @@ def check_signing_keys_trusted(archives: list[Path], keyids: list[str]) -> None:
 
 
 def check_existing_manifest(site: Path, channel: str, public_paths: list[Path]) -> None:
-    """The restored tree is input to signing: re-sign only a manifest the release keys signed before.
+    """The restored tree is input to signing: re-sign only a manifest these release keys signed before.
 
-    Otherwise whoever can push to the branch could slip an entry into the next signed manifest.
+    Otherwise whoever can push to the branch could slip an entry into the next signed manifest. The
+    check is the client's own (pilot.update.verify.verify_manifest) with the signing keys as the trust
+    anchor, at the key set the manifest declares, every one of them required: so a manifest for another
+    product or channel is refused too, and one key alone cannot get a manifest re-signed by all of them.
     Expiry is not checked: a manifest that lapsed since the last release is still ours.
     """
     from pilot.errors import PilotError
-    from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
+    from pilot.update.verify import KeySet, declared_keyset_version, load_public_key, verify_manifest
 
     path = site / channel / "manifest.json"
     if not path.exists():
@@ -217,12 +221,29 @@ def check_existing_manifest(site: Path, channel: str, public_paths: list[Path]) 
     except OSError as error:
         raise PipelineError(f"cannot read {error.filename}: {error.strerror}") from None
     keys = tuple(load_public_key(p.read_bytes()) for p in public_paths)
+
+    def no_rotation(version: int) -> tuple[bytes, bytes]:  # never called: the anchor is the set the manifest names
+        raise PipelineError(f"the restored {channel} manifest: no key set {version} to walk to")
+
     try:
-        keyset = KeySet(version=1, threshold=1, keys=keys)
-        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
+        anchor = KeySet(version=declared_keyset_version(data), threshold=len({k.keyid for k in keys}), keys=keys)
+        verify_manifest(data, signatures, anchor=anchor, fetch_keyset=no_rotation, product=PRODUCT, channel=channel,
+                        now=None)
     except PilotError as error:
-        raise PipelineError(f"the restored {channel} manifest is not signed by the release key, refusing to "
-                            f"sign over it ({error.message})") from None
+        raise PipelineError(f"the restored {channel} manifest is not one these release keys signed for "
+                            f"{PRODUCT} {channel}, refusing to sign over it ({error.one_line()})") from None
+
+
+def lifetime(text: str) -> str:
+    """--expires-in goes to release.py as given; checked here first (pilot.config.parse_duration), before any step."""
+    from pilot.config import parse_duration
+    from pilot.errors import ConfigError
+
+    try:
+        parse_duration(text, "manifest lifetime")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(error.one_line()) from None
+    return text
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -384,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", default="stable")
     p.add_argument("--base-url", required=True, help="the URL at which SITE is served")
     p.add_argument("--private-key", type=Path, action="append", required=True, help="signing key; repeat for several")
-    p.add_argument("--expires-in", default="30d", help="manifest lifetime (default 30d)")
+    p.add_argument("--expires-in", type=lifetime, default="30d",
+                   help="manifest lifetime, e.g. 30d, 12h, 90m or 90s (default 30d)")
     p.add_argument("--version", help="the version every archive must carry (e.g. from tag-version)")
     p.add_argument("--notes", type=Path, help="release notes file")
     p.add_argument("--artifacts", type=Path, required=True, help="directory searched for .pyz archives")

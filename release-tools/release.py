@@ -24,10 +24,7 @@ import argparse
 import hashlib
 import json
 import os
-import re
-import shutil
 import sys
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,10 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "build"))
 import toolenv  # noqa: E402
 
-METADATA_MEMBER = "pilot-build.json"
 PRODUCT = "pilot"
-DURATION = re.compile(r"^(\d+)([smhd])$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DEFAULT_LIFETIME = "30d"
+LONGEST_LIFETIME = timedelta(days=3650)  # beyond this, expiry no longer defends against a frozen mirror
 
 
 class ReleaseError(Exception):
@@ -52,11 +48,28 @@ class SignedFile:
     signatures: bytes
 
 
-def parse_duration(text: str) -> timedelta:
-    match = DURATION.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d, 12h or 90m")
-    return timedelta(seconds=int(match[1]) * UNITS[match[2]])
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line too (exit status 2, as argparse has it), naming the command."""
+
+    def error(self, message: str) -> None:
+        command = self.prog.partition(" ")[2]
+        self.exit(2, f"release: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
+def manifest_lifetime(text: str) -> timedelta:
+    """--expires-in: Pilot's one duration syntax (pilot.config.parse_duration: 30d, 12h, 90m, 90s, 2m)."""
+    from pilot.config import parse_duration
+    from pilot.errors import ConfigError
+
+    try:
+        lifetime = timedelta(seconds=parse_duration(text, "manifest lifetime"))
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(error.one_line()) from None
+    except OverflowError:
+        lifetime = timedelta.max
+    if lifetime > LONGEST_LIFETIME:
+        raise argparse.ArgumentTypeError(f"manifest lifetime: {text!r} is longer than {LONGEST_LIFETIME.days} days")
+    return lifetime
 
 
 def now() -> datetime:
@@ -66,46 +79,35 @@ def now() -> datetime:
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(partial, mode)
-    os.replace(partial, path)
+    """pilot.launcher.atomic_write (temp file beside, fsync, rename, fsync of the directory), refusals in one line."""
+    from pilot.launcher import atomic_write
+
+    try:
+        atomic_write(path, data, mode)
+    except OSError as error:
+        raise ReleaseError(f"cannot write {path}: {error.strerror}") from None
 
 
 # --- keys -------------------------------------------------------------------------------------
 
 
 def keygen(args: argparse.Namespace) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from pilot.update.signing import generate_key, private_key_pem, public_key_of, public_key_pem
 
-    from pilot.update.verify import public_key_of
-
-    private = Ed25519PrivateKey.generate()
+    private = generate_key()
     private_path = args.out / f"{args.name}.key"
     public_path = args.out / f"{args.name}.pub"
     if private_path.exists():
         raise ReleaseError(f"{private_path} exists already; refusing to overwrite a signing key")
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    write_atomically(private_path, private_pem, mode=0o600)
-    write_atomically(public_path, public_pem)
+    write_atomically(private_path, private_key_pem(private), mode=0o600)
+    write_atomically(public_path, public_key_pem(private))
     print(f"keyid {public_key_of(private).keyid}")
     print(f"private key {private_path} (mode 0600: keep it secret, e.g. in a CI secret)")
     print(f"public key  {public_path} (give it to build.py --trusted-key)")
 
 
 def load_signing_keys(paths: list[Path]):
-    from pilot.update.verify import load_private_key
+    from pilot.update.signing import load_private_key
 
     keys = []
     for path in paths:
@@ -136,7 +138,7 @@ def read_manifest_document(root: Path, channel: str) -> dict | None:
     return json.loads(data)
 
 
-def check_against_schema(document: dict) -> None:
+def check_against_schema(document: dict, what: str = "the new manifest") -> None:
     """The published schema (jsonschema) and the client's own parser must both accept it."""
     import jsonschema
 
@@ -146,7 +148,7 @@ def check_against_schema(document: dict) -> None:
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(document), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
-        raise ReleaseError(f"the new manifest fails manifest.schema.json at {where}: {errors[0].message}")
+        raise ReleaseError(f"{what} fails manifest.schema.json at {where}: {errors[0].message}")
     parse_manifest(encode_manifest(document))
 
 
@@ -155,7 +157,8 @@ def encode_manifest(document: dict) -> bytes:
 
 
 def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Path]) -> SignedFile:
-    from pilot.update.verify import encode_signatures, parse_signatures, sign, verify_threshold
+    from pilot.update.signing import encode_signatures, sign
+    from pilot.update.verify import parse_signatures, verify_threshold
 
     document["keyset_version"] = current_keyset_version(root)
     check_against_schema(document)
@@ -189,11 +192,14 @@ def new_document(previous: dict | None, channel: str, expires_in: timedelta) -> 
 
 
 def read_artifact_metadata(path: Path) -> dict:
+    """The archive's build metadata through the client's own reader (pilot.update.install.read_metadata)."""
+    from pilot.errors import VerificationError
+    from pilot.update.install import read_metadata
+
     try:
-        with zipfile.ZipFile(path) as zf:
-            return json.loads(zf.read(METADATA_MEMBER))
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError):
-        raise ReleaseError(f"{path}: not a Pilot archive (no readable {METADATA_MEMBER})") from None
+        return read_metadata(path)
+    except VerificationError as error:
+        raise ReleaseError(error.one_line()) from None
 
 
 def sha256_of(path: Path) -> str:
@@ -204,12 +210,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def artifact_name(version: str, meta: dict) -> str:
-    return f"pilot-{version}-{meta['python_tag']}-{meta['platform_tag']}.pyz"
+def artifact_relpath(version: str, python_tag: str, platform_tag: str) -> str:
+    from pilot.launcher import artifact_name
 
-
-def artifact_relpath(version: str, meta: dict) -> str:
-    return f"releases/{version}/{artifact_name(version, meta)}"
+    return f"releases/{version}/{artifact_name(version, python_tag, platform_tag)}"
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -236,7 +240,7 @@ def publish(args: argparse.Namespace) -> None:
     base_url = args.base_url.rstrip("/")
     artifacts = []
     for path, meta in metas:
-        relpath = artifact_relpath(version, meta)
+        relpath = artifact_relpath(version, meta["python_tag"], meta["platform_tag"])
         artifacts.append({
             "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{base_url}/{relpath}",
             "size": path.stat().st_size, "sha256": sha256_of(path), "build_id": meta["build_id"],
@@ -248,11 +252,8 @@ def publish(args: argparse.Namespace) -> None:
     check_against_schema(document)  # before any file of the tree changes
     load_signing_keys(args.key)  # so is a key that cannot sign
     for path, meta in metas:
-        target = args.root / artifact_relpath(version, meta)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(path, partial)
-        os.replace(partial, target)
+        write_atomically(args.root / artifact_relpath(version, meta["python_tag"], meta["platform_tag"]),
+                         path.read_bytes())
     sign_and_write(args.root, args.channel, document, args.key)
     print(f"published {version} to {args.channel} (serial {document['serial']}, {len(artifacts)} artifact(s), "
           f"expires {document['expires_at']})")
@@ -307,7 +308,7 @@ def read_keyset(root: Path, version: int):
 
 
 def unique_keys(keys: list) -> list:
-    from pilot.update.verify import public_key_of
+    from pilot.update.signing import public_key_of
 
     seen: dict[str, object] = {}
     for key in keys:
@@ -317,15 +318,8 @@ def unique_keys(keys: list) -> list:
 
 def rotate_keys(args: argparse.Namespace) -> None:
     """Publish key set n+1, signed by the old keys (set n's threshold) and the new ones (its own)."""
-    from pilot.update.verify import (
-        KeySet,
-        encode_signatures,
-        keyset_path,
-        parse_signatures,
-        public_key_of,
-        sign,
-        verify_rotation,
-    )
+    from pilot.update.signing import encode_signatures, public_key_of, sign
+    from pilot.update.verify import KeySet, keyset_path, parse_signatures, verify_rotation
 
     old, new = unique_keys(load_signing_keys(args.old_key)), unique_keys(load_signing_keys(args.new_key))
     current = current_keyset_version(args.root)
@@ -352,16 +346,10 @@ def rotate_keys(args: argparse.Namespace) -> None:
 
 
 def verify(args: argparse.Namespace) -> None:
+    """What a fresh client trusting these keys would accept (pilot.update.verify.verify_manifest), then more:
+    the published schema judged by jsonschema, and every artifact in the tree against its signed entry."""
     from pilot.errors import PilotError
-    from pilot.update.manifest import check_manifest, parse_manifest
-    from pilot.update.verify import (
-        KeySet,
-        declared_keyset_version,
-        load_public_key,
-        parse_signatures,
-        verify_threshold,
-        walk_keysets,
-    )
+    from pilot.update.verify import KeySet, load_public_key, verify_manifest
 
     path = manifest_path(args.root, args.channel)
     try:
@@ -369,16 +357,22 @@ def verify(args: argparse.Namespace) -> None:
         signatures = (path.with_name(path.name + ".sig")).read_bytes()
     except OSError as error:
         raise ReleaseError(f"cannot read {error.filename}: {error.strerror}") from None
+    keys = []
+    for key_path in args.trusted_key:
+        try:
+            keys.append(load_public_key(key_path.read_bytes()))
+        except OSError as error:
+            raise ReleaseError(f"cannot read key {key_path}: {error.strerror}") from None
+        except PilotError as error:
+            raise ReleaseError(f"{key_path}: {error.one_line()}") from None
     try:
-        keys = tuple(load_public_key(p.read_bytes()) for p in args.trusted_key)
-        anchor = KeySet(version=1, threshold=args.threshold, keys=keys)
-        keyset = walk_keysets(anchor, declared_keyset_version(data), lambda n: read_keyset_files(args.root, n))
-        verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "manifest.json")
-        manifest = parse_manifest(data)
-        check_against_schema(json.loads(data))
-        check_manifest(manifest, product=PRODUCT, channel=args.channel, now=now(), highest_serial=0)
+        anchor = KeySet(version=1, threshold=args.threshold, keys=tuple(keys))
+        manifest = verify_manifest(
+            data, signatures, anchor=anchor, fetch_keyset=lambda n: read_keyset_files(args.root, n),
+            product=PRODUCT, channel=args.channel, now=now()).manifest
     except PilotError as error:
-        raise ReleaseError(error.message) from None
+        raise ReleaseError(error.one_line()) from None
+    check_against_schema(json.loads(data), f"{args.channel}/manifest.json")
     checked = 0
     for release in manifest.releases:
         for artifact in release.artifacts:
@@ -389,8 +383,7 @@ def verify(args: argparse.Namespace) -> None:
 
 
 def check_artifact(root: Path, version: str, artifact) -> None:
-    meta = {"python_tag": artifact.python_tag, "platform_tag": artifact.platform_tag}
-    relpath = artifact_relpath(version, meta)
+    relpath = artifact_relpath(version, artifact.python_tag, artifact.platform_tag)
     if not artifact.url.endswith("/" + relpath):
         raise ReleaseError(f"{version}: artifact URL {artifact.url} does not point at {relpath}")
     path = root / relpath
@@ -412,7 +405,7 @@ def check_artifact(root: Path, version: str, artifact) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="release.py", description="Pilot release tool: keys, signed manifests.")
+    parser = OneLineParser(prog="release.py", description="Pilot release tool: keys, signed manifests.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("keygen", help="write a new Ed25519 signing key (NAME.key, mode 0600) and NAME.pub")
@@ -425,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--channel", default="stable")
         if signing:
             p.add_argument("--key", type=Path, action="append", required=True, help="private key; repeat for several")
-            p.add_argument("--expires-in", type=parse_duration, default=timedelta(days=30),
-                           help="manifest lifetime (default 30d)")
+            p.add_argument("--expires-in", type=manifest_lifetime, default=DEFAULT_LIFETIME,
+                           help=f"manifest lifetime, e.g. 30d, 12h, 90m or 90s (default {DEFAULT_LIFETIME})")
 
     p = commands.add_parser("publish", help="add a release to a channel and re-sign its manifest")
     tree_options(p)

@@ -368,8 +368,56 @@ def test_publish_refuses_to_sign_over_a_restored_manifest_the_key_did_not_sign(t
     manifest.write_text(manifest.read_text().replace('"serial": 1', '"serial": 7'))
     tampered = run_pipeline(*publish)
     assert tampered.returncode == 1 and len(tampered.stderr.splitlines()) == 1
-    assert "not signed by the release key" in tampered.stderr
+    assert tampered.stderr.startswith("pipeline: publish: the restored stable manifest is not one these release "
+                                      "keys signed for pilot stable, refusing to sign over it (manifest.json: 0 valid")
     assert '"serial": 7' in manifest.read_text()  # nothing re-signed
+
+
+def test_publish_refuses_to_sign_over_a_restored_manifest_of_another_channel(tmp_path, archives, release_key):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    shutil.copy2(archives.build("1.0.0"), dist)
+    site = tmp_path / "site"
+
+    def publish(channel: str) -> subprocess.CompletedProcess:
+        return run_pipeline("publish", "--site", str(site), "--channel", channel, "--base-url", "http://127.0.0.1:1",
+                            "--private-key", str(release_key.private_path), "--artifacts", str(dist))
+
+    assert publish("stable").returncode == 0
+    # Someone who can push to the branch puts the stable manifest, validly signed, where beta's belongs.
+    shutil.copytree(site / "stable", site / "beta")
+    before = (site / "beta" / "manifest.json").read_bytes()
+    result = publish("beta")
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "the restored beta manifest is not one these release keys signed" in result.stderr
+    assert "(the manifest is for channel 'stable', not beta)" in result.stderr
+    assert (site / "beta" / "manifest.json").read_bytes() == before  # nothing re-signed
+
+
+def test_publish_with_two_keys_refuses_a_restored_manifest_only_one_of_them_signed(tmp_path, archives, release_key,
+                                                                                   other_key):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    shutil.copy2(archives.build("1.0.0"), dist)
+    site = tmp_path / "site"
+    publish = ["publish", "--site", str(site), "--channel", "stable", "--base-url", "http://127.0.0.1:1",
+               "--private-key", str(release_key.private_path), "--artifacts", str(dist)]
+    assert run_pipeline(*publish).returncode == 0
+    before = (site / "stable" / "manifest.json").read_bytes()
+    # One key alone must not get a manifest re-signed by every release key.
+    result = run_pipeline(*publish, "--private-key", str(other_key.private_path))
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "(manifest.json: 1 valid signature(s) from key set 1, 2 required" in result.stderr
+    assert (site / "stable" / "manifest.json").read_bytes() == before
+
+
+def test_publish_refuses_an_expires_in_that_is_no_duration_before_any_step(tmp_path):
+    result = run_pipeline("publish", "--site", str(tmp_path / "site"), "--base-url", "http://127.0.0.1:1",
+                          "--private-key", str(tmp_path / "none.key"), "--artifacts", str(tmp_path),
+                          "--expires-in", "soon")
+    assert result.returncode == 2
+    assert "argument --expires-in: manifest lifetime: 'soon' is not a duration like 30m, 2h or 90s" in result.stderr
+    assert not (tmp_path / "site").exists()
 
 
 def test_restore_and_save_round_trip_the_tree_through_a_branch(tmp_path):

@@ -6,9 +6,12 @@ import base64
 import hashlib
 import json
 import os
+import resource
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import time
 import zipfile
 from datetime import UTC, datetime
@@ -18,17 +21,11 @@ import jsonschema
 import pytest
 
 from pilot.buildinfo import BuildInfo
+from pilot.errors import PilotError
 from pilot.update.manifest import format_timestamp, parse_manifest
-from pilot.update.verify import (
-    KeySet,
-    load_private_key,
-    load_public_key,
-    parse_signatures,
-    public_key_of,
-    sign,
-    verify_threshold,
-)
-from tests.conftest import run_release_tool
+from pilot.update.signing import encode_signatures, load_private_key, public_key_of, sign
+from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_manifest, verify_threshold
+from tests.conftest import RELEASE_TOOL, run_release_tool
 from tests.support.archives import REPO
 
 SCHEMA = json.loads((REPO / "manifest.schema.json").read_text())
@@ -96,6 +93,17 @@ def published(site: Path, channel: str = "stable") -> dict:
     return document
 
 
+def client_refusal(site: Path, *trusted, threshold: int = 1, channel: str = "stable") -> str:
+    """The line a client embedding these keys refuses the channel's manifest with (pilot.update.verify)."""
+    path = site / channel / "manifest.json"
+    anchor = KeySet(1, threshold, tuple(key.public for key in trusted))
+    with pytest.raises(PilotError) as caught:
+        verify_manifest(path.read_bytes(), path.with_name(path.name + ".sig").read_bytes(), anchor=anchor,
+                        fetch_keyset=lambda n: pytest.fail(f"no key set {n} is published here"), product="pilot",
+                        channel=channel, now=datetime.now(UTC))
+    return caught.value.one_line()
+
+
 def tree(site: Path) -> dict[str, bytes]:
     return {p.relative_to(site).as_posix(): p.read_bytes() for p in sorted(site.rglob("*")) if p.is_file()}
 
@@ -148,6 +156,42 @@ def test_keygen_never_overwrites_a_signing_key(tmp_path):
     line = refusal(tool("keygen", "--out", out))
     assert "refusing to overwrite a signing key" in line
     assert (out / "release.key").read_bytes() == before
+
+
+def no_bigger_files_than(limit: int):
+    def apply() -> None:  # in the child: a write past the limit fails with EFBIG instead of killing it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_keygen_writes_atomically_so_a_failed_write_leaves_no_partial_key(tmp_path):
+    out = tmp_path / "keys"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PILOT_RELEASE_NOW"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    result = subprocess.run([sys.executable, str(RELEASE_TOOL), "keygen", "--out", str(out)], capture_output=True,
+                            text=True, env=env, timeout=300, preexec_fn=no_bigger_files_than(48))
+    line = refusal(result)
+    assert line == f"release: cannot write {out / 'release.key'}: File too large"
+    assert sorted(out.iterdir()) == []  # no half-written key, no temp file beside it
+    # Nothing was left that would make the next keygen refuse to overwrite.
+    ok(tool("keygen", "--out", out))
+    assert stat.S_IMODE((out / "release.key").stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory anyway")
+def test_keygen_into_a_read_only_directory_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "keys"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        line = refusal(tool("keygen", "--out", out))
+        assert line == f"release: cannot write {out / 'release.key'}: Permission denied"
+        assert list(out.iterdir()) == []
+    finally:
+        out.chmod(0o700)
 
 
 def test_each_keygen_makes_a_new_key(tmp_path):
@@ -247,11 +291,31 @@ def test_a_threshold_of_two_needs_two_signatures(site, v100, release_key, other_
     ok(publish(site, v100, keys=[release_key.private_path]))
     line = refusal(verify(site, release_key.public_path, other_key.public_path, threshold=2))
     assert "1 valid signature(s) from key set 1, 2 required" in line
+    assert line == "release: " + client_refusal(site, release_key, other_key, threshold=2)
     # resign with both keys: now both signatures are there
     ok(tool("resign", "--root", site, "--key", release_key.private_path, "--key", other_key.private_path))
     assert "serial 2" in ok(verify(site, release_key.public_path, other_key.public_path, threshold=2))
     signatures = json.loads((site / "stable" / "manifest.json.sig").read_text())["signatures"]
     assert {s["keyid"] for s in signatures} == {release_key.public.keyid, other_key.public.keyid}
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_manifest_for_another_channel_or_product_as_a_client_does(one_release, release_key):
+    # The stable manifest, signatures and all, served as the beta channel: a client on beta must refuse it.
+    shutil.copytree(one_release / "stable", one_release / "beta")
+    line = refusal(verify(one_release, release_key.public_path, channel="beta"))
+    assert line == "release: the manifest is for channel 'stable', not beta"
+    assert line == "release: " + client_refusal(one_release, release_key, channel="beta")
+
+    # Signed by the trusted key, but for another product.
+    document = published(one_release)
+    document["product"] = "other"
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    (one_release / "stable" / "manifest.json").write_bytes(data)
+    (one_release / "stable" / "manifest.json.sig").write_bytes(encode_signatures([sign(release_key.private, data)]))
+    line = refusal(verify(one_release, release_key.public_path))
+    assert line == "release: the manifest is for 'other', not pilot"
+    assert line == "release: " + client_refusal(one_release, release_key)
 
 
 # --- tampering --------------------------------------------------------------------------------
@@ -359,11 +423,24 @@ def test_verify_refuses_an_expired_manifest_and_resign_renews_it(site, v100, rel
 
 
 @pytest.mark.slow
-def test_expires_in_sets_the_lifetime(site, v100, release_key):
+@pytest.mark.parametrize(("lifetime", "seconds"), [("90m", 90 * 60), ("90s", 90), ("2m", 120), ("1.5h", 5400)])
+def test_expires_in_sets_the_lifetime(site, v100, release_key, lifetime, seconds):
     issued = 1_900_000_000
-    ok(publish(site, v100, keys=[release_key.private_path], now=issued, expires_in="90m"))
+    ok(publish(site, v100, keys=[release_key.private_path], now=issued, expires_in=lifetime))
     document = published(site)
-    assert document["expires_at"] == format_timestamp(datetime.fromtimestamp(issued + 90 * 60, UTC))
+    assert document["expires_at"] == format_timestamp(datetime.fromtimestamp(issued + seconds, UTC))
+
+
+@pytest.mark.parametrize(("lifetime", "why"), [
+    ("soon", "'soon' is not a duration like 30m, 2h or 90s"), ("0s", "'0s' is not a duration"),
+    ("3651d", "'3651d' is longer than 3650 days"), ("9" * 400 + "d", "is longer than 3650 days"),
+])
+def test_expires_in_that_is_no_lifetime_is_one_usage_line_and_exit_2(site, release_key, lifetime, why):
+    result = tool("resign", "--root", site, "--key", release_key.private_path, "--expires-in", lifetime)
+    line = refusal(result)
+    assert result.returncode == 2
+    assert line.startswith("release: resign: argument --expires-in: manifest lifetime: ") and why in line
+    assert tree(site) == {}
 
 
 # --- the openssl recipe -----------------------------------------------------------------------

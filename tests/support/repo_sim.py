@@ -15,25 +15,21 @@ import json
 import shutil
 import ssl
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
+from pilot.launcher import artifact_name
+from pilot.update.install import read_metadata
 from pilot.update.manifest import format_timestamp
-from pilot.update.verify import encode_signatures, sign
+from pilot.update.signing import encode_signatures, sign
 from tests.support.keys import TestKey
 from tests.support.server import StaticServer
 
 Responder = Callable[[SimpleHTTPRequestHandler], None]
 CHANNEL = "stable"
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-
-
-def archive_metadata(archive: Path) -> dict:
-    with zipfile.ZipFile(archive) as zf:
-        return json.loads(zf.read("pilot-build.json"))
 
 
 class RepoSim:
@@ -67,9 +63,9 @@ class RepoSim:
 
     def place(self, archive: Path, *, version: str | None = None, name: str | None = None) -> dict:
         """Copy an archive into releases/<version>/ and return its artifact entry (as release.py would)."""
-        meta = archive_metadata(archive)
+        meta = read_metadata(archive)
         version = version or meta["version"]
-        name = name or f"pilot-{version}-{meta['python_tag']}-{meta['platform_tag']}.pyz"
+        name = name or artifact_name(version, meta["python_tag"], meta["platform_tag"])
         target = self.root / "releases" / version / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(archive, target)
@@ -79,7 +75,7 @@ class RepoSim:
                 "sha256": hashlib.sha256(data).hexdigest(), "build_id": meta["build_id"]}
 
     def release(self, archive: Path, *, version: str | None = None, **fields) -> dict:
-        version = version or archive_metadata(archive)["version"]
+        version = version or read_metadata(archive)["version"]
         artifact = self.place(archive, version=version)
         return {"version": version, "released_at": format_timestamp(datetime.now(UTC) - timedelta(hours=1)),
                 "artifacts": [artifact], **fields}
