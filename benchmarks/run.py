@@ -55,6 +55,7 @@ sys.dont_write_bytecode = True  # nothing written outside the temp dir and the c
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pilot.launcher import read_build_metadata  # noqa: E402 (the entry module: standard library only)
 from tests.support.archives import run_build, source_fingerprint  # noqa: E402 (stdlib-only helpers)
 from tests.support.server import StaticServer  # noqa: E402
 from tests.support.tmux import Tmux  # noqa: E402
@@ -193,7 +194,7 @@ class Archives:
 
 def build_id(archive: Path) -> str:
     with zipfile.ZipFile(archive) as zf:
-        return json.loads(zf.read("pilot-build.json"))["build_id"]
+        return read_build_metadata(zf)["build_id"]
 
 
 # ----------------------------------------------------------------------------- running

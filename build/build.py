@@ -36,7 +36,8 @@ REPO = toolenv.REPO
 RUNTIME_LOCK = toolenv.BUILD_DIR / "requirements.lock"
 FALLBACK_EPOCH = 315532800  # 1980-01-01, the earliest time a zip member can carry
 ENTRY_POINT = "pilot.cli:main"
-METADATA_MEMBER = "pilot-build.json"
+SCHEMA = REPO / "manifest.schema.json"  # the one published schema; the package's copy is made from it
+PACKAGED_SCHEMA = Path("pilot", "update", "manifest.schema.json")
 SKIP_NAMES = {"__pycache__", ".DS_Store"}
 
 
@@ -93,6 +94,8 @@ def copy_pilot_sources(site_packages: Path) -> None:
         return {n for n in names if n in SKIP_NAMES or n.endswith((".pyc", ".pyo"))}
 
     shutil.copytree(REPO / "pilot", site_packages / "pilot", ignore=ignore)
+    # Not in git: whatever copy a checkout has lying there, the archive gets the top-level file's bytes.
+    (site_packages / PACKAGED_SCHEMA).write_bytes(SCHEMA.read_bytes())
 
 
 def compile_bytecode(site_packages: Path) -> None:
@@ -161,6 +164,8 @@ def shiv_bootstrap_files() -> list[Path]:
 
 
 def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int) -> None:
+    from pilot.launcher import METADATA_MEMBER
+
     launcher = (REPO / "pilot" / "launcher.py").read_text()
     # A Python literal, not JSON: JSON's null/true/false would be NameErrors in __main__.py.
     main_py = f"PILOT_BUILD = {dict(sorted(metadata.items()))!r}\n{launcher}"
@@ -183,7 +188,7 @@ def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int)
 
 def build(args: argparse.Namespace) -> Path:
     sys.path.insert(0, str(REPO))
-    from pilot.launcher import platform_tag, python_tag
+    from pilot.launcher import artifact_name, platform_tag, python_tag
     from pilot.update.manifest import parse_version
 
     version = str(parse_version(args.version, "--version"))
@@ -209,7 +214,7 @@ def build(args: argparse.Namespace) -> Path:
             "manifest_url": args.manifest_url,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        target = args.out / f"pilot-{version}-{metadata['python_tag']}-{metadata['platform_tag']}.pyz"
+        target = args.out / artifact_name(version, metadata["python_tag"], metadata["platform_tag"])
         write_archive(target, site_packages, metadata, epoch)
     return target.resolve()
 
