@@ -159,6 +159,29 @@ def test_nothing_in_the_archive_names_the_build_machine(archive):
     assert found == []
 
 
+@pytest.mark.slow
+def test_the_archive_carries_the_published_schema_byte_for_byte(archive):
+    with zipfile.ZipFile(archive) as zf:
+        packaged = zf.read("site-packages/pilot/update/manifest.schema.json")
+    assert packaged == (REPO / "manifest.schema.json").read_bytes()
+
+
+def test_a_wheel_gets_the_published_schema_from_setup_py(tmp_path):
+    """pip and pipx installs: setup.py's build_py copies the top-level schema into the package."""
+    pytest.importorskip("setuptools")
+    source = tmp_path / "source"
+    not_kept = shutil.ignore_patterns("__pycache__", "manifest.schema.json")  # the copy a checkout may have
+    shutil.copytree(REPO / "pilot", source / "pilot", ignore=not_kept)
+    for name in ("setup.py", "pyproject.toml", "README.md", "manifest.schema.json"):
+        shutil.copy2(REPO / name, source / name)
+    assert not (source / "pilot" / "update" / "manifest.schema.json").exists()
+    result = run(sys.executable, "setup.py", "--quiet", "build_py", "--build-lib", tmp_path / "lib", cwd=source)
+    assert result.returncode == 0, result.stderr
+    built = tmp_path / "lib" / "pilot" / "update"
+    assert (built / "manifest.schema.json").read_bytes() == (REPO / "manifest.schema.json").read_bytes()
+    assert (built / "schema.py").is_file()
+
+
 # --- running it -------------------------------------------------------------------------------
 
 
