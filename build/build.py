@@ -94,8 +94,10 @@ def copy_pilot_sources(site_packages: Path) -> None:
         return {n for n in names if n in SKIP_NAMES or n.endswith((".pyc", ".pyo"))}
 
     shutil.copytree(REPO / "pilot", site_packages / "pilot", ignore=ignore)
-    # Not in git: whatever copy a checkout has lying there, the archive gets the top-level file's bytes.
-    (site_packages / PACKAGED_SCHEMA).write_bytes(SCHEMA.read_bytes())
+    # Not in git: whatever a checkout has there (a copy, a link), the archive gets the top-level file's bytes.
+    packaged = site_packages / PACKAGED_SCHEMA
+    packaged.unlink(missing_ok=True)
+    packaged.write_bytes(SCHEMA.read_bytes())
 
 
 def compile_bytecode(site_packages: Path) -> None:
