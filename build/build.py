@@ -190,7 +190,7 @@ def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int)
 
 def build(args: argparse.Namespace) -> Path:
     sys.path.insert(0, str(REPO))
-    from pilot.launcher import artifact_name, platform_tag, python_tag
+    from pilot.launcher import BOOT_PROTOCOL, artifact_name, platform_tag, python_tag
     from pilot.update.manifest import parse_version
 
     version = str(parse_version(args.version, "--version"))
@@ -214,6 +214,8 @@ def build(args: argparse.Namespace) -> Path:
             "trusted_keys": trusted_keys(args.trusted_key),
             "threshold": args.threshold,
             "manifest_url": args.manifest_url,
+            "entry_point": ENTRY_POINT,  # the entry module imports this, not a name of its own
+            "boot_protocol": BOOT_PROTOCOL,  # what the entry module understands (see pilot.launcher)
         }
         args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / artifact_name(version, metadata["python_tag"], metadata["platform_tag"])

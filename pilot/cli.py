@@ -7,12 +7,15 @@ and `pilot status` never pay for the update, network or dashboard code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 
 from pilot import __version__
 from pilot.errors import EXIT_ERROR, PilotError
+from pilot.launcher import is_unwritable_output, state_path, trial_path
 
 EPILOG = """\
 exit codes:
@@ -138,33 +141,72 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def announce_rollback() -> None:
-    from pilot.update.sentinel import rollback_notice
+    if not os.path.exists(state_path()):  # one stat on every start; the state is read only when there is one
+        return
+    from pilot.update import state
 
-    notice = rollback_notice()
-    if notice:
-        print(notice, file=sys.stderr)
+    notice = state.take_notice()
+    if notice is not None and notice.state == "rolled_back":
+        say(f"pilot: rolled back from {notice.to_version} to {notice.from_version}: {notice.reason} "
+            "(details: pilot self-update --status)")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; a new version that gets this far has started, even if the arguments are wrong."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, or a usage error
+        settle_trial(lambda sentinel: sentinel.confirm_start(None))
+        raise
+    settle_trial(lambda sentinel: sentinel.confirm_start(args.command))
+    return args
+
+
+def settle_trial(action) -> None:
+    """Run action(pilot.update.sentinel) when a new version's trial is open; one stat on every other start."""
+    if os.path.exists(trial_path()):
+        from pilot.update import sentinel
+
+        action(sentinel)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
     if args.command not in ("self-update", "start"):  # those two tell it their own way
         announce_rollback()
+    ending, code = run(args)
+    if ending is not None:  # `pilot start` that ended before its main loop was up (a no-op otherwise)
+        settle_trial(lambda sentinel: sentinel.settle_boot(*ending))
+    return code
+
+
+def run(args: argparse.Namespace) -> tuple[tuple[str, str] | None, int]:
+    """Dispatch; every error a user can meet becomes one line. Returns (how it ended early, exit code)."""
     try:
-        return dispatch(args)
+        return ("exited", "it exited") if args.command == "start" else None, dispatch(args)
     except PilotError as error:
-        print(f"pilot: {error.one_line()}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("pilot: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `pilot task list | head`: the reader left; say nothing
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_ERROR
+        say(f"pilot: {error.one_line()}")
+        return ("refused", error.one_line()), error.exit_code
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGHUP where a command turned them into this
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        say(f"pilot: interrupted ({signal.Signals(signum).name})")
+        return ("interrupted", "interrupted"), 128 + signum
     except OSError as error:
+        if is_unwritable_output(error):  # `pilot task list | head`, a closed terminal, a full disk under stdout
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ("output", "its output could not be written"), EXIT_ERROR
         # An environment problem we did not anticipate (disk, permissions): one line, not a traceback.
-        print(f"pilot: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_ERROR
+        line = f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
+        say(f"pilot: {line}")
+        return ("error", line), EXIT_ERROR
+
+
+def say(line: str) -> None:
+    """A line on stderr, which may be a pipe or terminal that is gone."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr)

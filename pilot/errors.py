@@ -65,6 +65,10 @@ class InstallError(UpdateError):
     """The new archive could not be put in place; the old one still is."""
 
 
+class UpdateCancelled(UpdateError):
+    """The update was asked to stop (a daemon told to stop, a cancelled upgrade) before anything changed."""
+
+
 class StateError(PilotError):
     exit_code = EXIT_STATE
 

@@ -7,23 +7,39 @@ its own rollback. The build prepends a `PILOT_BUILD = {...}` line; the applicati
 it back through `pilot.buildinfo`, never from the archive file, which an update may have
 replaced since this process started.
 
-The boot guard. Before an update execs the new archive it writes a trial record
-(update/trial.json: from/to versions and build ids, install and backup paths, the pid
-that will exec, a deadline) and arms `signal.alarm`, which survives exec. Every start
-of any Pilot archive reads that record (one stat when there is none) and decides:
+The boot guard. Before an update swaps the new archive in it writes a trial record
+(update/trial.json: from/to versions and build ids, install and backup paths, and either
+the pid that is about to exec with a deadline, or no pid at all when the new version is
+to start with the user's next command). Every start of any Pilot archive reads that
+record (one stat when there is none) and decides (`boot_decision`):
 
-  run       no trial, or another process is still inside one
-  trial     this process is the trial boot: run the app; if it ends, raises or hangs past
-            the deadline before `commit_boot()`, restore the backup and exec the old
-            version in this same process
+  run       no trial, or another process is inside one (the updater before its exec)
+  trial     the updater exec'd this process into the new version: be its trial boot
+  claim     the new version has not started yet (`--no-restart`, or the updater was killed
+            or interrupted after the swap): this start becomes its trial boot
   rollback  the trial boot died (os._exit, SIGKILL, SIGSEGV) or hung: restore the backup,
             record why, and exec the old version with this process's arguments
-  void      the new archive never got installed: drop the record
+  void      the old version runs from the install path: the new one never got there
 
-The application side (pilot.update.sentinel) writes the record and commits it, using
-the file helpers below so both sides agree on the format.
+A trial boot runs the application under `signal.alarm` (which survives exec). It is
+decided by the new version's own start only:
+  - it succeeds when the application confirms its start (`pilot.update.sentinel`: every
+    command once its arguments are parsed, `pilot start` once its main loop is up);
+  - it fails, and is rolled back in this same process, when an exception escapes, the
+    deadline passes (a hang), or the application exits before confirming;
+  - it is neither when the start is interrupted (SIGINT, SIGTERM, SIGHUP) or its output
+    cannot be written (a closed terminal or pipe, a full disk under stdout): the record
+    is given back and the next start tries again.
+
+Recovery needs no application code: `pilot self-update --status` and `--rollback` are
+answered here (`recover`), so they work however broken the installed version is.
+
+The application side (pilot.update.sentinel for the trial, pilot.update.state for the
+state file) uses the helpers below, so both sides share one format and one fold
+(`record_outcome`).
 """
 
+import _thread
 import os
 import signal
 import sys
@@ -31,6 +47,11 @@ import time
 
 EXIT_INCOMPATIBLE = 5
 BOOT_TIMEOUT_SECONDS = 60
+BOOT_TIMEOUT_ENV = "PILOT_BOOT_TIMEOUT"
+TRIAL_FORMAT = 2  # update/trial.json: pid may be null (pending), booted, opened_by, failure
+BOOT_PROTOCOL = 2  # stamped into each build: 2 = pending trials, claims, signals kept blocked across the exec
+SIGNALS_BLOCKED_ENV = "PILOT_SIGNALS_BLOCKED"  # set by an updater that execs with STOP_SIGNALS blocked
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 # --- where things are -------------------------------------------------------------------------
@@ -139,12 +160,14 @@ def atomic_write(path, data, mode=0o644):
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    except BaseException:
         os.close(fd)
+        fd = None
+        os.replace(partial, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
         remove_file(partial)
         raise
-    os.close(fd)
-    os.replace(partial, path)
     fsync_directory(directory)
 
 
@@ -162,57 +185,141 @@ def remove_file(path):
     fsync_directory(os.path.dirname(path))
 
 
+_UPDATE_LOCK_HOLDERS = {}  # thread ident -> [descriptor, depth]; each thread touches only its own entry
+
+
 class UpdateLock:
-    """The exclusive lock every install, rollback and commit takes (update/lock).
+    """The short lock around every change to the update's files: update/state.json, update/trial.json
+    and the install itself (update/lock).
 
-    Re-entrant within a process: flock on a second descriptor would wait for the first."""
-
-    _fd = None
-    _depth = 0
+    Exclusive across processes and across threads; re-entrant within one thread (flock on a second
+    descriptor would wait for the first), so a thread holding it may call code that takes it again."""
 
     def __init__(self, blocking=True):
         self.blocking = blocking
 
     def __enter__(self):
-        if UpdateLock._depth == 0:
-            import fcntl
-
-            os.makedirs(update_dir(), exist_ok=True)
-            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            fd = os.open(os.path.join(update_dir(), "lock"), flags, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
-                raise
-            UpdateLock._fd = fd
-        UpdateLock._depth += 1
+        held = _UPDATE_LOCK_HOLDERS.get(_thread.get_ident())
+        if held is not None:
+            held[1] += 1
+            return self
+        fd = _lock_descriptor("lock", self.blocking)
+        _UPDATE_LOCK_HOLDERS[_thread.get_ident()] = [fd, 1]
         return self
 
     def __exit__(self, *exc_info):
-        UpdateLock._depth -= 1
-        if UpdateLock._depth == 0:
-            os.close(UpdateLock._fd)  # closing releases the lock
-            UpdateLock._fd = None
+        me = _thread.get_ident()
+        held = _UPDATE_LOCK_HOLDERS[me]
+        held[1] -= 1
+        if held[1] == 0:
+            del _UPDATE_LOCK_HOLDERS[me]
+            os.close(held[0])  # closing releases the lock
+
+
+class UpdateInProgress:
+    """Held from the first step of one update or rollback to its end (update/update.lock).
+
+    A second update fails at once, whether it runs in another process or in another thread of
+    this one: each holder has its own descriptor, and flock excludes descriptors, not processes.
+    The descriptor is close-on-exec, so the exec into a new version releases it."""
+
+    def __init__(self):
+        self.fd = None
+
+    def acquire(self):
+        """True when this holder now owns the update; False when another one runs."""
+        try:
+            self.fd = _lock_descriptor("update.lock", blocking=False)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _lock_descriptor(name, blocking):
+    import fcntl
+
+    os.makedirs(update_dir(), exist_ok=True)
+    fd = os.open(os.path.join(update_dir(), name), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+# --- durations --------------------------------------------------------------------------------
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_seconds(text):
+    """'90', '90s', '2m', '1.5h', '30d' -> seconds (a float > 0); None for anything else.
+
+    The one grammar of durations: config.yaml, the environment and the release tools all use it."""
+    text = str(text).strip().lower()
+    number = text.rstrip("".join(DURATION_UNITS)).strip()
+    unit = text[len(number):].strip()
+    digits = number.replace(".", "", 1)
+    if unit not in DURATION_UNITS or not digits or any(c not in "0123456789" for c in digits):
+        return None
+    seconds = float(number) * DURATION_UNITS[unit]
+    return seconds if 0 < seconds < float("inf") else None
+
+
+def boot_timeout():
+    """PILOT_BOOT_TIMEOUT in whole seconds (default 60). The updater refuses a bad value before it
+    downloads anything; here, where nothing may fail, a bad value means the default."""
+    seconds = parse_seconds(os.environ.get(BOOT_TIMEOUT_ENV, "")) or BOOT_TIMEOUT_SECONDS
+    return max(1, int(-(-seconds // 1)))
+
+
+# --- the update state: one outcome-folding function -------------------------------------------
 
 
 def now_iso():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def record_outcome(state, trial, outcome, reason=None):
-    """Fold a trial's end into the update state (pure: returns the new state)."""
+def record_outcome(state, trial, outcome, reason=None, notice=True):
+    """Fold how an update ended into the update state (pure: returns the new state).
+
+    rolled_back          the new version failed to start: it is skipped from then on (bad_versions)
+    rolled_back_by_user  `--rollback`: the version rolled back from is not chosen by itself again
+    committed            the version proved it starts: it is neither bad nor declined any more
+    installed, failed    nothing more to remember"""
     state = dict(state or {})
     state["last"] = {
         "state": outcome, "from_version": trial["from_version"], "to_version": trial["to_version"],
         "at": now_iso(), "reason": reason, "install_path": trial["install_path"], "backup_path": trial["backup_path"],
     }
-    state["notice_pending"] = True
+    state["notice_pending"] = notice
     if outcome == "rolled_back":
-        bad = list(state.get("bad_versions") or [])
-        if trial["to_version"] not in bad:
-            bad.append(trial["to_version"])
-        state["bad_versions"] = bad
+        state["bad_versions"] = _with(state.get("bad_versions"), trial["to_version"])
+    elif outcome == "rolled_back_by_user":
+        state["user_rollbacks"] = _with(state.get("user_rollbacks"), trial["from_version"])
+    elif outcome == "committed":
+        for key in ("bad_versions", "user_rollbacks"):
+            if trial["to_version"] in (state.get(key) or ()):
+                state[key] = [v for v in state[key] if v != trial["to_version"]]
+    return state
+
+
+def _with(versions, version):
+    versions = list(versions or [])
+    return versions if version in versions else versions + [version]
+
+
+def fold_state(trial, outcome, reason=None, notice=True, **last):
+    """Read the state, fold one outcome in (with extra fields for `last`), write it. Call under UpdateLock."""
+    state = record_outcome(read_json(state_path()), trial, outcome, reason, notice)
+    state["last"].update(last)
+    write_json(state_path(), state)
     return state
 
 
@@ -258,29 +365,103 @@ def pid_alive(pid):
     return True
 
 
-def boot_decision(trial, build_id, pid, now, is_alive=pid_alive, version=None):
-    """run | trial | rollback | void: what a starting process does about an open trial (pure).
+def boot_decision(trial, build_id, pid, now, is_alive=pid_alive, version=None, at_install=True):
+    """What a starting process does about an open trial (pure): run | trial | claim | rollback | void.
 
-    The new archive is known by its build id and, since two releases of the same code share
-    a build id (it hashes site-packages only), by its version too."""
+    The new archive is known by its build id and, since two releases of the same code share a
+    build id (it hashes site-packages only), by its version too. `at_install`: this process was
+    started from the install path the trial names."""
     if trial is None:
         return "run"
-    in_progress = now < trial.get("deadline", 0) and is_alive(trial.get("pid", -1))
+    owner, deadline = trial.get("pid"), trial.get("deadline")
+    in_progress = owner is not None and is_alive(owner) and (deadline is None or now < deadline)
     if build_id == trial.get("to_build_id") and version in (None, trial.get("to_version")):
-        if pid == trial.get("pid"):
-            return "trial"
-        return "run" if in_progress else "rollback"
-    if pid != trial.get("pid") and in_progress:
-        return "run"  # the updating process has not exec'd yet
-    return "void"
+        if owner == pid:
+            return "trial"  # exec'd by the updater (or a re-exec of our own claim)
+        if in_progress:
+            return "run"  # the updater has not exec'd yet, or another start is the trial boot
+        if not trial.get("booted"):
+            return "claim"  # the new version has never started: after --no-restart, or an interrupted update
+        return "rollback"  # its start died or hung before confirming
+    if owner == pid or (not in_progress and at_install):
+        return "void"  # the old version runs from the install path: the new one never got there
+    return "run"
 
 
 class BootTimeout(BaseException):
     """Raised by SIGALRM in a trial boot that did not commit in time (BaseException: app code cannot swallow it)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every `except KeyboardInterrupt` ends cleanly too."""
+
+    def __init__(self, signum):
+        KeyboardInterrupt.__init__(self, signum)
+        self.signum = signum
+
+
+_DEFERRING = [0]  # > 0 while a step that must not be cut in half runs (interrupts_deferred)
+_DEFERRED = []  # the stop signals that arrived meanwhile
+
+
+def raise_interrupted(signum, frame):
+    """The handler for SIGINT, SIGTERM and SIGHUP: raise Interrupted, or note it while deferred."""
+    if _DEFERRING[0]:
+        _DEFERRED.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+def interrupt_pending():
+    return bool(_DEFERRED)
+
+
+class interrupts_deferred:
+    """Within it, a stop signal handled by raise_interrupted waits: the swap of an archive is never cut
+    in half. On the way out the first one that arrived is raised."""
+
+    def __enter__(self):
+        _DEFERRING[0] += 1
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        _DEFERRING[0] -= 1
+        if _DEFERRING[0] == 0 and _DEFERRED:
+            signum = _DEFERRED[0]
+            del _DEFERRED[:]
+            if exc_type is None:
+                raise Interrupted(signum)
+        return False
+
+
+def handle_stop_signals():
+    """Make SIGINT, SIGTERM and SIGHUP raise Interrupted (one line and exit 128+N, finally blocks run)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, raise_interrupted)
+
+
 def _on_alarm(signum, frame):
     raise BootTimeout()
+
+
+def exit_status_for(error):
+    """128 + the signal: the shell's convention for a process a signal ended (130 for Ctrl-C)."""
+    return 128 + getattr(error, "signum", signal.SIGINT)
+
+
+OUTPUT_ERRNOS = ("EPIPE", "EIO", "EBADF", "ENOSPC", "EDQUOT", "ENXIO")
+
+
+def is_unwritable_output(error):
+    """True for an OSError that says the terminal, pipe or disk under stdout/stderr cannot take output."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in [getattr(errno, n, None) for n in OUTPUT_ERRNOS]
+
+
+def not_a_failed_start(error):
+    """Interrupts and unwritable output end a start without saying anything about the new version."""
+    return isinstance(error, KeyboardInterrupt) or is_unwritable_output(error)
 
 
 def describe_failure(error):
@@ -292,25 +473,29 @@ def describe_failure(error):
     return "it failed to start: %s%s" % (type(error).__name__, (": " + text[0][:200]) if text else "")
 
 
+def same_trial(a, b):
+    return a is not None and b is not None and a.get("started_at") == b.get("started_at")
+
+
+def open_trial_record():
+    return read_json(trial_path())
+
+
 def roll_back(trial, reason, argv):
     """Put the backup back at the install path, record why, and exec the old version.
 
     Returns only when there is no backup to go back to (the failure is recorded all the same)."""
     signal.alarm(0)  # first: a BootTimeout must not cut the rollback short, nor go off after it returns
     with UpdateLock():
-        current = read_json(trial_path())
-        if current is not None and current.get("started_at") == trial.get("started_at"):
+        if same_trial(read_json(trial_path()), trial):
             if not os.path.exists(trial["backup_path"]):
-                reason += "; no backup was left to restore"
-                write_json(state_path(), record_outcome(read_json(state_path()), trial, "failed", reason))
+                fold_state(trial, "failed", reason + "; no backup was left to restore")
                 remove_file(trial_path())
                 return
-            os.replace(trial["backup_path"], trial["install_path"])
+            os.replace(trial["backup_path"], trial["install_path"])  # a rename keeps the file's owner and mode
             fsync_directory(os.path.dirname(trial["install_path"]))
             failpoint("rollback-after-restore")
-            state = record_outcome(read_json(state_path()), trial, "rolled_back", reason)
-            state["last"]["rollback_pid"] = os.getpid()
-            write_json(state_path(), state)
+            fold_state(trial, "rolled_back", reason, rollback_pid=os.getpid())
             remove_file(trial_path())
     sys.stdout.flush()
     sys.stderr.flush()
@@ -318,53 +503,280 @@ def roll_back(trial, reason, argv):
 
 
 def void_trial(trial):
+    """The old version runs from the install path: the new one never got there, or a rollback put it back."""
     with UpdateLock():
-        current = read_json(trial_path())
-        if current is not None and current.get("started_at") == trial.get("started_at"):
-            state = record_outcome(read_json(state_path()), trial, "failed", "the update was interrupted before "
-                                   "the new version was installed; nothing changed")
-            write_json(state_path(), state)
+        if same_trial(read_json(trial_path()), trial):
+            if trial.get("booted"):  # the rollback restored the backup and was cut short before recording it
+                fold_state(trial, "rolled_back", "%s did not finish starting; the previous version was put back"
+                           % trial["to_version"])
+            else:
+                fold_state(trial, "failed", "the update was interrupted before the new version was installed; "
+                           "nothing changed")
             remove_file(trial_path())
 
 
-def trial_committed(trial):
+def claim_trial(trial, argv):
+    """Become the trial boot: this process's pid, a fresh deadline unless the updater set one, its arguments.
+
+    Returns the record as written, or None when another process changed it first."""
+    with UpdateLock():
+        current = read_json(trial_path())
+        if not same_trial(current, trial) or (current.get("booted") and current.get("pid") != os.getpid()):
+            return None
+        if current.get("pid") != os.getpid():  # a start after --no-restart or an interrupted update
+            current["deadline"] = time.time() + boot_timeout()
+            current["resume_argv"] = list(argv)
+        current["pid"] = os.getpid()
+        current["booted"] = True
+        write_json(trial_path(), current)
+        return current
+
+
+def release_trial(trial):
+    """Give an unfinished start back: the trial stays open, and the next start of the new version tries again."""
+    with UpdateLock():
+        current = read_json(trial_path())
+        if same_trial(current, trial) and current.get("pid") == os.getpid():
+            current.update(pid=None, deadline=None, booted=False)
+            write_json(trial_path(), current)
+
+
+def trial_still_ours(trial):
     current = read_json(trial_path())
-    return current is None or current.get("started_at") != trial.get("started_at")
+    return same_trial(current, trial) and current.get("pid") == os.getpid()
+
+
+def say(line):
+    """One line to stderr, which may be a terminal that is gone: saying it must never fail."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def run_trial(trial, start_app):
-    """Run the app as the trial boot; any way it ends before committing rolls back in this process."""
+    """Run the app as the trial boot. An exception, a hang or an exit before the app confirms its start
+    rolls back in this process; an interrupt or unwritable output leaves the trial for the next start."""
     signal.signal(signal.SIGALRM, _on_alarm)
-    remaining = int(trial.get("deadline", 0) - time.time())
-    signal.alarm(max(remaining, 1))  # re-arm: the alarm set before exec may have been cleared by the interpreter
-    failpoint("boot-trial-start")
+    handle_stop_signals()
     try:
+        if os.environ.pop(SIGNALS_BLOCKED_ENV, None):  # the updater kept them blocked across the exec
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.alarm(max(int(trial.get("deadline", 0) - time.time()), 1))  # re-armed: the interpreter may clear it
+        failpoint("boot-trial-start")
         code = start_app()
     except BaseException as error:  # every failure of the new version rolls back
-        if trial_committed(trial):
+        if not trial_still_ours(trial):
             raise
+        if not_a_failed_start(error):
+            signal.alarm(0)
+            release_trial(trial)
+            say("pilot: %s was interrupted while it started; it starts again with your next command"
+                % trial["to_version"])
+            return exit_status_for(error) if isinstance(error, KeyboardInterrupt) else 1
         roll_back(trial, "%s %s" % (trial["to_version"], describe_failure(error)), trial.get("resume_argv", []))
         raise  # no backup to go back to (recorded): the new version's own error is all there is to show
-    if not trial_committed(trial):
-        reason = "%s exited with status %s before confirming its start" % (trial["to_version"], code)
+    if trial_still_ours(trial):
+        failure = read_json(trial_path()).get("failure")
+        reason = "%s %s" % (trial["to_version"], failure) if failure else \
+            "%s exited with status %s before confirming its start" % (trial["to_version"], code)
         roll_back(trial, reason, trial.get("resume_argv", []))
     return code
 
 
-def guard_boot(build, start_app):
-    """Consult the trial record before the app starts; returns the app's exit code."""
+def guard_boot(build, start_app, archive=None, may_claim=True):
+    """Consult the trial record before the app starts; returns the app's exit code.
+
+    may_claim is False for a start that will not run the application (`--version`, the wrong
+    interpreter): it must not become the new version's trial."""
     if not os.path.exists(trial_path()):
         return start_app()
     trial = read_json(trial_path())
-    decision = boot_decision(trial, build["build_id"], os.getpid(), time.time(), version=build.get("version"))
-    if decision == "trial":
-        return run_trial(trial, start_app)
-    if decision == "rollback":
+    at_install = archive is not None and trial is not None and \
+        os.path.realpath(archive) == trial.get("install_path")
+    decision = boot_decision(trial, build["build_id"], os.getpid(), time.time(), version=build.get("version"),
+                             at_install=at_install)
+    if decision in ("trial", "claim") and (may_claim or decision == "trial"):
+        claimed = claim_trial(trial, sys.argv[1:])
+        if claimed is not None:
+            return run_trial(claimed, start_app)
+    elif decision == "rollback":
         reason = "%s did not finish starting (its process ended or hung before confirming)" % trial["to_version"]
         roll_back(trial, reason, sys.argv[1:])
-    if decision == "void":
+    elif decision == "void":
         void_trial(trial)
     return start_app()
+
+
+# --- recovery that needs no application code --------------------------------------------------
+
+
+class Refused(Exception):
+    """A recovery step that cannot be done; its message is the one line the user sees (exit status 3)."""
+
+
+def archive_version(path):
+    """The version an archive's metadata names, read with zipfile; None when it is unreadable."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return read_build_metadata(zf).get("version")
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def backup_path_for(install_path):
+    return install_path + ".backup"
+
+
+def swap_back(install_path, backup_path):
+    """Exchange install and backup: the backup becomes the install and the install the backup.
+
+    Renames and a hard link only, so both files keep their owner, group and mode, and the install
+    path holds a complete archive at every instant."""
+    current = os.path.join(os.path.dirname(install_path), ".%s.%d.current" % (os.path.basename(install_path),
+                                                                               os.getpid()))
+    os.link(install_path, current)
+    try:
+        os.replace(backup_path, install_path)
+        os.replace(current, backup_path)
+    finally:
+        if os.path.lexists(current):  # os.replace does nothing when the two names are one file already
+            os.unlink(current)
+    fsync_directory(os.path.dirname(install_path))
+
+
+def user_rollback(install_path):
+    """`pilot self-update --rollback`: swap the install and its backup, under the update's locks.
+
+    Refused while another update runs, while a new version is starting, without a backup, and when
+    the backup holds the installed version (there would be nothing to go back to). A new version
+    that never started (`--no-restart`) is not kept as the backup: only a version that proved it
+    starts may be one. Returns (the version now installed, the one kept as the backup or None)."""
+    backup_path = backup_path_for(install_path)
+    whole = UpdateInProgress()
+    if not whole.acquire():
+        raise Refused("another update is running (wait for it to finish, then try again)")
+    try:
+        with UpdateLock():
+            trial = read_json(trial_path())
+            if trial is not None and (trial.get("booted") or (trial.get("pid") not in (None, os.getpid()) and
+                                      pid_alive(trial["pid"]))):
+                raise Refused("a new version is still starting (its trial boot is open; "
+                              "run `pilot self-update --status` in a moment)")
+            if not os.path.exists(backup_path):
+                raise Refused("there is no backup to roll back to (%s does not exist)" % backup_path)
+            was_installed, was_backup = archive_version(install_path), archive_version(backup_path)
+            if was_backup is None:
+                raise Refused("the backup %s is not a readable Pilot archive" % backup_path)
+            if was_backup == was_installed:
+                raise Refused("the backup holds the installed version %s: there is nothing to roll back to"
+                              % was_backup)
+            if trial is None:
+                swap_back(install_path, backup_path)
+                kept = was_installed
+            else:  # never started: put the backup back and drop the new version with its trial
+                os.replace(backup_path, install_path)
+                fsync_directory(os.path.dirname(install_path))
+                remove_file(trial_path())
+                kept = None
+            record = {"from_version": was_installed, "to_version": was_backup, "install_path": install_path,
+                      "backup_path": backup_path}
+            fold_state(record, "rolled_back_by_user", "rolled back on request (pilot self-update --rollback)",
+                       notice=False)
+    finally:
+        whole.release()
+    return was_backup, kept
+
+
+def status_report(running_version=None):
+    """Where the update stands, from update/state.json and update/trial.json (for `self-update --status`)."""
+    state = read_json(state_path()) or {}
+    trial = read_json(trial_path())
+    last = dict(state.get("last") or {})
+    if trial is not None:
+        phase = "trial" if trial.get("booted") or trial.get("pid") is not None else "pending"
+    else:
+        phase = last.get("state", "none")
+    source = trial or last
+    return {
+        "state": phase,
+        "from_version": source.get("from_version"),
+        "to_version": source.get("to_version"),
+        "at": None if trial else last.get("at"),
+        "reason": None if trial else last.get("reason"),
+        "install_path": source.get("install_path"),
+        "backup_path": source.get("backup_path"),
+        "running_version": running_version,
+        "highest_serial": state.get("highest_serial", 0),
+        "bad_versions": list(state.get("bad_versions") or []),
+        "user_rollbacks": list(state.get("user_rollbacks") or []),
+        "rollback_pid": None if trial else last.get("rollback_pid"),
+    }
+
+
+def status_lines(info):
+    if info["state"] == "none":
+        return ["no update has run on this install yet"]
+    lines = ["state: %s  %s -> %s  at %s" % (info["state"], info["from_version"], info["to_version"],
+                                            info["at"] or "now")]
+    if info["state"] == "pending":
+        lines.append("%s is installed and starts, under the boot guard, with your next command" % info["to_version"])
+    if info["reason"]:
+        lines.append("reason: %s" % info["reason"])
+    lines.append("install: %s  backup: %s" % (info["install_path"], info["backup_path"]))
+    if info["bad_versions"]:
+        lines.append("skipped versions (failed to start here): %s" % ", ".join(info["bad_versions"]))
+    if info["user_rollbacks"]:
+        lines.append("skipped versions (rolled back on request): %s" % ", ".join(info["user_rollbacks"]))
+    return lines
+
+
+def recovery_command(argv):
+    """`self-update --status [--json]` or `self-update --rollback [--yes]`: answered by this module alone,
+    so that recovery never needs the installed version's application code."""
+    if argv[:1] != ["self-update"]:
+        return None
+    rest = set(argv[1:])
+    if "--status" in rest and rest <= {"--status", "--json"}:
+        return "status"
+    if "--rollback" in rest and rest <= {"--rollback", "--yes", "-y"}:
+        return "rollback"
+    return None
+
+
+def recover(command, build, archive):
+    """Answer a recovery command here, without the application: it works however broken the installed version is."""
+    if command == "status":
+        info = status_report(build["version"])
+        if "--json" in sys.argv[1:]:
+            import json
+
+            print(json.dumps(info, indent=2))
+        else:
+            print("\n".join(status_lines(info)))
+        return 0
+    install_path = os.path.realpath(archive)
+    try:
+        installed, kept = user_rollback(install_path)
+    except Refused as refusal:
+        say("pilot: %s" % (refusal,))
+        return 3
+    except OSError as error:
+        say("pilot: cannot roll back: %s: %s" % (error.strerror or error, error.filename or install_path))
+        return 3
+    print(rollback_line(installed, kept, install_path))
+    return 0
+
+
+def rollback_line(installed, kept, install_path):
+    if kept is None:
+        return "rolled back: pilot %s is installed at %s; the version that had not started yet is removed" % (
+            installed, install_path)
+    return "rolled back: pilot %s is installed at %s; %s is kept as %s" % (
+        installed, install_path, kept, backup_path_for(install_path))
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -530,6 +942,16 @@ def hold_extraction(directory):
     return os.path.isdir(os.path.join(directory, "site-packages"))
 
 
+DEFAULT_ENTRY_POINT = "pilot.cli:main"  # archives built before the entry point was stamped
+
+
+def load_entry_point(build):
+    """The application's main function, named by the build (`module:function`), imported from site-packages."""
+    module_name, _, function_name = build.get("entry_point", DEFAULT_ENTRY_POINT).partition(":")
+    module = __import__(module_name, fromlist=[function_name])
+    return getattr(module, function_name)
+
+
 def start_application(build, archive):
     repaired = os.environ.pop(REPAIRED_ENV, None)  # set by repair_and_rerun; no child may inherit it
     if sys.argv[1:] == ["--version"]:
@@ -540,6 +962,9 @@ def start_application(build, archive):
     if problem is not None:
         sys.stderr.write(problem + "\n")
         return EXIT_INCOMPATIBLE
+    command = recovery_command(sys.argv[1:])
+    if command is not None:
+        return recover(command, build, archive)
     site_packages = ensure_extracted(archive, build)
     if not hold_extraction(os.path.dirname(site_packages)):  # pruned or emptied under us: unpack it again
         site_packages = ensure_extracted(archive, build, verify=True)
@@ -551,12 +976,9 @@ def start_application(build, archive):
     site.addsitedir(site_packages)
     added = [p for p in sys.path if p not in before]
     sys.path[:] = added + before
-
     try:
-        from pilot.cli import main as cli_main
-
-        return cli_main()
-    except ImportError:
+        return load_entry_point(build)()
+    except ImportError:  # maybe a file of the unpacked copy was deleted or truncated since it was made
         if repaired != build["build_id"]:
             repair_and_rerun(archive, build)
         raise
@@ -582,7 +1004,9 @@ def repair_and_rerun(archive, build):
 
 
 def main(build, archive):
-    return guard_boot(build, lambda: start_application(build, archive))
+    runs_app = sys.argv[1:] != ["--version"] and incompatibility(build) is None and \
+        recovery_command(sys.argv[1:]) is None
+    return guard_boot(build, lambda: start_application(build, archive), archive, may_claim=runs_app)
 
 
 if __name__ == "__main__":

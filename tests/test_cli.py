@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 
 from pilot import cli
 from pilot.buildinfo import SOURCE_VERSION, BuildInfo, platform_tag, python_tag
-from pilot.commands import self_update, version
+from pilot.commands import version
 from pilot.errors import PilotError, StateError, UpdateError
+from pilot.launcher import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
 SELF_UPDATE_FLAGS = ["--check", "--status", "--rollback", "--yes", "-y", "--channel", "--to", "--manifest-url",
@@ -149,8 +151,8 @@ def as_archive(monkeypatch, tmp_path):
     build = BuildInfo(version="1.0.0", python_tag=python_tag(), platform_tag=platform_tag(), build_id="b1",
                       archive=tmp_path / "bin" / "pilot", trusted_keys=(), threshold=1, source_commit=None,
                       manifest_url=None)
-    monkeypatch.setattr(self_update, "current_build", lambda: build)
-    monkeypatch.setattr(self_update, "install_method", lambda: "pyz")
+    monkeypatch.setattr("pilot.update.updater.current_build", lambda: build)
+    monkeypatch.setattr("pilot.update.updater.install_method", lambda: "pyz")
     return build
 
 
@@ -169,10 +171,10 @@ def test_self_update_without_a_manifest_url_says_where_to_set_one(capsys, as_arc
 
 
 def test_the_next_command_after_a_rollback_says_so_once(capsys):
-    from pilot.update import sentinel
+    from pilot.update import state
 
     record = {"from_version": "1.0.0", "to_version": "2.0.0", "install_path": "p", "backup_path": "b"}
-    sentinel.save_state(sentinel.record_outcome({}, record, "rolled_back", "2.0.0 it hung"))
+    state.record(record, "rolled_back", "2.0.0 it hung")
     code, out, err = run_main(capsys, "version", "--json")
     assert code == 0 and json.loads(out)["version"] == SOURCE_VERSION
     assert err.count("\n") == 1 and "rolled back from 2.0.0 to 1.0.0: 2.0.0 it hung" in err
@@ -187,7 +189,9 @@ def test_the_next_command_after_a_rollback_says_so_once(capsys):
     (UpdateError("refused"), 3, "pilot: refused"),
     (PilotError("plain"), 1, "pilot: plain"),
     (PermissionError(13, "Permission denied", "/opt/pilot"), 1, "pilot: Permission denied: /opt/pilot"),
-    (KeyboardInterrupt(), 130, "pilot: interrupted"),
+    (KeyboardInterrupt(), 130, "pilot: interrupted (SIGINT)"),
+    (Interrupted(signal.SIGTERM), 143, "pilot: interrupted (SIGTERM)"),
+    (Interrupted(signal.SIGHUP), 129, "pilot: interrupted (SIGHUP)"),
 ])
 def test_an_error_in_a_handler_is_one_line_and_its_exit_code(capsys, monkeypatch, error, code, line):
     def handler(args):

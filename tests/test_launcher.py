@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def make_trial(tmp_path: Path, *, pid: int, deadline_in: float = 60.0, **overrid
     record = {
         "from_version": "1.0.0", "to_version": "2.0.0", "from_build_id": OLD, "to_build_id": NEW,
         "install_path": str(tmp_path / "bin" / "pilot"), "backup_path": str(tmp_path / "bin" / "pilot.backup"),
-        "resume_argv": ["self-update", "--after-restart"], "pid": pid, "attempts_left": 0,
+        "resume_argv": ["self-update", "--after-restart"], "pid": pid, "booted": False,
         "started_at": now, "deadline": now + deadline_in,
     }
     record.update(overrides)
@@ -92,7 +93,9 @@ def make_trial(tmp_path: Path, *, pid: int, deadline_in: float = 60.0, **overrid
 
 ME, OTHER = 1000, 2000
 NOW = 5_000.0
-TRIAL = {"pid": ME, "deadline": NOW + 30, "from_build_id": OLD, "to_build_id": NEW}
+TRIAL = {"pid": ME, "deadline": NOW + 30, "from_build_id": OLD, "to_build_id": NEW, "booted": False}
+BOOTED = dict(TRIAL, booted=True)  # the new version's start claimed it
+PENDING = dict(TRIAL, pid=None, deadline=None)  # --no-restart: for the next start to claim
 
 
 def alive(*pids: int):
@@ -106,19 +109,28 @@ def test_no_trial_runs():
 def test_the_trial_pid_on_the_new_build_is_the_trial_boot():
     assert boot_decision(TRIAL, NEW, ME, NOW, is_alive=alive(ME)) == "trial"
     # even past the deadline: the alarm is what ends a hung trial boot, not a second look at the clock
-    assert boot_decision(TRIAL, NEW, ME, NOW + 60, is_alive=alive(ME)) == "trial"
+    assert boot_decision(BOOTED, NEW, ME, NOW + 60, is_alive=alive(ME)) == "trial"
 
 
 def test_another_new_build_process_runs_while_the_trial_is_in_progress():
     assert boot_decision(TRIAL, NEW, OTHER, NOW, is_alive=alive(ME, OTHER)) == "run"
+    assert boot_decision(BOOTED, NEW, OTHER, NOW, is_alive=alive(ME, OTHER)) == "run"
 
 
-def test_another_new_build_process_rolls_back_after_the_deadline():
-    assert boot_decision(TRIAL, NEW, OTHER, NOW + 31, is_alive=alive(ME, OTHER)) == "rollback"
+@pytest.mark.parametrize("now, living", [(NOW + 31, (ME, OTHER)), (NOW, (OTHER,))])
+def test_a_boot_that_died_or_hung_after_it_started_is_rolled_back_by_the_next_start(now, living):
+    assert boot_decision(BOOTED, NEW, OTHER, now, is_alive=alive(*living)) == "rollback"
 
 
-def test_another_new_build_process_rolls_back_when_the_trial_pid_is_dead():
-    assert boot_decision(TRIAL, NEW, OTHER, NOW, is_alive=alive(OTHER)) == "rollback"
+@pytest.mark.parametrize("trial, now, living", [
+    (PENDING, NOW, (OTHER,)),        # --no-restart: nobody has started the new version yet
+    (TRIAL, NOW, (OTHER,)),          # the updater died (SIGKILL, power cut) between the swap and its exec
+    (TRIAL, NOW + 31, (ME, OTHER)),  # the updater never exec'd and its deadline passed
+    ({"to_build_id": NEW}, NOW, (OTHER,)),  # a record with no pid, deadline or booted flag
+])
+def test_the_first_start_of_a_new_version_that_never_ran_claims_its_trial(trial, now, living):
+    """Only the new version's own start decides: an updater that died before its exec condemns nothing."""
+    assert boot_decision(trial, NEW, OTHER, now, is_alive=alive(*living)) == "claim"
 
 
 def test_an_old_build_process_runs_while_the_updater_has_not_exec_d_yet():
@@ -130,12 +142,15 @@ def test_an_old_build_process_runs_while_the_updater_has_not_exec_d_yet():
     (OTHER, NOW, (OTHER,)),          # the updater died before the exec
     (ME, NOW, (ME,)),                # the trial pid itself runs the old build: the swap never happened
 ])
-def test_an_old_build_voids_a_trial_that_never_got_installed(pid, now, living):
+def test_an_old_build_at_the_install_path_voids_a_trial_that_never_got_installed(pid, now, living):
     assert boot_decision(TRIAL, OLD, pid, now, is_alive=alive(*living)) == "void"
+    assert boot_decision(PENDING, OLD, pid, now, is_alive=alive(*living)) == "void"
 
 
-def test_a_record_without_pid_or_deadline_is_never_in_progress():
-    assert boot_decision({"to_build_id": NEW}, NEW, OTHER, NOW, is_alive=lambda pid: True) == "rollback"
+def test_an_old_build_run_from_elsewhere_leaves_the_new_version_s_trial_alone():
+    """`pilot.backup status`, or another copy: the install path may hold the new version all the same."""
+    assert boot_decision(PENDING, OLD, OTHER, NOW, is_alive=alive(OTHER), at_install=False) == "run"
+    assert boot_decision(BOOTED, OLD, OTHER, NOW + 31, is_alive=alive(OTHER), at_install=False) == "run"
 
 
 # ------------------------------------------------------------------------ record_outcome
@@ -248,14 +263,47 @@ def probe_lock() -> str:
     return run_python(PROBE_LOCK).stdout.strip()
 
 
-def test_update_lock_is_reentrant_here_and_exclusive_to_other_processes():
-    assert probe_lock() == "acquired"
+def probe_from_a_thread() -> str:
+    answer = []
+
+    def probe():
+        try:
+            with UpdateLock(blocking=False):
+                answer.append("acquired")
+        except BlockingIOError:
+            answer.append("blocked")
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return answer[0]
+
+
+def test_update_lock_is_reentrant_in_one_thread_and_exclusive_to_other_threads_and_processes():
+    assert probe_lock() == probe_from_a_thread() == "acquired"
     with UpdateLock():
         with UpdateLock(blocking=False):  # a second flock on a new descriptor would block on the first
-            assert probe_lock() == "blocked"
-        assert probe_lock() == "blocked"  # the inner exit must not release the outer hold
-    assert probe_lock() == "acquired"
-    assert UpdateLock._depth == 0 and UpdateLock._fd is None
+            assert probe_lock() == probe_from_a_thread() == "blocked"
+        assert probe_lock() == probe_from_a_thread() == "blocked"  # the inner exit must not release the outer hold
+    assert probe_lock() == probe_from_a_thread() == "acquired"
+    assert launcher._UPDATE_LOCK_HOLDERS == {}
+
+
+def test_a_thread_waits_for_the_lock_another_thread_holds():
+    order = []
+
+    def wait_for_it():
+        with UpdateLock():
+            order.append("waiter")
+
+    with UpdateLock():
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive() and order == []  # blocked, not let in by a per-process count
+        order.append("holder")
+    waiter.join(5)
+    assert order == ["holder", "waiter"]
 
 
 def test_update_lock_without_blocking_raises_when_another_process_holds_it():
@@ -267,12 +315,21 @@ def test_update_lock_without_blocking_raises_when_another_process_holds_it():
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(BlockingIOError), UpdateLock(blocking=False):
             pass
-        assert UpdateLock._depth == 0 and UpdateLock._fd is None  # a failed attempt leaves no half-held lock
+        assert launcher._UPDATE_LOCK_HOLDERS == {}  # a failed attempt leaves no half-held lock
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
     with UpdateLock(blocking=False):
         pass
+
+
+def test_the_whole_update_lock_excludes_a_second_holder_in_the_same_process():
+    first, second = launcher.UpdateInProgress(), launcher.UpdateInProgress()
+    assert first.acquire()
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    second.release()
 
 
 # ---------------------------------------------------------------------- guard_boot, in process
@@ -302,9 +359,10 @@ def test_guard_boot_runs_beside_a_trial_in_progress_and_leaves_it(tmp_path, live
 
 
 def test_guard_boot_voids_a_trial_whose_new_version_never_got_installed(tmp_path, dead_pid):
-    write_json(trial_path(), make_trial(tmp_path, pid=dead_pid))
+    trial = make_trial(tmp_path, pid=dead_pid)
+    write_json(trial_path(), trial)
     calls = []
-    assert guard_boot({"build_id": OLD}, lambda: calls.append(1) or 3) == 3
+    assert guard_boot({"build_id": OLD}, lambda: calls.append(1) or 3, trial["install_path"]) == 3
     assert calls == [1]
     assert not os.path.exists(trial_path())
     state = read_json(state_path())
@@ -377,7 +435,7 @@ now = time.time()
 launcher.write_json(launcher.trial_path(), {
     "from_version": "1.0.0", "to_version": "2.0.0", "from_build_id": "old-build", "to_build_id": "new-build",
     "install_path": cfg["install"], "backup_path": cfg["backup"], "resume_argv": ["self-update", "--after-restart"],
-    "pid": cfg.get("trial_pid") or os.getpid(), "attempts_left": 0, "started_at": now,
+    "pid": cfg.get("trial_pid") or os.getpid(), "booted": cfg.get("booted", False), "started_at": now,
     "deadline": now + cfg["deadline_in"],
 })
 
@@ -416,10 +474,11 @@ def installed(tmp_path) -> tuple[Path, Path]:
     return install, backup
 
 
-def drive(installed, failure: str, *args: str, deadline_in: float = 30, trial_pid: int | None = None):
+def drive(installed, failure: str, *args: str, deadline_in: float = 30, trial_pid: int | None = None,
+          booted: bool = False):
     install, backup = installed
     config = {"install": str(install), "backup": str(backup), "failure": failure, "deadline_in": deadline_in,
-              "trial_pid": trial_pid}
+              "trial_pid": trial_pid, "booted": booted}
     return run_python(DRIVER, *args, DRIVER_CONFIG=json.dumps(config))
 
 
@@ -480,7 +539,7 @@ def test_a_trial_boot_that_commits_is_not_rolled_back(installed):
 
 
 def test_the_next_start_after_a_dead_trial_boot_rolls_back_with_its_own_arguments(installed, dead_pid):
-    result = drive(installed, "raises", "status", "--json", trial_pid=dead_pid)
+    result = drive(installed, "raises", "status", "--json", trial_pid=dead_pid, booted=True)
     assert_rolled_back(installed, result, "2.0.0 did not finish starting (its process ended or hung",
                        ["status", "--json"])
     assert "APP started" not in result.stdout  # the broken version is not given another go

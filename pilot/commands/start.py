@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pilot.buildinfo import current_version
 from pilot.daemon.lock import hold_daemon_lock
 from pilot.errors import PilotError
 from pilot.launcher import pilot_home
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     home = Path(pilot_home())
     configure_logging(home, to_stderr=not args.dashboard)
-    hold_daemon_lock(home)
+    hold_daemon_lock(home, current_version())
     runtime = Runtime.open()
     while True:
         outcome = run_ui(runtime, args.dashboard)
@@ -25,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
             runtime.close()
             return 0
         try:
-            runtime.reexec(outcome)  # returns only when the swap or exec failed
+            runtime.reexec(outcome)  # returns only when a stop came first; raises when the swap or exec failed
+            logging.getLogger("pilot").info("stopped before the restart; the new version starts with the next "
+                                            "`pilot start`")
+            return 0
         except PilotError as error:
             logging.getLogger("pilot").error("upgrade failed: %s", error.one_line())
             runtime = Runtime.open()

@@ -13,7 +13,7 @@ from pilot.launcher import pilot_home
 
 
 def open_store():
-    from pilot.state.db import open_store
+    from pilot.state.store import open_store
 
     return open_store(Path(pilot_home()), app_version=current_version())
 
@@ -53,8 +53,8 @@ def list_tasks(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from pilot.daemon.lock import daemon_pid
-    from pilot.update.sentinel import load_state
+    from pilot.daemon.lock import running_daemon
+    from pilot.update import state
 
     store = open_store()
     try:
@@ -62,33 +62,45 @@ def status(args: argparse.Namespace) -> int:
         running = store.running_tasks()
     finally:
         store.close()
-    last_update = load_state().get("last")
+    last = state.load().last
+    daemon = running_daemon(Path(pilot_home()))
+    version = current_version()
     info = {
-        "version": current_version(),
-        "daemon_pid": daemon_pid(Path(pilot_home())),
+        "version": version,
+        "daemon_pid": daemon[0] if daemon else None,
+        "daemon_version": daemon[1] if daemon else None,
         "tokens": {"input": totals.usage.input_tokens, "output": totals.usage.output_tokens,
                    "cache_read": totals.usage.cache_read_tokens, "cache_write": totals.usage.cache_write_tokens},
         "cost_usd": round(totals.usage.cost_usd, 6),
         "tasks": {"done": totals.done, "failed": totals.failed, "queued": totals.queued, "running": totals.running,
                   "interrupted": totals.interrupted},
         "running": [task_json(t) for t in running],
-        "last_update": last_update,
+        "last_update": asdict(last) if last else None,
     }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    daemon = f"running (pid {info['daemon_pid']})" if info["daemon_pid"] else "not running (start it: pilot start)"
-    print(f"pilot {info['version']}, daemon {daemon}")
+    print(f"pilot {version}, daemon {daemon_line(info)}")
     tokens = info["tokens"]
     print(f"tokens: {tokens['input']} in, {tokens['output']} out, {tokens['cache_read']} cache read, "
           f"{tokens['cache_write']} cache write; cost ${info['cost_usd']:.4f}")
     tasks = info["tasks"]
     print(f"tasks: {tasks['done']} done, {tasks['failed']} failed, {tasks['running']} running, "
           f"{tasks['queued']} queued, {tasks['interrupted']} interrupted")
-    if last_update:
-        print(f"last update: {last_update.get('state')} {last_update.get('from_version')} -> "
-              f"{last_update.get('to_version')} at {last_update.get('at')}")
+    if last:
+        print(f"last update: {last.state} {last.from_version} -> {last.to_version} at {last.at}")
     return 0
+
+
+def daemon_line(info: dict) -> str:
+    if not info["daemon_pid"]:
+        return "not running (start it: pilot start)"
+    line = f"running (pid {info['daemon_pid']})"
+    running, installed = info["daemon_version"], info["version"]
+    if running and running != installed:
+        line += (f", still on {running}: pilot {installed} is installed and the daemon runs it after its next "
+                 "upgrade or restart")
+    return line
 
 
 def task_json(task) -> dict:

@@ -1,7 +1,9 @@
 """`pilot start` without the dashboard: the task loop, logging to a file and stderr.
 
 With `upgrade.auto_upgrade_on_idle`, an available update is applied after the daemon has
-been idle for `daemon.idle_upgrade_after` (default 5 minutes).
+been idle for `daemon.idle_upgrade_after` (default 5 minutes). SIGINT, SIGTERM and SIGHUP
+stop the loop; an upgrade under way is abandoned (before the swap) or its new version
+starts with the next `pilot start` (after it).
 """
 
 from __future__ import annotations
@@ -9,24 +11,23 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 
 from pilot.daemon.runtime import Reexec, Runtime
 from pilot.errors import PilotError
+from pilot.launcher import STOP_SIGNALS
 
 log = logging.getLogger("pilot")
 POLL_SECONDS = 0.5
 
 
 def run_headless(runtime: Runtime) -> Reexec | None:
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    banner = runtime.main_loop_up()  # first: a trial boot is confirmed before anything can stop it
+    previous = {sig: signal.signal(sig, lambda *_: runtime.stopping.set()) for sig in STOP_SIGNALS}
     try:
         runtime.start_checker()
-        banner = runtime.main_loop_up()
         log.info("pilot %s daemon running (pid %d)%s", runtime.version, os.getpid(),
                  f"; {banner.text}" if banner else "")
-        while not stop.wait(POLL_SECONDS):
+        while not runtime.stopping.wait(POLL_SECONDS):
             runtime.daemon.poll()
             if should_upgrade_now(runtime):
                 reexec = upgrade_when_idle(runtime)
@@ -40,17 +41,18 @@ def run_headless(runtime: Runtime) -> Reexec | None:
 
 
 def should_upgrade_now(runtime: Runtime) -> bool:
-    return (runtime.config.upgrade.auto_upgrade_on_idle and runtime.available is not None
+    return (runtime.config.upgrade.auto_upgrade_on_idle and runtime.can_upgrade
             and runtime.daemon.idle_for() >= runtime.config.daemon.idle_upgrade_after)
 
 
 def upgrade_when_idle(runtime: Runtime) -> Reexec | None:
-    version = runtime.available.release.version
+    version = runtime.upgrade_target
     log.info("idle for %.0f s: upgrading to %s", runtime.daemon.idle_for(), version)
     try:
         return runtime.prepare_upgrade(on_step=lambda step: log.info("upgrade: %s", step), on_progress=lambda *_: None,
-                                       ask_to_keep_waiting=lambda running: True, cancelled=lambda: False)
+                                       ask_to_keep_waiting=lambda running: True, cancelled=runtime.stopping.is_set)
     except PilotError as error:
-        log.warning("upgrade to %s failed, still running %s: %s", version, runtime.version, error.one_line())
+        if not runtime.stopping.is_set():
+            log.warning("upgrade to %s failed, still running %s: %s", version, runtime.version, error.one_line())
         runtime.outcome = None  # forget the offer until the next check
         return None

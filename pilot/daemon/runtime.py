@@ -2,9 +2,11 @@
 
 The runtime opens the store, resumes the session a hot upgrade handed over (or starts one),
 commits the boot once the caller's main loop is up, follows the background checker, and
-runs the hot upgrade: prepare while tasks keep running, drain, wait (asking, never killing,
-past the drain timeout), then hand a `Reexec` back to the caller, which leaves its UI
-before `reexec` swaps the archive and execs it with the same arguments.
+runs the hot upgrade through the update engine's front door (pilot.update), which holds
+every guard: prepare while tasks keep running, drain, wait (asking, never killing, past the
+drain timeout), then hand a `Reexec` back to the caller, which leaves its UI before
+`reexec` swaps the archive and execs it with the same arguments. When another process has
+installed a different version meanwhile, the upgrade is an exec of that archive instead.
 """
 
 from __future__ import annotations
@@ -17,22 +19,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pilot.buildinfo import current_build, current_version, install_method
+from pilot.buildinfo import current_version
 from pilot.config import Config, load_config
 from pilot.daemon.checker import CheckOutcome, UpdateChecker
 from pilot.daemon.service import Daemon
-from pilot.errors import UpdateError
-from pilot.update import sentinel
+from pilot.errors import UpdateCancelled, UpdateError
 
 RESUME_SESSION_ENV = "PILOT_RESUME_SESSION"
+PREPARE_CLEANUP_SECONDS = 10
 log = logging.getLogger("pilot")
 
 
 @dataclass(frozen=True)
 class Reexec:
-    """Returned by a UI that should end so the prepared archive can be swapped in and exec'd."""
+    """Returned by a UI that should end so that a new version can take this process over.
 
-    prepared: object  # pilot.update.updater.Prepared
+    update + prepared: a downloaded, verified archive to swap in (pilot.update.Update, Prepared);
+    neither: exec the archive another process installed."""
+
+    update: object | None = None
+    prepared: object | None = None
 
 
 @dataclass(frozen=True)
@@ -42,32 +48,38 @@ class BannerText:
 
 
 class Runtime:
-    def __init__(self, config: Config, store, *, notifier=None) -> None:
+    def __init__(self, config: Config, store, *, notifier=None, updater=None) -> None:
         self.config = config
         self.store = store
         self.notifier = notifier
         self.version = current_version()
         self.session = self._session()
         self.daemon = Daemon(store, config.daemon, session_id=self.session.id)
-        self.updater = self._updater()
+        self.updater = updater
         self.checker: UpdateChecker | None = None
         self.outcome: CheckOutcome | None = None
         self.banner: BannerText | None = None
+        self.installed_other: str | None = None  # the version at the install path when it is not ours
+        self.stopping = threading.Event()  # a stop was asked for (a signal): an upgrade in progress is abandoned
+        self._not_preparing = threading.Event()  # cleared while an upgrade downloads and self-tests
+        self._not_preparing.set()
         self._announced: set[str] = set()
         self.listeners: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls) -> Runtime:
         from pilot.notify import Notifier
-        from pilot.state.db import open_store
+        from pilot.state.store import open_store
+        from pilot.update import open_background_updater
 
         config = load_config()
+        updater = open_background_updater(config)  # a bad setting is refused now, before the daemon runs
         store = open_store(config.home, app_version=current_version())
         for warning in store.warnings:
             log.warning(warning)
         for task in store.interrupt_running("the daemon stopped while this task ran"):
             log.warning("task %s (%s) was interrupted by a stopped daemon; it is not re-run", task.id, task.title)
-        return cls(config, store, notifier=Notifier(config))
+        return cls(config, store, notifier=Notifier(config), updater=updater)
 
     def _session(self):
         resumed = os.environ.pop(RESUME_SESSION_ENV, None)
@@ -77,35 +89,26 @@ class Runtime:
                 return session
         return self.store.start_session(version=self.version, pid=os.getpid())
 
-    def _updater(self):
-        build = current_build()
-        if build is None or install_method() != "pyz" or not self.config.upgrade.manifest_url:
-            return None
-        from pilot.update.fetch import HttpFetcher
-        from pilot.update.updater import Updater
-
-        return Updater(build=build, config=self.config, fetcher=HttpFetcher(),
-                       manifest_url=self.config.upgrade.manifest_url)
-
     # -- boot and background checks ----------------------------------------------------------
 
     def main_loop_up(self) -> BannerText | None:
         """Call once the UI or loop is really running: commits a trial boot and says how the last update ended."""
-        record = sentinel.commit_boot(current_build())
+        from pilot.update import commit_boot, take_notice
+
+        record = commit_boot()
+        self.refresh_installed()
         if record is not None:
             self._announce("upgraded", record["from_version"], self.version, "")
             self.banner = BannerText("upgraded", f"✅ Upgraded from v{record['from_version']}")
+            take_notice()
             return self.banner
-        notice = sentinel.take_notice()
-        if notice and notice.get("state") == "rolled_back":
-            bad, reason = notice.get("to_version"), notice.get("reason")
-            self._announce("rolled_back", bad, notice.get("from_version"), reason)
-            self.banner = BannerText("rolled_back", f"⚠ Rolled back from v{bad}: {reason}")
+        notice = take_notice()
+        if notice is not None and notice.state == "rolled_back":
+            self._announce("rolled_back", notice.to_version, notice.from_version, notice.reason)
+            self.banner = BannerText("rolled_back", f"⚠ Rolled back from v{notice.to_version}: {notice.reason}")
         return self.banner
 
     def _announce(self, kind: str, from_version: str | None, to_version: str | None, detail: str | None) -> None:
-        event = {"upgraded": "upgrade", "rolled_back": "rollback", "update_available": "available"}[kind]
-        self.store.record_update_event(event, from_version=from_version, to_version=to_version, detail=detail)
         if self.notifier is not None and self.notifier.enabled:
             text = f"Pilot {kind.replace('_', ' ')}: {from_version} -> {to_version}. {detail or ''}".strip()
             # A slow chat or webhook server must never hold up the UI or the loop.
@@ -115,11 +118,12 @@ class Runtime:
         if self.updater is None or not self.config.upgrade.auto_check:
             return
         self.checker = UpdateChecker(self.updater, interval=self.config.upgrade.check_interval,
-                                     on_outcome=self._on_check)
+                                     on_outcome=self._on_check, first_delay=self.updater.settings.first_check_delay)
         threading.Thread(target=self.checker.run, name="update-checker", daemon=True).start()
 
     def _on_check(self, outcome: CheckOutcome) -> None:
         self.outcome = outcome
+        self.refresh_installed()
         for listener in self.listeners:  # first: the UI shows the news even if recording it fails
             listener()
         choice = self.available
@@ -131,29 +135,71 @@ class Runtime:
             log.info("update available: %s", version)
             self._announce("update_available", self.version, version, "press 'u' in the dashboard to upgrade")
 
+    def refresh_installed(self) -> None:
+        """Notice when the install path holds another version than this daemon runs (a hand update)."""
+        if self.updater is None:
+            return
+        installed = self.updater.installed_version()
+        other = installed if installed not in (None, self.version) else None
+        if other is not None and other != self.installed_other:
+            log.warning("pilot %s is installed, but this daemon still runs %s; it restarts into %s at its next "
+                        "upgrade", other, self.version, other)
+        self.installed_other = other
+
     @property
     def available(self):
+        """The release an upgrade would install, unless the installed archive is another version already."""
         result = self.outcome.result if self.outcome else None
-        return result.choice if result is not None else None
+        choice = result.choice if result is not None else None
+        if choice is None or self.installed_other is not None or str(choice.release.version) == self.version:
+            return None
+        return choice
+
+    @property
+    def can_upgrade(self) -> bool:
+        return self.installed_other is not None or self.available is not None
+
+    @property
+    def upgrade_target(self) -> str | None:
+        choice = self.available
+        return self.installed_other or (str(choice.release.version) if choice is not None else None)
 
     # -- the hot upgrade ---------------------------------------------------------------------
 
+    def cancelled(self) -> bool:
+        return self.stopping.is_set()
+
     def prepare_upgrade(self, *, on_step: Callable[[str], None], on_progress: Callable[[int, int], None],
                         ask_to_keep_waiting: Callable[[int], bool], cancelled: Callable[[], bool]) -> Reexec:
-        choice = self.available
-        if self.updater is None or choice is None:
-            raise UpdateError("no update is available")
-        if sentinel.open_trial_record() is not None:
-            raise UpdateError("a new version is still starting (its trial boot is open); try again in a moment")
-        prepared = self.updater.prepare(choice, progress=on_progress, on_step=on_step)
+        """Everything up to the swap, while tasks keep running; then drain. Nothing is changed yet."""
+        self._not_preparing.clear()
         try:
-            self._drain(on_step, ask_to_keep_waiting, cancelled)
+            return self._prepare_upgrade(on_step, on_progress, ask_to_keep_waiting,
+                                         lambda: cancelled() or self.cancelled())
+        finally:
+            self._not_preparing.set()
+
+    def _prepare_upgrade(self, on_step, on_progress, ask_to_keep_waiting, stop) -> Reexec:
+        self.refresh_installed()
+        if self.updater is None or not self.can_upgrade:
+            raise UpdateError("no update is available")
+        # Another version installed by hand needs no download, just the exec; else the engine's guards first:
+        # the whole-update lock, no open trial, the install not replaced under us.
+        update = None if self.installed_other is not None else self.updater.begin()
+        prepared = None
+        try:
+            if update is not None:
+                prepared = update.prepare(self.available, progress=on_progress, on_step=on_step, cancelled=stop)
+            self._drain(on_step, ask_to_keep_waiting, stop)
         except BaseException:
-            prepared.discard()
+            if prepared is not None:
+                prepared.discard()
+            if update is not None:
+                update.close()
             self.daemon.resume()
             raise
         on_step("restarting")
-        return Reexec(prepared)
+        return Reexec(update, prepared)
 
     def _drain(self, on_step, ask_to_keep_waiting, cancelled) -> None:
         self.daemon.drain()
@@ -162,18 +208,35 @@ class Runtime:
             running = self.daemon.running_count()
             on_step(f"waiting for {running} task{'s' if running != 1 else ''}")
             if cancelled():
-                raise UpdateError("upgrade cancelled")
+                raise UpdateCancelled("upgrade cancelled")
             if time.monotonic() - waited_since > self.config.daemon.drain_timeout:
                 if not ask_to_keep_waiting(running):
-                    raise UpdateError(f"upgrade cancelled: {running} task(s) still running")
+                    raise UpdateCancelled(f"upgrade cancelled: {running} task(s) still running")
                 waited_since = time.monotonic()
 
-    def reexec(self, reexec: Reexec) -> None:
-        """Swap the prepared archive in and exec it with this process's arguments; returns only on failure."""
+    def reexec(self, reexec: Reexec) -> str:
+        """Swap the prepared archive in (or take the installed one) and exec it with this process's arguments.
+
+        Returns "stopped" when a stop was asked for first (the new version then starts next time);
+        raises a PilotError when the swap or the exec failed."""
         os.environ[RESUME_SESSION_ENV] = str(self.session.id)
         self.stop()
         self.store.close()  # exec runs no finally blocks: commit and close first
-        self.updater.apply(reexec.prepared, restart=True, resume_argv=tuple(sys.argv[1:]))
+        argv = tuple(sys.argv[1:])
+        if reexec.update is None:
+            self.updater.restart_into_installed(argv, cancelled=self.cancelled)
+            done = "stopped"
+        else:
+            done = reexec.update.apply(reexec.prepared, restart=True, resume_argv=argv, cancelled=self.cancelled)
+        os.environ.pop(RESUME_SESSION_ENV, None)
+        self._end_session_after_stop()
+        return done
+
+    def _end_session_after_stop(self) -> None:
+        from pilot.state.store import open_store
+
+        with open_store(self.config.home, app_version=self.version) as store:
+            store.end_session(self.session.id)
 
     def stop(self) -> None:
         if self.checker is not None:
@@ -181,7 +244,10 @@ class Runtime:
 
     def close(self) -> None:
         self.stop()
+        if not self._not_preparing.wait(PREPARE_CLEANUP_SECONDS):  # an abandoned upgrade removes its download
+            log.warning("an abandoned upgrade did not finish cleaning up in time")
         if not self.daemon.stop():
             log.warning("some tasks did not stop in time; they will show as interrupted at the next start")
         self.store.end_session(self.session.id)
         self.store.close()
+

@@ -8,6 +8,7 @@ the terminal before the archive is swapped and exec'd.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 from pathlib import Path
@@ -23,6 +24,7 @@ from textual.worker import get_current_worker
 from pilot.daemon.runtime import BannerText, Reexec, Runtime
 from pilot.dashboard.widgets import Banner, Logo, Metrics, TaskTable, UpdateNotice, UpgradeProgress
 from pilot.errors import PilotError
+from pilot.launcher import STOP_SIGNALS
 
 REFRESH_SECONDS = 0.5
 
@@ -78,6 +80,9 @@ class PilotApp(App[Reexec | None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in STOP_SIGNALS:  # a stop signal ends the dashboard the way 'q' does, and abandons an upgrade
+            loop.add_signal_handler(signum, self.stop_requested)
         self.query_one(TaskTable).border_title = "TASKS"
         self.runtime.listeners.append(lambda: self.post_message(CheckFinished()))
         self.refresh_state()
@@ -109,21 +114,21 @@ class PilotApp(App[Reexec | None]):
     def on_check_finished(self, _: CheckFinished) -> None:
         if self.upgrading:
             return
-        choice = self.runtime.available
-        outcome = self.runtime.outcome
+        runtime = self.runtime
+        outcome = runtime.outcome
         quiet = f"update check failed: {outcome.error}" if outcome and outcome.error else None
-        self.query_one(UpdateNotice).show(str(choice.release.version) if choice else None, quiet)
+        self.query_one(UpdateNotice).show(runtime.upgrade_target, quiet, installed=runtime.installed_other is not None)
 
     # -- the hot upgrade ---------------------------------------------------------------------
 
     def action_upgrade(self) -> None:
-        choice = self.runtime.available
-        if self.upgrading or choice is None:
+        target = self.runtime.upgrade_target
+        if self.upgrading or target is None:
             self.bell()
             return
         self.upgrading = True
         self.query_one(UpdateNotice).display = False
-        self.query_one(UpgradeProgress).start(str(choice.release.version))
+        self.query_one(UpgradeProgress).start(target)
         self.upgrade()
 
     @work(thread=True, exclusive=True, group="upgrade")
@@ -142,7 +147,8 @@ class PilotApp(App[Reexec | None]):
                                                   ask_to_keep_waiting=self.ask_to_keep_waiting,
                                                   cancelled=lambda: worker.is_cancelled)
         except PilotError as error:
-            self.post_message(UpgradeFailed(error.one_line()))
+            if not worker.is_cancelled:
+                self.post_message(UpgradeFailed(error.one_line()))
             return
         self.post_message(UpgradeReady(reexec))
 
@@ -176,6 +182,13 @@ class PilotApp(App[Reexec | None]):
         self.exit(message.reexec)
 
     # -- quitting ----------------------------------------------------------------------------
+
+    def stop_requested(self) -> None:
+        """SIGTERM, SIGHUP or SIGINT: stop at once; an upgrade under way is abandoned before its swap."""
+        self.runtime.stopping.set()
+        if self._asking:
+            self._decisions.put(False)
+        self.exit(None)
 
     async def action_quit(self) -> None:
         running = self.runtime.daemon.running_count()

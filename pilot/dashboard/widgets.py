@@ -34,10 +34,16 @@ class Banner(Static):
 
 
 class UpdateNotice(Static):
-    """`⬆ Update available: vX (press 'u' to upgrade)`, or the last check's quiet status."""
+    """`⬆ Update available: vX (press 'u' to upgrade)`, or the last check's quiet status.
 
-    def show(self, available: str | None, quiet_status: str | None) -> None:
-        if available:
+    installed: vX is at the install path already (updated by hand), so 'u' restarts into it."""
+
+    def show(self, available: str | None, quiet_status: str | None, *, installed: bool = False) -> None:
+        if available and installed:
+            self.set_classes("available")
+            self.update(f"⬆ Pilot v{available} is installed; this dashboard still runs an older one "
+                        "(press 'u' to restart into it)")
+        elif available:
             self.set_classes("available")
             self.update(f"⬆ Update available: v{available} (press 'u' to upgrade)")
         else:

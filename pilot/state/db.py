@@ -31,13 +31,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pilot.errors import StateError
-from pilot.launcher import failpoint, fsync_directory, pilot_home
-
-if TYPE_CHECKING:
-    from pilot.state.store import Store
+from pilot.launcher import failpoint, fsync_directory
 
 DB_FILENAME = "pilot.db"
 SNAPSHOT_DIRNAME = "snapshots"  # under PILOT_HOME: where open_store keeps pre-migration snapshots
@@ -93,7 +89,9 @@ MIGRATIONS: list[Migration] = [
         )""",
         *(f"ALTER TABLE tasks ADD COLUMN {column}" for column in _USAGE_COLUMNS_DDL),
     )),
-    # v3: the update history, and which session ran a task.
+    # v3: the update history, and which session ran a task. update_events is retired: no Pilot since
+    # 0.2 reads or writes it (update/state.json is the one record of updates), but the table stays,
+    # because migrations only ever add and an older Pilot that a rollback brings back still writes it.
     Migration(3, ANY_READER, (
         """CREATE TABLE update_events (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -416,21 +414,3 @@ def _apply(conn: sqlite3.Connection, migration: Migration, *, path: Path, app_ve
         else "there is no older data to go back to"
     return f"warning: {DB_FILENAME} is now schema v{migration.version}, which Pilot older than {needed} " \
         f"cannot read; {restores}"
-
-
-# --- the store --------------------------------------------------------------------------------
-
-
-def open_store(home: Path | None = None, *, app_version: str) -> Store:
-    """Connect to `home/pilot.db` (default: PILOT_HOME), apply the rollback guard and migrations."""
-    from pilot.state.store import Store  # store.py imports this module
-
-    home = Path(home) if home is not None else Path(pilot_home())
-    path = home / DB_FILENAME
-    conn = connect(path)
-    try:
-        warnings = migrate(conn, app_version=app_version, snapshot_dir=home / SNAPSHOT_DIRNAME)
-    except BaseException:
-        conn.close()
-        raise
-    return Store(conn, path=path, warnings=warnings)

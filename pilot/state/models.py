@@ -10,7 +10,6 @@ from datetime import datetime
 
 TASK_STATUSES = ("queued", "running", "done", "failed", "interrupted")
 FINISHED_STATUSES = ("done", "failed", "interrupted")
-UPDATE_KINDS = ("check", "available", "upgrade", "rollback", "error")
 
 
 @dataclass(frozen=True)
@@ -62,16 +61,6 @@ class Totals:
     queued: int
     running: int
     interrupted: int
-
-
-@dataclass(frozen=True)
-class UpdateEvent:
-    id: int
-    at: datetime
-    kind: str  # one of UPDATE_KINDS
-    from_version: str | None
-    to_version: str | None
-    detail: str | None
 
 
 @dataclass(frozen=True)

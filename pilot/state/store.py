@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pilot.errors import StateError
-from pilot.state.db import backup_to_file, state_errors
-from pilot.state.models import UPDATE_KINDS, Session, Task, Totals, UpdateEvent, Usage
+from pilot.launcher import pilot_home
+from pilot.state.db import DB_FILENAME, SNAPSHOT_DIRNAME, backup_to_file, connect, migrate, state_errors
+from pilot.state.models import Session, Task, Totals, Usage
 
 LOG_TAIL_CHARS = 4000
 
@@ -34,7 +35,6 @@ _USAGE_COLUMNS = "input_tokens, output_tokens, cache_read_tokens, cache_write_to
 _TASK_COLUMNS = (f"id, title, command, status, created_at, started_at, ended_at, exit_code, {_USAGE_COLUMNS}, "
                  "log_tail, session_id")
 _SESSION_COLUMNS = f"id, started_at, ended_at, version, pid, {_USAGE_COLUMNS}"
-_EVENT_COLUMNS = "id, at, kind, from_version, to_version, detail"
 _ADD_USAGE = ", ".join(f"{c} = {c} + ?" for c in _USAGE_COLUMNS.split(", "))
 
 
@@ -70,11 +70,6 @@ def _task(row: tuple) -> Task:
 def _session(row: tuple) -> Session:
     return Session(id=row[0], started_at=_from_text(row[1]), ended_at=_from_text(row[2]), version=row[3],
                    pid=row[4], usage=_usage(row, 5))
-
-
-def _event(row: tuple) -> UpdateEvent:
-    return UpdateEvent(id=row[0], at=_from_text(row[1]), kind=row[2], from_version=row[3], to_version=row[4],
-                       detail=row[5])
 
 
 class Store:
@@ -273,22 +268,6 @@ class Store:
         row = conn.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return _session(row)
 
-    # --- update history -----------------------------------------------------------------------
-
-    def record_update_event(self, kind: str, *, from_version: str | None = None, to_version: str | None = None,
-                            detail: str | None = None) -> None:
-        if kind not in UPDATE_KINDS:
-            raise ValueError(f"unknown update event kind {kind!r}; expected one of {UPDATE_KINDS}")
-        with self._write() as conn:
-            conn.execute("INSERT INTO update_events (at, kind, from_version, to_version, detail) "
-                         "VALUES (?, ?, ?, ?, ?)", (self._now(), kind, from_version, to_version, detail))
-
-    def update_events(self, limit: int = 20) -> list[UpdateEvent]:
-        """The latest update events, newest first."""
-        with self._read() as conn:
-            rows = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM update_events ORDER BY id DESC LIMIT ?", (limit,))
-            return [_event(row) for row in rows]
-
     # --- snapshots ----------------------------------------------------------------------------
 
     def snapshot(self, target: Path) -> None:
@@ -297,3 +276,16 @@ class Store:
             self._check_open()
             backup_to_file(self._conn, Path(target))
 
+
+
+def open_store(home: Path | None = None, *, app_version: str) -> Store:
+    """Connect to `home/pilot.db` (default: PILOT_HOME), apply the rollback guard and migrations."""
+    home = Path(home) if home is not None else Path(pilot_home())
+    path = home / DB_FILENAME
+    conn = connect(path)
+    try:
+        warnings = migrate(conn, app_version=app_version, snapshot_dir=home / SNAPSHOT_DIRNAME)
+    except BaseException:
+        conn.close()
+        raise
+    return Store(conn, path=path, warnings=warnings)

@@ -1,6 +1,48 @@
-"""Self-update: manifest parsing, verification, fetching, installing and the boot sentinel.
+"""Self-update. The front door: the CLI, the headless daemon and the dashboard use only these names.
 
-Layers, python-tuf style: `manifest` and `verify` are pure (bytes in, dataclasses or
-errors out), `fetch` is the only network code, `install`/`sentinel` the only code that
-touches the install, and `updater` wires them together.
+    open_updater(...) -> Updater   check(), begin() -> Update (prepare, apply), update(), restart_into_installed()
+    open_background_updater(cfg)   the daemon's engine, or None where Pilot cannot update itself
+    roll_back()                    `pilot self-update --rollback`
+    update_status()                `pilot self-update --status`
+    commit_boot(), take_notice()   a new version confirms its start; how the last update ended, told once
+    FileSource                     offline installs: the same checks over local files
+
+Layers, python-tuf style: `manifest`, `schema` and `verify` are pure (bytes in, dataclasses or
+errors out); `fetch` is the only network code; `install`, `sentinel` and `restart` the only code
+that touches the install and execs; `state` owns update/state.json; `updater` is the flow and
+holds every guard. The names load lazily, so importing one small module here costs nothing of
+the rest (`pilot status` imports `state` alone).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pilot.update.fetch import FileSource
+    from pilot.update.sentinel import commit_boot
+    from pilot.update.state import take_notice
+    from pilot.update.updater import (
+        CheckResult,
+        Prepared,
+        Settings,
+        Update,
+        UpdateOutcome,
+        Updater,
+        open_background_updater,
+        open_updater,
+        roll_back,
+        update_status,
+    )
+
+__all__ = ["CheckResult", "FileSource", "Prepared", "Settings", "Update", "UpdateOutcome", "Updater", "commit_boot",
+           "open_background_updater", "open_updater", "roll_back", "take_notice", "update_status"]
+_HOMES = {name: "pilot.update.updater" for name in __all__} | {
+    "FileSource": "pilot.update.fetch", "commit_boot": "pilot.update.sentinel", "take_notice": "pilot.update.state"}
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'pilot.update' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -1,4 +1,5 @@
-"""The updater's only network code: small capped fetches and exact-size streams.
+"""The updater's only network code: small capped fetches and exact-size streams (and FileSource, the same
+interface over local files for offline installs).
 
 Policy is enforced here rather than left to urllib3 defaults: TLS is always verified,
 the URL and proxy rules of `pilot.net` apply to the first URL and to every redirect hop
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import email.utils
 import math
-import os
 import socket
 import ssl
 import time
@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
 from http.client import HTTPException
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pilot.errors import DownloadError
@@ -38,11 +39,10 @@ from pilot.net import (
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["MAX_REDIRECTS", "Fetcher", "HttpFetcher", "Response"]
+__all__ = ["MAX_REDIRECTS", "Fetcher", "FileSource", "HttpFetcher", "Response", "check_url"]
 
 MAX_REDIRECTS = 5
 DEFAULT_DEADLINE = 300.0
-DEADLINE_ENV = "PILOT_UPDATE_DEADLINE"  # seconds one fetch may take in all (retries, redirects, body); tests shorten it
 RETRY_AFTER_LIMIT = 24 * 3600.0  # a longer Retry-After counts as a day: no server may silence updates for ever
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _READ_SIZE = 1 << 16
@@ -67,15 +67,6 @@ class Fetcher(Protocol):
 
 class _Transient(DownloadError):
     """A failure worth retrying; `retry_after` is the server's requested delay, if any."""
-
-
-def deadline_from_env() -> float:
-    """PILOT_UPDATE_DEADLINE when it is a positive number of seconds, else the 300 s default."""
-    try:
-        value = float(os.environ.get(DEADLINE_ENV, ""))
-    except ValueError:
-        return DEFAULT_DEADLINE
-    return value if math.isfinite(value) and value > 0 else DEFAULT_DEADLINE
 
 
 # ---------------------------------------------------------------------------- URLs
@@ -111,6 +102,11 @@ def _check_scheme(target: _Target) -> _Target:
 
 def _parse(url: str) -> _Target:
     return _check_scheme(_split(url))
+
+
+def check_url(url: str) -> None:
+    """Refuse, as a DownloadError, a URL the fetcher would refuse: checked before anything is fetched."""
+    _parse(url)
 
 
 def _retry_after(value: str | None, cap: float = RETRY_AFTER_LIMIT) -> float | None:
@@ -239,7 +235,7 @@ class HttpFetcher:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.deadline = deadline_from_env() if deadline is None else deadline
+        self.deadline = DEFAULT_DEADLINE if deadline is None else deadline  # PILOT_UPDATE_DEADLINE: see updater
         self.retries = retries
         self.backoff = backoff
         self.max_retry_after = max_retry_after
@@ -456,3 +452,32 @@ def _dispose(resp: urllib3.BaseHTTPResponse) -> None:
     """Close and return the connection: a half-read body must never be reused for the next request."""
     resp.close()
     resp.release_conn()
+
+
+class FileSource:
+    """A Fetcher over local files, for `--from-file PYZ --manifest DIR_OR_FILE`: the same checks, no network.
+
+    Every URL is a path (the manifest's, a key set's beside it); any artifact URL streams the given archive."""
+
+    def __init__(self, manifest: Path, archive: Path) -> None:
+        self.manifest = manifest
+        self.archive = archive
+
+    def fetch(self, url: str, *, max_bytes: int, etag: str | None = None) -> Response:
+        path = Path(url)
+        try:
+            with path.open("rb") as stream:
+                data = stream.read(max_bytes + 1)
+        except OSError as error:
+            raise DownloadError(f"cannot read {path}: {error.strerror}") from None
+        if len(data) > max_bytes:
+            raise DownloadError(f"{path} is larger than the {max_bytes}-byte cap")
+        return Response(status=200, data=data, etag=None, url=url)
+
+    def stream(self, url: str, *, size: int, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        try:
+            with self.archive.open("rb") as stream:
+                while chunk := stream.read(chunk_size):
+                    yield chunk
+        except OSError as error:
+            raise DownloadError(f"cannot read {self.archive}: {error.strerror}") from None

@@ -20,11 +20,11 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilot.errors import InstallError, VerificationError
+from pilot.errors import InstallError, UpdateCancelled, VerificationError
 from pilot.launcher import IN_USE_FILE, extraction_root, failpoint, fsync_directory, pid_alive, read_build_metadata
 from pilot.update.manifest import Artifact
 from pilot.update.progress import Progress
@@ -86,12 +86,22 @@ def temp_file(directory: Path) -> Iterator[Path]:
             path.unlink()
 
 
-def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress: Progress | None = None) -> None:
+Cancelled = Callable[[], bool]  # polled between chunks and while the self-test runs
+
+
+def never() -> bool:
+    return False
+
+
+def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress: Progress | None = None,
+            cancelled: Cancelled = never) -> None:
     """Write the stream to target, hashing as it goes; never more than the signed size."""
     digest = hashlib.sha256()
     received = 0
     with target.open("wb") as out:
         for chunk in chunks:
+            if cancelled():
+                raise UpdateCancelled("the update was cancelled during the download; nothing changed")
             received += len(chunk)
             if received > artifact.size:
                 raise VerificationError(f"the download is larger than the {artifact.size} bytes the manifest signs")
@@ -126,24 +136,38 @@ def check_metadata(archive: Path, *, version: str, artifact: Artifact) -> dict:
     return metadata
 
 
-def preflight(candidate: Path, *, version: str, build_id: str) -> None:
+def preflight(candidate: Path, *, version: str, build_id: str, cancelled: Cancelled = never) -> None:
     """Run the new archive's self-test with this interpreter; it also pre-extracts it for a warm first start."""
     env = dict(os.environ)
     for name in ("PILOT_FAILPOINT", "SHIV_FORCE_EXTRACT"):
         env.pop(name, None)
-    try:
-        result = subprocess.run(
-            [sys.executable, str(candidate), "debug", "self-test"], capture_output=True, text=True,
-            timeout=PREFLIGHT_TIMEOUT, env=env, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise InstallError(f"the new version {version} hung in its self-test ({PREFLIGHT_TIMEOUT} s)") from None
-    answer = _last_json_line(result.stdout)
-    if result.returncode != 0 or answer is None:
-        detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1][:200]
+    with subprocess.Popen([sys.executable, str(candidate), "debug", "self-test"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, text=True) as child:
+        try:
+            stdout, stderr = _wait(child, cancelled)
+        finally:
+            if child.poll() is None:  # cancelled, timed out or interrupted: the self-test goes with us
+                child.kill()
+                child.wait()
+    answer = _last_json_line(stdout)
+    if child.returncode != 0 or answer is None:
+        detail = (stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1][:200]
         raise InstallError(f"the new version {version} failed its self-test: {detail}")
     if answer.get("version") != version or answer.get("build_id") != build_id:
         raise InstallError(f"the new version's self-test answered {answer.get('version')!r}, expected {version}")
+
+
+def _wait(child: subprocess.Popen, cancelled: Cancelled) -> tuple[str, str]:
+    """communicate() in short slices, so a cancel (a daemon asked to stop) ends the wait within a moment."""
+    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
+    while True:
+        try:
+            return child.communicate(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if cancelled():
+                raise UpdateCancelled("the update was cancelled during the self-test; nothing changed") from None
+            if time.monotonic() > deadline:
+                raise InstallError(f"the new version hung in its self-test ({PREFLIGHT_TIMEOUT} s)") from None
 
 
 def _last_json_line(text: str) -> dict | None:
@@ -156,9 +180,14 @@ def _last_json_line(text: str) -> dict | None:
 
 
 def swap_in(candidate: Path, paths: Paths) -> None:
-    """Make candidate the install, keeping the current archive as the backup."""
-    mode = stat.S_IMODE(paths.install.stat().st_mode) if paths.install.exists() else 0o755
-    os.chmod(candidate, mode | stat.S_IXUSR)
+    """Make candidate the install, keeping the current archive as the backup.
+
+    The new file takes the installed one's owner, group and mode, so an update run with sudo
+    does not hand a user's install to root."""
+    if paths.install.exists():
+        take_ownership_of(candidate, paths.install.stat())
+    else:
+        os.chmod(candidate, 0o755)
     fsync_file(candidate)
     if paths.install.exists():
         keep_as(paths.install, paths.backup)
@@ -166,6 +195,14 @@ def swap_in(candidate: Path, paths: Paths) -> None:
     os.replace(candidate, paths.install)
     failpoint("after-rename")
     fsync_directory(str(paths.install.parent))
+
+
+def take_ownership_of(path: Path, like: os.stat_result) -> None:
+    """Give path the owner, group and mode of `like`. Only root may give a file away; a user keeps it."""
+    if (like.st_uid, like.st_gid) != (os.stat(path).st_uid, os.stat(path).st_gid):
+        with contextlib.suppress(PermissionError):
+            os.chown(path, like.st_uid, like.st_gid)
+    os.chmod(path, stat.S_IMODE(like.st_mode))
 
 
 def keep_as(source: Path, target: Path) -> None:
@@ -177,26 +214,12 @@ def keep_as(source: Path, target: Path) -> None:
         os.link(source, staging)
     except OSError:
         shutil.copy2(source, staging)
+        take_ownership_of(staging, source.stat())
         fsync_file(staging)
     os.replace(staging, target)
     with contextlib.suppress(FileNotFoundError):
         staging.unlink()  # rename() does nothing when target is already a link to source (an interrupted swap's)
     fsync_directory(str(target.parent))
-
-
-def swap_back(paths: Paths) -> None:
-    """Exchange install and backup (`--rollback`): the current version becomes the backup."""
-    if not paths.backup.exists():
-        raise InstallError(f"there is no backup to roll back to ({paths.backup} does not exist)")
-    current = paths.install.with_name(f".{paths.install.name}.{os.getpid()}.current")
-    os.link(paths.install, current)
-    try:
-        os.replace(paths.backup, paths.install)
-        os.replace(current, paths.backup)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            current.unlink()
-    fsync_directory(str(paths.install.parent))
 
 
 def _temp_owner(name: str, install_name: str) -> int | None:

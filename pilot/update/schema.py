@@ -1,7 +1,8 @@
 """A small, strict JSON Schema evaluator for manifest.schema.json.
 
-The runtime parser validates against the very schema file that is published (a copy
-travels inside the package), so the two cannot drift. It knows only the keywords that
+The runtime parser validates against the very schema file that is published (the build
+copies the top-level manifest.schema.json into the package; a source checkout reads the
+file itself), so the two cannot drift. It knows only the keywords that
 schema uses and refuses a schema that uses any other, rather than silently ignoring a
 constraint. It is stricter than the JSON Schema spec in two places, both on purpose:
 `1.0` is not an integer and a `$` in a pattern does not match before a trailing newline.
@@ -17,7 +18,8 @@ from typing import Any
 
 from pilot.errors import ManifestError
 
-SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")  # made from the top-level file: build.py, setup.py
+SOURCE_SCHEMA_PATH = Path(__file__).resolve().parents[2] / "manifest.schema.json"  # a source checkout: the file itself
 ANNOTATIONS = {"$schema", "$id", "$defs", "title", "description"}
 KEYWORDS = {
     "type", "const", "pattern", "maxLength", "minimum", "maximum", "required", "additionalProperties",
@@ -30,7 +32,8 @@ TYPES: dict[str, tuple[type, ...]] = {
 
 @cache
 def load_schema() -> dict:
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    path = SCHEMA_PATH if SCHEMA_PATH.exists() else SOURCE_SCHEMA_PATH
+    schema = json.loads(path.read_text(encoding="utf-8"))
     _check_keywords(schema)
     return schema
 

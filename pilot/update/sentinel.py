@@ -1,37 +1,38 @@
-"""The application side of the boot sentinel and the update state file.
+"""The application side of the boot sentinel: update/trial.json.
 
-The boot guard itself lives in pilot.launcher (the archive's entry module, stdlib only,
-so a broken new version cannot disable it). This module opens a trial before the exec,
-commits it once the new version has really started, and reads and writes the update
-state (update/state.json): the last outcome, the highest manifest serial accepted, the
-versions that failed their trial, and whether the user has been told.
+The boot guard itself lives in pilot.launcher (the archive's entry module, stdlib only, so
+a broken new version cannot disable it). Here the updater opens a trial before it swaps the
+new archive in, and the new version confirms its start (`commit_boot`) or, when it ends
+before it could without having failed, hands the trial back (`settle_boot`) so that its
+next start tries again. Which endings count as a failed start is documented in
+pilot.launcher and docs/SECURITY.md.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilot.buildinfo import BuildInfo
-from pilot.errors import UpdateError
+from pilot.buildinfo import BuildInfo, current_build
 from pilot.launcher import (
-    BOOT_TIMEOUT_SECONDS,
+    TRIAL_FORMAT,
     UpdateLock,
+    boot_timeout,
     failpoint,
+    open_trial_record,
     read_json,
-    record_outcome,
+    release_trial,
     remove_file,
-    state_path,
+    same_trial,
     trial_path,
     write_json,
 )
+from pilot.update import state
 
-__all__ = ["Trial", "UpdateLock", "commit_boot", "load_state", "open_trial", "save_state", "take_notice"]
+__all__ = ["Trial", "commit_boot", "confirm_start", "open_trial", "open_trial_record", "settle_boot", "void_trial"]
 
 
 @dataclass(frozen=True)
@@ -42,113 +43,89 @@ class Trial:
     to_build_id: str
     install_path: Path
     backup_path: Path
-    resume_argv: tuple[str, ...]
+
+    def record(self) -> dict:
+        return {"from_version": self.from_version, "to_version": self.to_version,
+                "from_build_id": self.from_build_id, "to_build_id": self.to_build_id,
+                "install_path": str(self.install_path), "backup_path": str(self.backup_path)}
 
 
-def boot_timeout() -> int:
-    return int(os.environ.get("PILOT_BOOT_TIMEOUT", BOOT_TIMEOUT_SECONDS))
+def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None) -> dict:
+    """Record the trial before the swap, so a crash from here on is caught by the boot guard.
 
-
-@contextlib.contextmanager
-def exclusive_update() -> Iterator[None]:
-    """Hold the update lock for a whole update or rollback; a second one fails at once, cleanly."""
-    try:
-        lock = UpdateLock(blocking=False).__enter__()
-    except BlockingIOError:
-        raise UpdateError("another update is running", hint="wait for it to finish, then try again") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
-
-
-def load_state() -> dict:
-    return read_json(state_path()) or {}
-
-
-def save_state(state: dict) -> None:
-    write_json(state_path(), state)
-
-
-def open_trial_record() -> dict | None:
-    return read_json(trial_path())
-
-
-def open_trial(trial: Trial) -> dict:
-    """Record the trial boot with its one attempt already spent (boot counting before the exec).
-
-    Call under UpdateLock before the new archive replaces the old one.
-    """
-    timeout = boot_timeout()
-    record = {
-        "from_version": trial.from_version, "to_version": trial.to_version,
-        "from_build_id": trial.from_build_id, "to_build_id": trial.to_build_id,
-        "install_path": str(trial.install_path), "backup_path": str(trial.backup_path),
-        "resume_argv": list(trial.resume_argv), "pid": os.getpid(), "attempts_left": 0,
-        "started_at": time.time(), "deadline": time.time() + timeout,
-    }
+    With `exec_argv` this process is about to exec the new version with those arguments: it is
+    the trial boot, with a deadline. Without, the new version starts with the user's next
+    command, which claims the trial then. Call under UpdateLock."""
+    now = time.time()
+    record = {**trial.record(), "format": TRIAL_FORMAT, "started_at": now, "opened_by": os.getpid(),
+              "booted": False, "pid": None, "deadline": None, "resume_argv": []}
+    if exec_argv is not None:
+        record.update(pid=os.getpid(), deadline=now + boot_timeout(), resume_argv=list(exec_argv))
     write_json(trial_path(), record)
     return record
 
 
-def commit_boot(build: BuildInfo | None) -> dict | None:
-    """Mark this process's trial boot as good. Returns the committed trial, or None if none was ours."""
-    record = open_trial_record()
-    if build is None or record is None:
+def void_trial(record: dict) -> None:
+    """The swap did not happen (it failed before the rename): drop the record this process opened."""
+    with UpdateLock():
+        if same_trial(open_trial_record(), record):
+            remove_file(trial_path())
+
+
+def _own_trial(build: BuildInfo | None) -> dict | None:
+    """The open trial if this process is the trial boot of this build."""
+    if build is None or not os.path.exists(trial_path()):
         return None
-    if record.get("pid") != os.getpid() or record.get("to_build_id") != build.build_id:
+    record = read_json(trial_path())
+    if record is None or record.get("pid") != os.getpid() or record.get("to_build_id") != build.build_id:
+        return None
+    return record
+
+
+def commit_boot(build: BuildInfo | None = None) -> dict | None:
+    """Confirm that this process, the trial boot, has started. Returns the committed trial, or None if none was ours."""
+    record = _own_trial(build or current_build())
+    if record is None:
         return None
     signal.alarm(0)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     failpoint("boot-before-commit")
     with UpdateLock():
-        write_json(state_path(), record_outcome(load_state(), record, "committed"))
-        remove_file(trial_path())
+        if same_trial(read_json(trial_path()), record):
+            state.record(record, "committed")
+            remove_file(trial_path())
     failpoint("boot-after-commit")
     return record
 
 
-def record_failure(state: dict, outcome: str, reason: str, *, from_version: str, to_version: str | None,
-                   install_path: Path | None, backup_path: Path | None) -> dict:
-    """Note an update that ended before any trial (refused, failed to download...) in the state."""
-    trial = {"from_version": from_version, "to_version": to_version,
-             "install_path": str(install_path) if install_path else None,
-             "backup_path": str(backup_path) if backup_path else None}
-    new_state = record_outcome(state, trial, outcome, reason)
-    new_state["notice_pending"] = False  # the user saw this one as it happened
-    return new_state
+def confirm_start(command: str | None) -> dict | None:
+    """Called by the CLI once the arguments are parsed: every command but `pilot start` has started then."""
+    if command == "start" or not os.path.exists(trial_path()):  # one stat on every start
+        return None
+    return commit_boot()
 
 
-def record_installed(trial: Trial) -> None:
-    """`--no-restart`: the new archive is in place and passed its self-test; it starts with the next command."""
-    record = {"from_version": trial.from_version, "to_version": trial.to_version,
-              "install_path": str(trial.install_path), "backup_path": str(trial.backup_path)}
+def settle_boot(ending: str, detail: str) -> None:
+    """A command ended before it confirmed its start (only `pilot start` can): decide what that says.
+
+    ending: "interrupted" (a signal), "output" (it could not write its output), "refused" (a
+    refusal it explained in one line), "exited" (it returned) or "error" (anything else). The first two say nothing
+    about the new version: the trial is handed back and its next start tries again. So does a
+    refusal when the user's own command claimed the trial; but the exec right after an update
+    re-runs the very command the old version was running, so there a refusal is the new
+    version's failure. A failure's line is kept for the boot guard, which rolls back with it."""
+    if not os.path.exists(trial_path()):
+        return
+    record = _own_trial(current_build())
+    if record is None:
+        return
+    exec_d = record.get("opened_by", record["pid"]) == record["pid"]
+    if ending in ("interrupted", "output") or (ending in ("refused", "exited") and not exec_d):
+        signal.alarm(0)
+        release_trial(record)
+        return
     with UpdateLock():
-        state = record_outcome(load_state(), record, "installed")
-        state["notice_pending"] = False
-        save_state(state)
-
-
-def rollback_notice() -> str | None:
-    """One line for the user when an update was rolled back and they have not been told yet."""
-    if not os.path.exists(state_path()):
-        return None
-    state = load_state()
-    last = state.get("last") or {}
-    if last.get("state") != "rolled_back" or not state.get("notice_pending"):
-        return None
-    take_notice()
-    return (f"pilot: rolled back from {last.get('to_version')} to {last.get('from_version')}: {last.get('reason')} "
-            "(details: pilot self-update --status)")
-
-
-def take_notice() -> dict | None:
-    """The last outcome if the user has not been told about it yet (and mark it told)."""
-    state = load_state()
-    if not state.get("notice_pending") or not state.get("last"):
-        return None
-    with UpdateLock():
-        state = load_state()
-        state["notice_pending"] = False
-        save_state(state)
-    return state.get("last")
+        current = read_json(trial_path())
+        if same_trial(current, record):
+            current["failure"] = f"did not start: {detail}"
+            write_json(trial_path(), current)

@@ -1,29 +1,52 @@
-"""The update pipeline: fetch and verify the manifest, choose, download, pre-flight, swap, exec.
+"""The update engine: the one owner of an update, its flow and every guard.
 
-Shared by `pilot self-update` and the daemon's checker. Network access goes through a
-Fetcher (pilot.update.fetch, or FileSource for offline installs), so each step is the same
-whichever way the bytes arrive.
+    check    fetch the signed manifest, verify it (pilot.update.verify.verify_manifest), choose a release
+    begin    take the whole-update lock (across processes and threads); refuse while a new version's
+             trial is open or when another process replaced the installed archive
+    prepare  the same-version rule; download beside the install, verify size, sha256 and metadata;
+             run the new archive's self-test; nothing is swapped yet
+    apply    open the trial, swap under the update lock (the installed archive becomes the backup),
+             then exec the new version, or leave it to start with the next command
+
+`pilot self-update`, the headless daemon and the dashboard all go through here (the front
+door is pilot.update). The network is a Fetcher (pilot.update.fetch); the self-test and the
+exec are passed in, so the whole flow runs in tests without building archives.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
-import signal
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any
 
 from packaging.version import Version
 
-from pilot.buildinfo import BuildInfo
-from pilot.config import Config
-from pilot.errors import DownloadError, InstallError, UpdateError
-from pilot.launcher import failpoint
-from pilot.update import install, sentinel
+from pilot.buildinfo import BuildInfo, current_build, install_method
+from pilot.config import Config, load_config, parse_duration
+from pilot.errors import ConfigError, InstallError, StateError, UpdateError
+from pilot.launcher import (
+    BOOT_PROTOCOL,
+    BOOT_TIMEOUT_ENV,
+    BOOT_TIMEOUT_SECONDS,
+    Refused,
+    UpdateInProgress,
+    UpdateLock,
+    failpoint,
+    interrupt_pending,
+    interrupts_deferred,
+    release_trial,
+    status_report,
+    update_dir,
+    user_rollback,
+)
+from pilot.update import install, sentinel, state
+from pilot.update.fetch import Fetcher
 from pilot.update.manifest import Choice, Manifest, check_artifact_url, choose_update, release_root
+from pilot.update.progress import Progress
 from pilot.update.restart import exec_archive
 from pilot.update.verify import KeySet, keyset_path, verify_manifest
 
@@ -32,6 +55,59 @@ SIGNATURES_CAP = 64 * 1024
 KEYSET_CAP = 64 * 1024
 PRODUCT = "pilot"
 AFTER_RESTART_ARGV = ("self-update", "--after-restart")
+DEADLINE_ENV = "PILOT_UPDATE_DEADLINE"  # seconds one fetch may take in all (retries, redirects, body)
+DEFAULT_DEADLINE = 300.0
+FIRST_CHECK_ENV = "PILOT_FIRST_CHECK_DELAY"
+Step = Callable[[str], None]
+Cancelled = install.Cancelled
+
+
+def quiet(step: str) -> None:
+    pass
+
+
+# --- settings: everything the update reads, parsed before any network ---------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    manifest_url: str | None  # open_updater refuses None; the daemon does not check without one
+    channel: str
+    boot_timeout: float
+    fetch_deadline: float
+    first_check_delay: float | None  # the checker's first delay (PILOT_FIRST_CHECK_DELAY), None: random
+
+    @classmethod
+    def read(cls, config: Config, env: Mapping[str, str], *, manifest_url: str | None = None,
+             channel: str | None = None) -> Settings:
+        """Refuse a bad value in one line now, not after a download (durations accept 90s, 2m, 1.5h)."""
+
+        def seconds(name: str, default: float | None) -> float | None:
+            value = env.get(name, "").strip()
+            return parse_duration(value, name) if value else default
+
+        url = manifest_url or config.upgrade.manifest_url
+        if url is not None:
+            check_manifest_url(url)
+        return cls(manifest_url=url, channel=channel or config.upgrade.channel,
+                   boot_timeout=seconds(BOOT_TIMEOUT_ENV, BOOT_TIMEOUT_SECONDS),
+                   fetch_deadline=seconds(DEADLINE_ENV, DEFAULT_DEADLINE),
+                   first_check_delay=seconds(FIRST_CHECK_ENV, None))
+
+
+def check_manifest_url(url: str) -> None:
+    """A manifest URL the fetcher would refuse is a configuration error, found before any download."""
+    from pilot.update.fetch import check_url
+
+    if Path(url).is_file():  # --from-file: a local manifest
+        return
+    try:
+        check_url(url)
+    except UpdateError as error:
+        raise ConfigError(f"the manifest URL: {error.message}", hint=error.hint) from None
+
+
+# --- results ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -39,7 +115,7 @@ class CheckResult:
     current: Version
     manifest: Manifest
     choice: Choice | None
-    skipped_bad: tuple[Version, ...] = ()
+    skipped: tuple[tuple[Version, str], ...] = ()  # newer versions passed over, and why
 
     @property
     def latest(self) -> Version | None:
@@ -50,12 +126,9 @@ class CheckResult:
     def update_available(self) -> bool:
         return self.choice is not None
 
-
-@dataclass(frozen=True)
-class CachedManifest:
-    etag: str | None
-    data: bytes
-    signatures: bytes
+    @property
+    def version(self) -> Version | None:
+        return self.choice.release.version if self.choice else None
 
 
 @dataclass(frozen=True)
@@ -65,176 +138,283 @@ class Prepared:
     choice: Choice
     candidate: Path
     build_id: str
+    boot_protocol: int
 
     def discard(self) -> None:
         self.candidate.unlink(missing_ok=True)  # a no-op once swap_in moved it into place
 
 
-class FileSource:
-    """A Fetcher over local files, for `--from-file PYZ --manifest DIR_OR_FILE`: same checks, no network."""
-
-    def __init__(self, manifest: Path, archive: Path) -> None:
-        self.manifest = manifest
-        self.archive = archive
-
-    def fetch(self, url: str, *, max_bytes: int, etag: str | None = None):
-        from pilot.update.fetch import Response
-
-        path = Path(url)
-        try:
-            with path.open("rb") as stream:
-                data = stream.read(max_bytes + 1)
-        except OSError as error:
-            raise DownloadError(f"cannot read {path}: {error.strerror}") from None
-        if len(data) > max_bytes:
-            raise DownloadError(f"{path} is larger than the {max_bytes}-byte cap")
-        return Response(status=200, data=data, etag=None, url=url)
-
-    def stream(self, url: str, *, size: int, chunk_size: int = 1 << 16) -> Iterator[bytes]:
-        try:
-            with self.archive.open("rb") as stream:
-                while chunk := stream.read(chunk_size):
-                    yield chunk
-        except OSError as error:
-            raise DownloadError(f"cannot read {self.archive}: {error.strerror}") from None
+@dataclass(frozen=True)
+class CachedManifest:
+    etag: str | None
+    data: bytes
+    signatures: bytes
 
 
-def rollout_bucket(state: dict) -> int:
-    """This install's stable place (0-99) in staged rollouts."""
-    return int(hashlib.sha256(state["install_id"].encode()).hexdigest(), 16) % 100
+# --- the engine -------------------------------------------------------------------------------
 
 
 class Updater:
-    def __init__(self, *, build: BuildInfo, config: Config, fetcher, manifest_url: str,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, *, build: BuildInfo, settings: Settings, fetcher: Fetcher,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 self_test: Callable[..., None] = install.preflight,
+                 execute: Callable[..., None] = exec_archive) -> None:
         self.build = build
-        self.config = config
+        self.settings = settings
         self.fetcher = fetcher
-        self.manifest_url = manifest_url
         self.now = now
+        self.self_test = self_test
+        self.execute = execute
         self.paths = install.Paths.for_archive(build.archive)
-        self.release_root = release_root(manifest_url)  # None offline: --from-file names its archive itself
         self._cached: CachedManifest | None = None  # in memory only: a 304 reuses bytes that are verified again
+
+    @property
+    def release_root(self) -> str | None:
+        """None offline: --from-file names its archive itself."""
+        return release_root(self.settings.manifest_url) if self.settings.manifest_url else None
 
     # -- check -------------------------------------------------------------------------------
 
+    def check(self, target: Version | None = None) -> CheckResult:
+        manifest = self.fetch_verified_manifest()
+        known = state.load()
+        current = Version(self.build.version)
+        bad = {Version(v): "failed to start here before" for v in known.bad_versions}
+        declined = {Version(v): "was rolled back on request" for v in known.user_rollbacks}
+        skipped_why = {**declined, **bad}
+        choice = choose_update(
+            manifest, current=current, python_tag=self.build.python_tag, platform_tag=self.build.platform_tag,
+            rollout_bucket=rollout_bucket(state.install_id()), bad_versions=tuple(skipped_why), target=target,
+        )
+        listed = {r.version for r in manifest.releases if not r.yanked}
+        skipped = tuple(sorted((v, why) for v, why in skipped_why.items() if v > current and v in listed
+                               and (choice is None or v > choice.release.version)))
+        return CheckResult(current, manifest, choice, skipped)
+
     def fetch_verified_manifest(self) -> Manifest:
-        """Walk the key rotations from the embedded keys, verify the signatures with the last key set,
-        then the schema, the key set version, freshness and the serial high-water mark."""
-        cached = self._cached
-        response = self.fetcher.fetch(self.manifest_url, max_bytes=MANIFEST_CAP, etag=cached.etag if cached else None)
+        url, cached = self.settings.manifest_url, self._cached
+        response = self.fetcher.fetch(url, max_bytes=MANIFEST_CAP, etag=cached.etag if cached else None)
         if response.status == 304 and cached is not None:
-            data, signatures = cached.data, cached.signatures  # re-verified below like fresh bytes
+            data, signatures = cached.data, cached.signatures  # verified again below like fresh bytes
         else:
             data = response.data
-            signatures = self.fetcher.fetch(self.manifest_url + ".sig", max_bytes=SIGNATURES_CAP).data
-        state = sentinel.load_state()
+            signatures = self.fetcher.fetch(url + ".sig", max_bytes=SIGNATURES_CAP).data
+        known = state.load()
         verified = verify_manifest(
             data, signatures, anchor=KeySet.embedded(self.build), fetch_keyset=self._fetch_keyset, product=PRODUCT,
-            channel=self.config.upgrade.channel, now=self.now(), highest_serial=state.get("highest_serial", 0),
-            accepted_keyset=state.get("highest_keyset_version", 1))
-        manifest, keyset = verified.manifest, verified.keyset
-        self._remember_serial(manifest.serial, keyset.version)
+            channel=self.settings.channel, now=self.now(), highest_serial=known.highest_serial,
+            accepted_keyset=known.highest_keyset_version)
+        state.remember_manifest(verified.manifest.serial, verified.keyset.version)
         self._cached = CachedManifest(response.etag or (cached.etag if cached else None), data, signatures)
-        return manifest
+        return verified.manifest
 
     def _fetch_keyset(self, version: int) -> tuple[bytes, bytes]:
         """keys/<version>.json and its .sig, from the release root beside the channel directory."""
-        if self.release_root is not None:
-            url = self.release_root + keyset_path(version)
+        root = self.release_root
+        if root is not None:
+            url = root + keyset_path(version)
         else:  # offline: SITE/keys/ beside SITE/<channel>/manifest.json
-            url = str(Path(self.manifest_url).resolve().parent.parent / keyset_path(version))
+            url = str(Path(self.settings.manifest_url).resolve().parent.parent / keyset_path(version))
         data = self.fetcher.fetch(url, max_bytes=KEYSET_CAP).data
         return data, self.fetcher.fetch(url + ".sig", max_bytes=SIGNATURES_CAP).data
 
-    def _remember_serial(self, serial: int, keyset_version: int = 1) -> None:
-        with sentinel.UpdateLock():
-            state = sentinel.load_state()
-            if serial > state.get("highest_serial", 0) or "install_id" not in state or \
-                    keyset_version > state.get("highest_keyset_version", 1):
-                state["highest_serial"] = max(serial, state.get("highest_serial", 0))
-                state["highest_keyset_version"] = max(keyset_version, state.get("highest_keyset_version", 1))
-                state.setdefault("install_id", secrets.token_hex(16))
-                sentinel.save_state(state)
+    # -- what is installed -------------------------------------------------------------------
 
-    def check(self, target: Version | None = None) -> CheckResult:
-        manifest = self.fetch_verified_manifest()
-        state = sentinel.load_state()
-        current = Version(self.build.version)
-        bad = tuple(Version(v) for v in state.get("bad_versions", ()))
-        choice = choose_update(
-            manifest, current=current, python_tag=self.build.python_tag, platform_tag=self.build.platform_tag,
-            rollout_bucket=rollout_bucket(state), bad_versions=bad, target=target,
-        )
-        skipped = tuple(v for v in bad if v > current and (choice is None or v > choice.release.version))
-        return CheckResult(current, manifest, choice, skipped)
+    def installed_version(self) -> str | None:
+        """The version of the archive at the install path, which another process may have replaced."""
+        try:
+            return install.read_metadata(self.paths.install).get("version")
+        except UpdateError:
+            return None
 
-    # -- install -----------------------------------------------------------------------------
+    def installed_is_other(self) -> bool:
+        return self.installed_version() not in (None, self.build.version)
 
-    def download_verified(self, choice: Choice, candidate: Path, progress: install.Progress | None) -> dict:
-        artifact = choice.artifact
-        if self.release_root is not None:
-            check_artifact_url(artifact.url, self.release_root)
-        install.receive(self.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact, progress)
-        return install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
-
-    def prepare(self, choice: Choice, *, progress: install.Progress | None = None,
-                on_step: Callable[[str], None] = lambda step: None) -> Prepared:
-        """Download, verify and self-test the new archive beside the install; nothing is swapped yet."""
+    def ensure_writable(self) -> None:
+        """Both places an update writes, checked before anything is fetched."""
+        try:
+            os.makedirs(update_dir(), exist_ok=True)
+            writable = os.access(update_dir(), os.W_OK | os.X_OK)
+        except OSError as error:
+            raise StateError(f"cannot use {update_dir()}: {error.strerror or error}",
+                             hint="check PILOT_HOME and its permissions") from None
+        if not writable:
+            raise StateError(f"cannot write to {update_dir()}, where Pilot keeps its update state",
+                             hint="check PILOT_HOME and its permissions")
         install.ensure_writable(self.paths.install.parent)
-        install.sweep_stale_temps(self.paths)  # what an update killed earlier left beside the install
-        candidate = install.new_temp(self.paths.install.parent)
+
+    # -- one update --------------------------------------------------------------------------
+
+    def begin(self) -> Update:
+        """Take the whole-update lock and check that an update may start now."""
+        self.ensure_writable()
+        lock = UpdateInProgress()
+        if not lock.acquire():
+            raise UpdateError("another update is running", hint="wait for it to finish, then try again")
+        try:
+            if sentinel.open_trial_record() is not None:
+                raise UpdateError("a new version is still starting (its trial boot is open)",
+                                  hint="run `pilot self-update --status` in a moment")
+            installed = self.installed_version()
+            if installed != self.build.version:
+                raise UpdateError(f"pilot {installed} was installed by another process while this "
+                                  f"{self.build.version} runs", hint="run the command again")
+        except BaseException:
+            lock.release()
+            raise
+        return Update(self, lock)
+
+    def update(self, target: Version | None = None, *, confirm: Callable[[CheckResult], None] = lambda r: None,
+               progress: Progress | None = None, on_step: Step = quiet, restart: bool = True,
+               cancelled: Cancelled = install.never) -> UpdateOutcome:
+        """What `pilot self-update` does: check, then prepare and apply the chosen release."""
+        with self.begin() as update:
+            result = self.check(target)
+            if result.choice is None:
+                return UpdateOutcome("up_to_date", result)
+            if str(result.choice.release.version) == self.build.version:
+                return UpdateOutcome("already_installed", result)
+            confirm(result)
+            prepared = update.prepare(result.choice, progress=progress, on_step=on_step, cancelled=cancelled)
+            done = update.apply(prepared, restart=restart, on_step=on_step, cancelled=cancelled)
+            return UpdateOutcome(done, result)
+
+    def restart_into_installed(self, argv: tuple[str, ...], *, cancelled: Cancelled = install.never) -> None:
+        """Exec the archive another process installed (the daemon is older than it). Returns only on a stop."""
+        try:
+            protocol = install.read_metadata(self.paths.install).get("boot_protocol", 1)
+        except UpdateError:
+            raise InstallError(f"{self.paths.install} is not a readable Pilot archive any more") from None
+        self.execute(self.paths.install, list(argv), stop_requested=lambda: cancelled() or interrupt_pending(),
+                     keep_stop_signals_blocked=protocol >= BOOT_PROTOCOL)
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    done: str  # up_to_date, already_installed, installed (the next command starts it), stopped
+    result: CheckResult
+
+
+@dataclass
+class Update:
+    """One update in progress: it holds the whole-update lock until it is closed (or exec'd away)."""
+
+    updater: Updater
+    lock: UpdateInProgress
+
+    def __enter__(self) -> Update:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def prepare(self, choice: Choice, *, progress: Progress | None = None, on_step: Step = quiet,
+                cancelled: Cancelled = install.never) -> Prepared:
+        """Download, verify and self-test the new archive beside the install; nothing is swapped yet."""
+        updater, paths = self.updater, self.updater.paths
+        if str(choice.release.version) == updater.build.version:
+            raise UpdateError(f"pilot {updater.build.version} is already installed")
+        install.sweep_stale_temps(paths)  # what an update killed earlier left beside the install
+        candidate = install.new_temp(paths.install.parent)
         try:
             on_step("downloading")
-            metadata = self.download_verified(choice, candidate, progress)
+            metadata = self._download(choice, candidate, progress, cancelled)
             failpoint("after-download")
             on_step("verifying")
-            install.preflight(candidate, version=str(choice.release.version), build_id=metadata["build_id"])
+            updater.self_test(candidate, version=str(choice.release.version), build_id=metadata["build_id"],
+                              cancelled=cancelled)
             failpoint("after-preflight")
         except OSError as error:  # a full disk or quota, an I/O error: the install is as it was
             candidate.unlink(missing_ok=True)
             raise InstallError(f"cannot write the new version beside the install: {error.strerror or error}",
-                               hint=f"free some space in {self.paths.install.parent} and try again") from None
+                               hint=f"free some space in {paths.install.parent} and try again") from None
         except BaseException:
             candidate.unlink(missing_ok=True)
             raise
-        return Prepared(choice, candidate, metadata["build_id"])
+        return Prepared(choice, candidate, metadata["build_id"], int(metadata.get("boot_protocol", 1)))
+
+    def _download(self, choice: Choice, candidate: Path, progress: Progress | None, cancelled: Cancelled) -> dict:
+        artifact = choice.artifact
+        root = self.updater.release_root
+        if root is not None:
+            check_artifact_url(artifact.url, root)
+        install.receive(self.updater.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact,
+                        progress, cancelled)
+        return install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
 
     def apply(self, prepared: Prepared, *, restart: bool = True, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV,
-              on_step: Callable[[str], None] = lambda step: None) -> str:
-        """Swap a prepared archive in under the update lock; then exec it, or return 'installed'."""
+              on_step: Step = quiet, cancelled: Cancelled = install.never) -> str:
+        """Swap the prepared archive in, then exec it (returns only when a stop came first: "stopped"),
+        or with restart=False leave it to start under the boot guard with the next command ("installed").
+        Either way the update is over when it returns: the lock is released."""
+        try:
+            record = self._swap(prepared, resume_argv if restart else None, on_step)
+            install.prune_extractions({self.updater.build.build_id, prepared.build_id})
+            if not restart:
+                state.record(record, "installed", notice=False)
+                return "installed"
+            on_step("restarting")
+            try:
+                self._exec(resume_argv, prepared.boot_protocol, lambda: cancelled() or interrupt_pending())
+            except (OSError, KeyboardInterrupt):  # the exec failed, or a stop arrived as it was given up
+                release_trial(record)
+                raise
+            release_trial(record)  # a stop came first: the new version is installed and starts next time
+            return "stopped"
+        finally:
+            self.close()
+
+    def _swap(self, prepared: Prepared, exec_argv: tuple[str, ...] | None, on_step: Step) -> dict:
+        """Open the trial and put the new archive in place, keeping the installed one as the backup."""
+        updater, build = self.updater, self.updater.build
         trial = sentinel.Trial(
-            from_version=self.build.version, to_version=str(prepared.choice.release.version),
-            from_build_id=self.build.build_id, to_build_id=prepared.build_id, install_path=self.paths.install,
-            backup_path=self.paths.backup, resume_argv=resume_argv,
+            from_version=build.version, to_version=str(prepared.choice.release.version),
+            from_build_id=build.build_id, to_build_id=prepared.build_id, install_path=updater.paths.install,
+            backup_path=updater.paths.backup,
         )
         on_step("installing")
+        record: dict | None = None
         try:
-            with sentinel.UpdateLock():
-                if restart:
-                    sentinel.open_trial(trial)  # before the swap: a crash from here on is caught by the guard
-                    failpoint("after-trial-open")
-                install.swap_in(prepared.candidate, self.paths)
+            with interrupts_deferred(), UpdateLock():  # a stop signal waits until the install is whole again
+                record = sentinel.open_trial(trial, exec_argv=exec_argv)
+                failpoint("after-trial-open")
+                try:
+                    install.swap_in(prepared.candidate, updater.paths)
+                except BaseException:
+                    if prepared.candidate.exists():  # the rename did not happen: the old archive is installed
+                        sentinel.void_trial(record)
+                    raise
+        except KeyboardInterrupt:
+            if record is not None:
+                release_trial(record)  # swapped: the new version starts with the next command instead
+            raise
+        except OSError as error:
+            raise InstallError(f"cannot put the new version in place: {error.strerror or error}",
+                               hint=f"the previous version is still installed at {updater.paths.install}") from None
         finally:
             prepared.discard()
-        install.prune_extractions({self.build.build_id, prepared.build_id})
-        if not restart:
-            sentinel.record_installed(trial)
-            return "installed"
-        on_step("restarting")
-        self.restart(resume_argv)
+        return record
 
-    def install(self, choice: Choice, *, progress: install.Progress | None = None,
-                on_step: Callable[[str], None] = lambda step: None, restart: bool = True,
-                resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV) -> str:
-        """prepare + apply: what `pilot self-update` does."""
-        prepared = self.prepare(choice, progress=progress, on_step=on_step)
-        return self.apply(prepared, restart=restart, resume_argv=resume_argv, on_step=on_step)
+    def _exec(self, argv: tuple[str, ...], protocol: int, stop: Callable[[], bool]) -> None:
+        import signal
 
-    def restart(self, argv: tuple[str, ...]) -> NoReturn:
-        signal.alarm(sentinel.boot_timeout())  # survives exec: a hung new version is killed or rolled back
+        signal.alarm(max(1, int(self.updater.settings.boot_timeout)))  # survives exec: a hang is rolled back
         failpoint("before-exec")
-        exec_archive(self.paths.install, list(argv))
+        try:
+            self.updater.execute(self.updater.paths.install, list(argv), stop_requested=stop,
+                                 keep_stop_signals_blocked=protocol >= BOOT_PROTOCOL)
+        finally:
+            signal.alarm(0)
+
+
+def rollout_bucket(install_id: str) -> int:
+    """This install's stable place (0-99) in staged rollouts."""
+    return int(hashlib.sha256(install_id.encode()).hexdigest(), 16) % 100
+
+
+# --- the front door's constructors ------------------------------------------------------------
 
 
 def refusal_for_install_method(method: str) -> UpdateError | None:
@@ -251,3 +431,67 @@ def refusal_for_install_method(method: str) -> UpdateError | None:
     return UpdateError(f"Pilot was installed with {method}, which owns its files",
                        hint=f"update with: {commands[method]}")
 
+
+def updatable_build() -> BuildInfo:
+    """The running archive, or the one-line refusal of an install a package manager owns."""
+    refusal = refusal_for_install_method(install_method())
+    build = current_build()
+    if refusal is not None or build is None:
+        raise refusal or UpdateError("self-update works only on the Pilot .pyz archive")
+    return build
+
+
+def open_updater(*, config: Config | None = None, manifest_url: str | None = None, channel: str | None = None,
+                 fetcher: Fetcher | None = None, background: bool = False, build: BuildInfo | None = None,
+                 env: Mapping[str, str] | None = None) -> Updater:
+    """The engine for this running archive, with every setting parsed and refused up front.
+
+    background: the daemon's checker, which never waits inside a fetch for a server's Retry-After
+    (it schedules its next check then instead)."""
+    build = build or updatable_build()
+    config = config or load_config()
+    settings = Settings.read(config, os.environ if env is None else env, manifest_url=manifest_url, channel=channel)
+    if settings.manifest_url is None:
+        raise ConfigError("no manifest URL is configured",
+                          hint=f"set upgrade.manifest_url in {config.config_file}, or PILOT_MANIFEST_URL")
+    if fetcher is None:
+        from pilot.update.fetch import HttpFetcher
+
+        fetcher = HttpFetcher(deadline=settings.fetch_deadline, wait_for_retry_after=not background)
+    return Updater(build=build, settings=settings, fetcher=fetcher)
+
+
+def roll_back() -> tuple[str, str]:
+    """`pilot self-update --rollback`: swap the install and its backup.
+
+    Returns (the version now installed, the one kept as backup). Needs no manifest and no
+    setting: recovery must work whatever else is wrong."""
+    paths = install.Paths.for_archive(updatable_build().archive)
+    install.ensure_writable(paths.install.parent)
+    try:
+        return user_rollback(str(paths.install))
+    except Refused as refusal:
+        raise UpdateError(str(refusal)) from None
+
+
+def open_background_updater(config: Config) -> Updater | None:
+    """The daemon's engine, or None where it cannot update itself (a package manager's install, no
+    manifest URL). Bad update settings are refused here, so the daemon does not start with them."""
+    try:
+        build = updatable_build()
+    except UpdateError:
+        return None
+    if not config.upgrade.manifest_url:
+        return None
+    return open_updater(config=config, build=build, background=True)
+
+
+def update_status() -> dict:
+    """`pilot self-update --status`: the entry module's report (it answers even when the application cannot)."""
+    build = current_build()
+    return status_report(build.version if build else None)
+
+
+__all__ = ["CheckResult", "Prepared", "Settings", "Update", "UpdateOutcome", "Updater", "open_background_updater",
+           "open_updater", "refusal_for_install_method", "roll_back", "rollout_bucket", "updatable_build",
+           "update_status"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from pilot.errors import ManifestError, VerificationError
 from pilot.update.manifest import Manifest, check_manifest, load_json, parse_manifest
@@ -82,31 +81,6 @@ def load_public_key(pem: bytes) -> PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise VerificationError("not an Ed25519 public key")
     return PublicKey.from_raw(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
-
-
-def load_private_key(pem: bytes) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError):
-        raise VerificationError("not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise VerificationError("not an Ed25519 private key")
-    return key
-
-
-def public_key_of(private: Ed25519PrivateKey) -> PublicKey:
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return PublicKey.from_raw(raw)
-
-
-def sign(private: Ed25519PrivateKey, data: bytes) -> Signature:
-    return Signature(public_key_of(private).keyid, private.sign(data))
-
-
-def encode_signatures(signatures: list[Signature]) -> bytes:
-    """The `.sig` file published beside a signed file."""
-    document = {"signatures": [{"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode()} for s in signatures]}
-    return (json.dumps(document, indent=2) + "\n").encode()
 
 
 def parse_signatures(data: bytes, what: str) -> list[Signature]:

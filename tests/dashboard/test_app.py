@@ -23,8 +23,8 @@ from pilot.daemon.runtime import Reexec, Runtime
 from pilot.dashboard.app import CheckFinished, PilotApp, UpgradeStep
 from pilot.dashboard.widgets import Banner, UpdateNotice, UpgradeProgress
 from pilot.launcher import write_json
-from pilot.state.db import open_store
 from pilot.state.models import Usage
+from pilot.state.store import open_store
 
 SNAPSHOT = Path(__file__).with_name("snapshots") / "layout.txt"
 SIZE = (100, 30)
@@ -75,7 +75,7 @@ def updatable(runtime, archives, release_site, release_key, tmp_path):
     """A runtime whose updater runs for real against a release tree offering 2.0.0."""
     from pilot.daemon.checker import UpdateChecker
     from pilot.update.fetch import HttpFetcher
-    from pilot.update.updater import Updater
+    from pilot.update.updater import Settings, Updater
 
     v1, v2 = archives.build("1.0.0"), archives.build("2.0.0")
     release_site.publish(v2)
@@ -86,8 +86,8 @@ def updatable(runtime, archives, release_site, release_key, tmp_path):
                       archive=bin_dir / "pilot", trusted_keys=(TrustedKey(release_key.public.keyid,
                                                                           release_key.public.raw),),
                       threshold=1, source_commit=None, manifest_url=release_site.manifest_url)
-    runtime.updater = Updater(build=build, config=runtime.config, fetcher=HttpFetcher(),
-                              manifest_url=release_site.manifest_url)
+    settings = Settings.read(runtime.config, os.environ, manifest_url=release_site.manifest_url)
+    runtime.updater = Updater(build=build, settings=settings, fetcher=HttpFetcher())
     runtime.checker = UpdateChecker(runtime.updater, interval=3600, on_outcome=runtime._on_check)
     runtime.version = build.version  # what this "archive" reports, as an archive's runtime would
     runtime.v2 = v2
@@ -210,11 +210,10 @@ async def test_banner_after_an_upgrade_commits_the_trial_boot(runtime, monkeypat
         banner = app.query_one(Banner)
         await wait_until(pilot, lambda: banner.display)
         assert str(banner.content) == "✅ Upgraded from v0.9.0"
-    from pilot.update.sentinel import load_state
+    from pilot.update import state
 
     assert not Path(trial_path()).exists()
-    assert load_state()["last"]["state"] == "committed"
-    assert [e.kind for e in runtime.store.update_events()] == ["upgrade"]
+    assert state.load().last.state == "committed"
 
 
 async def test_banner_after_a_rollback(runtime):

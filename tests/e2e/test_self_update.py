@@ -116,7 +116,7 @@ def tamper_artifact(site, version):
 
 
 def sign_with_intruder(site, other_key):
-    from pilot.update.verify import encode_signatures, sign
+    from pilot.update.signing import encode_signatures, sign
 
     signature = encode_signatures([sign(other_key.private, site.manifest.read_bytes())])
     (site.manifest.parent / "manifest.json.sig").write_bytes(signature)
@@ -189,7 +189,7 @@ def test_unreachable_server_is_one_line_and_changes_nothing(v1, install_factory)
 
 
 def test_no_artifact_for_this_platform(v1, v2, release_site, install_factory, release_key):
-    from pilot.update.verify import encode_signatures, sign
+    from pilot.update.signing import encode_signatures, sign
 
     release_site.publish(v2)
     document = json.loads(release_site.manifest.read_bytes())

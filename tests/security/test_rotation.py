@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from pilot.update.verify import KeySet, encode_signatures, public_key_of, sign
+from pilot.update.signing import encode_signatures, public_key_of, sign
+from pilot.update.verify import KeySet
 from tests.conftest import run_release_tool
 from tests.e2e.conftest import sha256
 from tests.security.conftest import refused

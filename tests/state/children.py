@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pilot.state import db
+from pilot.state import store as stores
 from pilot.state.models import Usage
 
 PAUSED = "paused"
@@ -34,7 +35,7 @@ DELTA = Usage(input_tokens=1, output_tokens=2, cache_read_tokens=3, cache_write_
 
 def write_usage(home: Path) -> None:
     """Add DELTA to one running task forever, printing the count after each commit."""
-    store = db.open_store(home, app_version="1.0.0")
+    store = stores.open_store(home, app_version="1.0.0")
     session = store.start_session(version="1.0.0", pid=0)
     store.add_task("spend tokens")
     task = store.claim_next_task(session.id)

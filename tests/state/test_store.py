@@ -14,9 +14,9 @@ import pytest
 
 from pilot.errors import StateError
 from pilot.state import db
-from pilot.state.db import DB_FILENAME, open_store
+from pilot.state.db import DB_FILENAME
 from pilot.state.models import Totals, Usage
-from pilot.state.store import LOG_TAIL_CHARS, Store
+from pilot.state.store import LOG_TAIL_CHARS, Store, open_store
 from tests.state import children
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,19 +116,6 @@ def test_sessions_start_resume_after_exec_and_end(store):
     assert store.session(session.id).ended_at is not None
     assert store.resume_session(session.id, version="3.0.0") is None
     assert store.resume_session(999, version="3.0.0") is None
-
-
-def test_update_events_are_kept_newest_first(store):
-    store.record_update_event("check")
-    store.record_update_event("upgrade", from_version="1.0.0", to_version="2.0.0")
-    store.record_update_event("rollback", from_version="2.0.0", to_version="1.0.0", detail="2.0.0 hung at start")
-    events = store.update_events()
-    assert [event.kind for event in events] == ["rollback", "upgrade", "check"]
-    assert (events[0].from_version, events[0].to_version, events[0].detail) == ("2.0.0", "1.0.0", "2.0.0 hung at start")
-    assert events[0].at.tzinfo == UTC
-    assert len(store.update_events(limit=1)) == 1
-    with pytest.raises(ValueError):
-        store.record_update_event("reboot")
 
 
 def test_an_unknown_task_is_a_state_error_and_writes_nothing(store):

@@ -15,15 +15,9 @@ from pilot.config import load_config
 from pilot.errors import DownloadError, VerificationError
 from pilot.update.fetch import Response
 from pilot.update.manifest import format_timestamp
-from pilot.update.updater import Updater
-from pilot.update.verify import (
-    KeySet,
-    declared_keyset_version,
-    encode_signatures,
-    public_key_of,
-    sign,
-    walk_keysets,
-)
+from pilot.update.signing import encode_signatures, public_key_of, sign
+from pilot.update.updater import Updater, open_updater
+from pilot.update.verify import KeySet, declared_keyset_version, walk_keysets
 
 
 def private(name: str) -> Ed25519PrivateKey:
@@ -133,17 +127,17 @@ def updater(fetcher, tmp_path: Path) -> Updater:
     build = BuildInfo(version="1.0.0", python_tag="cp311", platform_tag="linux_x86_64", build_id="b" * 64,
                       archive=tmp_path / "pilot", trusted_keys=(TrustedKey(key.keyid, key.raw),), threshold=1,
                       source_commit=None, manifest_url=None)
-    return Updater(build=build, config=load_config(), fetcher=fetcher, manifest_url=BASE + "stable/manifest.json")
+    return open_updater(config=load_config(), build=build, fetcher=fetcher, manifest_url=BASE + "stable/manifest.json")
 
 
 def test_the_updater_walks_two_rotations_in_one_check_and_remembers_the_set(tmp_path):
-    from pilot.update import sentinel
+    from pilot.update import state
 
     fetcher = TreeFetcher(tree(manifest(5, 3), [K3A, K3B]))
     assert updater(fetcher, tmp_path).fetch_verified_manifest().keyset_version == 3
     assert [u.removeprefix(BASE) for u in fetcher.fetched if "/keys/" in u] == [
         "keys/2.json", "keys/2.json.sig", "keys/3.json", "keys/3.json.sig"]
-    assert sentinel.load_state()["highest_keyset_version"] == 3
+    assert state.load().highest_keyset_version == 3
 
     again = TreeFetcher(tree(manifest(6, 3), [K3A, K3B]))
     updater(again, tmp_path).fetch_verified_manifest()  # no key is cached: the chain is walked again

@@ -1,22 +1,20 @@
-"""The application side of the boot sentinel (pilot.update.sentinel): trial records, commit, notices, the lock."""
+"""The application side of the boot sentinel (pilot.update.sentinel): opening, committing and settling trials."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pilot.buildinfo import BuildInfo
-from pilot.errors import UpdateError
-from pilot.launcher import UpdateLock, read_json, state_path, trial_path, write_json
-from pilot.update import sentinel
+from pilot.launcher import read_json, trial_path, write_json
+from pilot.update import sentinel, state
 
 REPO = Path(__file__).resolve().parents[2]
+ARGV = ("self-update", "--after-restart")
 
 
 def build(build_id: str = "new-build", version: str = "2.0.0") -> BuildInfo:
@@ -28,7 +26,6 @@ def build(build_id: str = "new-build", version: str = "2.0.0") -> BuildInfo:
 TRIAL = sentinel.Trial(
     from_version="1.0.0", to_version="2.0.0", from_build_id="old-build", to_build_id="new-build",
     install_path=Path("/opt/pilot/pilot"), backup_path=Path("/opt/pilot/pilot.backup"),
-    resume_argv=("self-update", "--after-restart"),
 )
 
 
@@ -41,133 +38,139 @@ def alarm_guard():
     signal.signal(signal.SIGALRM, handler)
 
 
-def test_open_trial_records_this_process_with_its_one_attempt_spent(monkeypatch):
+@pytest.fixture
+def running_new(monkeypatch):
+    """This test process plays the new version's boot (what current_build() would say inside the archive)."""
+    monkeypatch.setattr(sentinel, "current_build", lambda: build())
+
+
+def test_a_trial_for_an_exec_names_this_process_and_a_deadline(monkeypatch):
     monkeypatch.setenv("PILOT_BOOT_TIMEOUT", "42")
     before = time.time()
-    record = sentinel.open_trial(TRIAL)
+    record = sentinel.open_trial(TRIAL, exec_argv=ARGV)
     assert read_json(trial_path()) == record
-    assert record["pid"] == os.getpid()
-    assert record["attempts_left"] == 0
+    assert record["pid"] == record["opened_by"] == os.getpid()
+    assert record["booted"] is False
     assert before <= record["started_at"] <= time.time()
     assert record["deadline"] == pytest.approx(record["started_at"] + 42, abs=1)
-    assert record["from_version"] == "1.0.0" and record["to_version"] == "2.0.0"
-    assert record["from_build_id"] == "old-build" and record["to_build_id"] == "new-build"
-    assert record["install_path"] == "/opt/pilot/pilot" and record["backup_path"] == "/opt/pilot/pilot.backup"
-    assert record["resume_argv"] == ["self-update", "--after-restart"]
+    assert record["resume_argv"] == list(ARGV)
+    assert (record["from_version"], record["to_version"]) == ("1.0.0", "2.0.0")
+    assert (record["from_build_id"], record["to_build_id"]) == ("old-build", "new-build")
+    assert (record["install_path"], record["backup_path"]) == ("/opt/pilot/pilot", "/opt/pilot/pilot.backup")
 
 
-def test_boot_timeout_defaults_to_the_launcher_constant(monkeypatch):
-    monkeypatch.delenv("PILOT_BOOT_TIMEOUT", raising=False)
-    record = sentinel.open_trial(TRIAL)
-    assert record["deadline"] - record["started_at"] == pytest.approx(60, abs=1)
+@pytest.mark.parametrize("timeout, seconds", [("90s", 90), ("2m", 120), ("", 60), ("soon", 60)])
+def test_the_deadline_takes_every_duration_form_and_never_fails(monkeypatch, timeout, seconds):
+    """A bad PILOT_BOOT_TIMEOUT is refused by the updater before it downloads; here it may not fail."""
+    monkeypatch.setenv("PILOT_BOOT_TIMEOUT", timeout)
+    record = sentinel.open_trial(TRIAL, exec_argv=ARGV)
+    assert record["deadline"] - record["started_at"] == pytest.approx(seconds, abs=1)
+
+
+def test_a_pending_trial_names_no_process_for_the_next_start_to_claim():
+    record = sentinel.open_trial(TRIAL, exec_argv=None)
+    assert (record["pid"], record["deadline"], record["booted"], record["resume_argv"]) == (None, None, False, [])
 
 
 def test_commit_boot_commits_the_owning_process_on_the_new_build():
-    record = sentinel.open_trial(TRIAL)
+    record = sentinel.open_trial(TRIAL, exec_argv=ARGV)
     signal.alarm(30)  # what self-update arms before its exec
     assert sentinel.commit_boot(build()) == record
     assert not os.path.exists(trial_path())
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
-    state = sentinel.load_state()
-    assert state["last"]["state"] == "committed"
-    assert (state["last"]["from_version"], state["last"]["to_version"]) == ("1.0.0", "2.0.0")
-    assert state["notice_pending"] is True
-    assert "bad_versions" not in state
+    known = state.load()
+    assert (known.last.state, known.last.from_version, known.last.to_version) == ("committed", "1.0.0", "2.0.0")
+    assert known.notice_pending is True
+    assert known.bad_versions == ()
 
 
 @pytest.mark.parametrize("who", ["no build", "old build", "other pid"])
 def test_commit_boot_leaves_a_trial_that_is_not_this_process_s(who):
-    record = sentinel.open_trial(TRIAL)
+    record = sentinel.open_trial(TRIAL, exec_argv=ARGV)
     if who == "other pid":
         record = dict(record, pid=os.getpid() + 1)
         write_json(trial_path(), record)
     running = {"no build": None, "old build": build("old-build", "1.0.0"), "other pid": build()}[who]
     assert sentinel.commit_boot(running) is None
     assert read_json(trial_path()) == record
-    assert sentinel.load_state() == {}
+    assert state.load().last is None
 
 
 def test_commit_boot_without_a_trial_is_none():
     assert sentinel.commit_boot(build()) is None
-    assert not os.path.exists(state_path())
+    assert state.load().last is None
 
 
-def test_take_notice_returns_the_last_outcome_once():
-    sentinel.open_trial(TRIAL)
+@pytest.mark.parametrize("command, commits", [("status", True), ("self-update", True), (None, True),
+                                              ("start", False)])
+def test_every_command_but_start_confirms_its_start_once_parsed(running_new, command, commits):
+    sentinel.open_trial(TRIAL, exec_argv=ARGV)
+    sentinel.confirm_start(command)
+    assert os.path.exists(trial_path()) is not commits
+
+
+def test_a_committed_version_is_neither_bad_nor_declined_any_more():
+    state.record({**TRIAL.record()}, "rolled_back", "it hung")
+    state.record({**TRIAL.record(), "from_version": "2.0.0", "to_version": "1.0.0"}, "rolled_back_by_user")
+    assert state.load().skipped_versions == ("2.0.0",)
+    sentinel.open_trial(TRIAL, exec_argv=ARGV)
     sentinel.commit_boot(build())
-    last = sentinel.load_state()["last"]
-    assert sentinel.take_notice() == last
-    assert sentinel.take_notice() is None
-    assert sentinel.load_state()["notice_pending"] is False
-    assert sentinel.load_state()["last"] == last  # told, not forgotten
+    assert state.load().skipped_versions == ()
 
 
-def test_take_notice_with_no_state_or_no_outcome_is_none():
-    assert sentinel.take_notice() is None
-    sentinel.save_state({"notice_pending": True})
-    assert sentinel.take_notice() is None
+# --------------------------------------------------------------------------- settle_boot
 
 
-def test_record_installed_needs_no_notice():
-    sentinel.record_installed(TRIAL)
-    state = sentinel.load_state()
-    assert state["last"]["state"] == "installed" and state["notice_pending"] is False
-    assert sentinel.take_notice() is None
+def claimed_trial() -> dict:
+    """A trial that the user's own command claimed (after --no-restart): it was opened by another process."""
+    record = dict(sentinel.open_trial(TRIAL, exec_argv=None), pid=os.getpid(), booted=True,
+                  deadline=time.time() + 60, opened_by=os.getpid() + 1)
+    write_json(trial_path(), record)
+    return record
 
 
-def test_a_torn_state_file_loads_as_empty():
-    os.makedirs(os.path.dirname(state_path()))
-    Path(state_path()).write_text('{"last": ')
-    assert sentinel.load_state() == {}
+@pytest.mark.parametrize("ending", ["interrupted", "output"])
+@pytest.mark.parametrize("how", ["exec", "claim"])
+def test_an_interrupt_or_unwritable_output_hands_the_trial_back(running_new, ending, how):
+    if how == "exec":
+        sentinel.open_trial(TRIAL, exec_argv=ARGV)
+    else:
+        claimed_trial()
+    sentinel.settle_boot(ending, "whatever happened")
+    record = read_json(trial_path())
+    assert (record["pid"], record["booted"], record["deadline"]) == (None, False, None)
+    assert "failure" not in record
+    assert state.load().bad_versions == ()
 
 
-def test_exclusive_update_refuses_while_another_process_holds_the_lock():
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pilot.launcher import UpdateLock\n"
-                               "with UpdateLock():\n    print('held', flush=True)\n    sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        entered = []
-        with pytest.raises(UpdateError) as raised, sentinel.exclusive_update():
-            entered.append(1)
-        assert entered == []
-        assert raised.value.message == "another update is running"
-        assert raised.value.exit_code == 3
-        assert UpdateLock._depth == 0
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
-    with sentinel.exclusive_update():
-        assert UpdateLock._depth == 1
-    assert UpdateLock._depth == 0
+def test_a_refusal_in_the_user_s_own_first_command_hands_the_trial_back(running_new):
+    claimed_trial()
+    sentinel.settle_boot("refused", "a Pilot daemon is already running")
+    assert read_json(trial_path())["pid"] is None
 
 
-def test_exclusive_update_releases_the_lock_when_the_update_fails():
-    with pytest.raises(RuntimeError), sentinel.exclusive_update():
-        raise RuntimeError("download failed")
-    assert UpdateLock._depth == 0 and UpdateLock._fd is None
+@pytest.mark.parametrize("ending", ["refused", "exited", "error"])
+def test_the_exec_after_an_update_that_does_not_come_up_has_failed(running_new, ending):
+    """The exec re-runs the very command the old version ran a moment ago: a refusal there is the new version's."""
+    sentinel.open_trial(TRIAL, exec_argv=ARGV)
+    sentinel.settle_boot(ending, "the database schema is too new")
+    record = read_json(trial_path())
+    assert record["pid"] == os.getpid()  # still ours: the boot guard rolls back with the reason below
+    assert record["failure"] == "did not start: the database schema is too new"
 
 
-def rolled_back_state() -> dict:
-    record = {"from_version": "1.0.0", "to_version": "2.0.0", "install_path": "/opt/pilot/pilot",
-              "backup_path": "/opt/pilot/pilot.backup"}
-    return sentinel.record_outcome({}, record, "rolled_back", "2.0.0 it failed to start: RuntimeError: boom")
+def test_settle_boot_leaves_another_process_s_trial_alone(running_new):
+    record = dict(sentinel.open_trial(TRIAL, exec_argv=ARGV), pid=os.getpid() + 1)
+    write_json(trial_path(), record)
+    sentinel.settle_boot("interrupted", "")
+    assert read_json(trial_path()) == record
 
 
-def test_rollback_notice_is_one_line_given_once():
-    assert sentinel.rollback_notice() is None  # no state file: one stat, nothing to say
-    sentinel.save_state(rolled_back_state())
-    notice = sentinel.rollback_notice()
-    assert notice.startswith("pilot: rolled back from 2.0.0 to 1.0.0: 2.0.0 it failed to start")
-    assert "\n" not in notice
-    assert sentinel.rollback_notice() is None
-    assert sentinel.load_state()["bad_versions"] == ["2.0.0"]
-
-
-def test_rollback_notice_says_nothing_about_other_outcomes():
-    sentinel.open_trial(TRIAL)
-    sentinel.commit_boot(build())
-    assert sentinel.rollback_notice() is None
-    assert sentinel.load_state()["notice_pending"] is True  # left for whoever reports commits
+def test_void_trial_drops_only_the_record_it_opened():
+    mine = sentinel.open_trial(TRIAL, exec_argv=ARGV)
+    newer = dict(mine, started_at=mine["started_at"] + 1)
+    write_json(trial_path(), newer)
+    sentinel.void_trial(mine)
+    assert read_json(trial_path()) == newer
+    sentinel.void_trial(newer)
+    assert not os.path.exists(trial_path())
