@@ -22,6 +22,7 @@ exit codes:
   0  success            3  update refused or failed (nothing changed)
   1  other error        4  local state or config unusable
   2  usage error        5  archive built for another interpreter/platform
+  130, 143, 129  interrupted by SIGINT, SIGTERM, SIGHUP (128 + the signal)
 """
 
 

@@ -555,15 +555,22 @@ def say(line):
         pass
 
 
+def seconds_left(trial):
+    """Whole seconds to the trial's deadline, at least 1 and at most a day, whatever the record holds."""
+    deadline = trial.get("deadline")
+    if not isinstance(deadline, (int, float)) or deadline != deadline:
+        return boot_timeout()
+    return int(min(max(deadline - time.time(), 1), 86400))
+
+
 def run_trial(trial, start_app):
     """Run the app as the trial boot. An exception, a hang or an exit before the app confirms its start
     rolls back in this process; an interrupt or unwritable output leaves the trial for the next start."""
     signal.signal(signal.SIGALRM, _on_alarm)
     handle_stop_signals()
     try:
-        if os.environ.pop(SIGNALS_BLOCKED_ENV, None):  # the updater kept them blocked across the exec
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        signal.alarm(max(int(trial.get("deadline", 0) - time.time()), 1))  # re-armed: the interpreter may clear it
+        unblock_inherited_signals()  # after the handlers: a stop that waited across the exec is ours now
+        signal.alarm(seconds_left(trial))  # re-armed: the interpreter may have cleared the one set before the exec
         failpoint("boot-trial-start")
         code = start_app()
     except BaseException as error:  # every failure of the new version rolls back
@@ -589,24 +596,34 @@ def guard_boot(build, start_app, archive=None, may_claim=True):
     """Consult the trial record before the app starts; returns the app's exit code.
 
     may_claim is False for a start that will not run the application (`--version`, the wrong
-    interpreter): it must not become the new version's trial."""
+    interpreter, the recovery commands): it must not become the new version's trial."""
     if not os.path.exists(trial_path()):
+        unblock_inherited_signals()
         return start_app()
     trial = read_json(trial_path())
     at_install = archive is not None and trial is not None and \
         os.path.realpath(archive) == trial.get("install_path")
     decision = boot_decision(trial, build["build_id"], os.getpid(), time.time(), version=build.get("version"),
                              at_install=at_install)
-    if decision in ("trial", "claim") and (may_claim or decision == "trial"):
+    if decision == "trial" or (decision == "claim" and may_claim):
         claimed = claim_trial(trial, sys.argv[1:])
         if claimed is not None:
-            return run_trial(claimed, start_app)
-    elif decision == "rollback":
+            return run_trial(claimed, start_app)  # which unblocks the signals once its handlers are in place
+    unblock_inherited_signals()
+    if decision == "rollback":
         reason = "%s did not finish starting (its process ended or hung before confirming)" % trial["to_version"]
         roll_back(trial, reason, sys.argv[1:])
     elif decision == "void":
         void_trial(trial)
     return start_app()
+
+
+def unblock_inherited_signals():
+    """An updater may exec us with the stop signals blocked (so none is lost in the exec): take them back.
+
+    A trial boot does it once its handlers are in place; every other start at once, whatever it runs."""
+    if os.environ.pop(SIGNALS_BLOCKED_ENV, None):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 # --- recovery that needs no application code --------------------------------------------------

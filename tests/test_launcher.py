@@ -426,7 +426,7 @@ def test_a_failed_trial_boot_with_no_backup_records_it_and_reraises(tmp_path, al
 
 
 DRIVER = """
-import json, os, sys, time
+import json, os, signal, sys, time
 from pilot import launcher
 
 cfg = json.loads(os.environ["DRIVER_CONFIG"])
@@ -453,6 +453,21 @@ def start_app():
     if how == "commits":
         launcher.remove_file(launcher.trial_path())
         return 0
+    if how == "ctrl-c":
+        raise KeyboardInterrupt()
+    if how in ("sigterm", "sighup"):
+        os.kill(os.getpid(), getattr(signal, how.upper()))
+        time.sleep(5)
+    if how == "closed pipe":
+        raise BrokenPipeError(32, "Broken pipe")
+    if how == "refuses":  # what the CLI's settle_boot does for an interrupt or output error
+        launcher.release_trial(launcher.read_json(launcher.trial_path()))
+        return 4
+    if how == "notes a failure":
+        record = launcher.read_json(launcher.trial_path())
+        record["failure"] = "did not start: the database schema is too new"
+        launcher.write_json(launcher.trial_path(), record)
+        return 4
 
 sys.exit(launcher.guard_boot({"build_id": "new-build"}, start_app))
 """
@@ -585,3 +600,151 @@ def test_pruning_skips_extractions_held_by_a_live_process_and_kept_builds(tmp_pa
 
 def test_hold_extraction_of_a_vanished_directory_is_false(tmp_path):
     assert launcher.hold_extraction(str(tmp_path / "pilot_gone")) is False
+
+
+@pytest.mark.parametrize("how, status", [("ctrl-c", 130), ("sigterm", 143), ("sighup", 129), ("closed pipe", 1),
+                                         ("refuses", 4)])
+def test_a_start_that_is_interrupted_or_cannot_write_is_no_failed_start(installed, how, status):
+    """The trial stays open for the next start: nothing rolled back, no version condemned, one line."""
+    install, backup = installed
+    result = drive(installed, how)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "OLD ok" not in result.stdout
+    assert install.read_text() == NEW_STANDIN and backup.read_text() == OLD_STANDIN
+    trial = read_json(trial_path())
+    assert (trial["pid"], trial["booted"], trial["deadline"]) == (None, False, None)
+    assert read_json(state_path()) is None  # no outcome: no bad version
+    if how != "refuses":
+        assert "2.0.0 was interrupted while it started; it starts again with your next command" in result.stderr
+
+
+def test_a_failure_the_app_noted_is_the_reason_of_the_rollback(installed):
+    result = drive(installed, "notes a failure")
+    assert_rolled_back(installed, result, "2.0.0 did not start: the database schema is too new",
+                       ["self-update", "--after-restart"])
+
+
+PENDING_DRIVER = """
+import json, os, sys, time
+from pilot import launcher
+
+cfg = json.loads(os.environ["DRIVER_CONFIG"])
+launcher.write_json(launcher.trial_path(), {
+    "from_version": "1.0.0", "to_version": "2.0.0", "from_build_id": "old-build", "to_build_id": "new-build",
+    "install_path": cfg["install"], "backup_path": cfg["backup"], "resume_argv": [], "pid": None, "booted": False,
+    "deadline": None, "started_at": time.time(), "opened_by": 1,
+})
+
+def start_app():
+    print("APP", json.dumps(launcher.read_json(launcher.trial_path())), flush=True)
+    if cfg["failure"] == "raises":
+        raise RuntimeError("cannot import its config module")
+    if cfg["failure"] == "commits":
+        launcher.remove_file(launcher.trial_path())
+    return 0
+
+sys.argv[1:] = cfg["argv"]
+sys.exit(launcher.guard_boot({"build_id": "new-build", "version": "2.0.0"}, start_app, cfg["install"],
+                             may_claim=cfg["argv"] != ["--version"]))
+"""
+
+
+def drive_pending(installed, failure: str, argv: list[str]) -> subprocess.CompletedProcess:
+    install, backup = installed
+    config = {"install": str(install), "backup": str(backup), "failure": failure, "argv": argv}
+    return run_python(PENDING_DRIVER, DRIVER_CONFIG=json.dumps(config), PILOT_BOOT_TIMEOUT="7")
+
+
+def test_the_first_real_start_after_no_restart_claims_the_trial_with_its_own_arguments(installed):
+    result = drive_pending(installed, "commits", ["status", "--json"])
+    assert result.returncode == 0, result.stderr
+    claimed = json.loads(result.stdout.split("APP ", 1)[1])
+    assert claimed["pid"] != 1 and claimed["booted"] is True and claimed["resume_argv"] == ["status", "--json"]
+    assert claimed["deadline"] - time.time() < 8  # PILOT_BOOT_TIMEOUT
+
+
+def test_a_pending_new_version_that_fails_its_first_start_is_rolled_back_with_the_user_s_command(installed):
+    result = drive_pending(installed, "raises", ["status", "--json"])
+    install, _ = installed
+    old = [json.loads(line.removeprefix("OLD ok ")) for line in result.stdout.splitlines() if line.startswith("OLD")]
+    assert old and old[0]["argv"] == ["status", "--json"]
+    assert install.read_text() == OLD_STANDIN
+    assert read_json(state_path())["bad_versions"] == ["2.0.0"]
+
+
+def test_version_does_not_claim_a_pending_trial(installed):
+    result = drive_pending(installed, "answers", ["--version"])
+    assert result.returncode == 0 and "APP" in result.stdout
+    assert read_json(trial_path())["pid"] is None  # still pending for a start that runs the application
+
+
+# ------------------------------------------------------------------- recovery and durations
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["self-update", "--status"], "status"), (["self-update", "--status", "--json"], "status"),
+    (["self-update", "--rollback"], "rollback"), (["self-update", "--rollback", "--yes"], "rollback"),
+    (["self-update", "--rollback", "--to", "1.0"], None), (["self-update"], None), (["status"], None), ([], None),
+])
+def test_the_recovery_commands_are_recognised_exactly(argv, command):
+    assert launcher.recovery_command(argv) == command
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("2m", 120), ("1.5h", 5400), ("30d", 2592000),
+                                           (" 5 m ", 300), (".5s", 0.5)])
+def test_durations(text, seconds):
+    assert launcher.parse_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5", "0", "1e3", "nan", "inf", "5mm", "5 5", "1.2.3", "²"])
+def test_what_is_not_a_duration(text):
+    assert launcher.parse_seconds(text) is None
+
+
+def test_interrupts_wait_until_the_deferred_step_is_done():
+    done = []
+    with pytest.raises(launcher.Interrupted) as raised, launcher.interrupts_deferred():
+        launcher.raise_interrupted(signal.SIGTERM, None)
+        launcher.raise_interrupted(signal.SIGHUP, None)
+        done.append("the whole step")
+    assert done == ["the whole step"] and raised.value.signum == signal.SIGTERM
+    assert not launcher.interrupt_pending()
+    with pytest.raises(launcher.Interrupted):
+        launcher.raise_interrupted(signal.SIGINT, None)  # not deferred: at once
+
+
+def test_status_report_names_a_pending_trial(tmp_path):
+    write_json(trial_path(), dict(make_trial(tmp_path, pid=None), deadline=None))
+    info = launcher.status_report("1.0.0")
+    assert (info["state"], info["to_version"], info["running_version"]) == ("pending", "2.0.0", "1.0.0")
+    assert any("starts, under the boot guard, with your next command" in line for line in launcher.status_lines(info))
+
+
+BLOCKED_DRIVER = """
+import json, os, signal, sys
+from pilot import launcher
+
+signal.pthread_sigmask(signal.SIG_BLOCK, launcher.STOP_SIGNALS)  # as an updater's exec leaves them
+os.environ[launcher.SIGNALS_BLOCKED_ENV] = "1"
+if sys.argv[1] == "trial":
+    launcher.write_json(launcher.trial_path(), {"to_build_id": "new-build", "to_version": "2.0.0", "pid": os.getpid(),
+                        "started_at": 1.0, "deadline": 9e9, "booted": False, "from_version": "1.0.0",
+                        "install_path": "/nonexistent/pilot", "backup_path": "/nonexistent/pilot.backup"})
+
+def start_app():
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    print(json.dumps(sorted(int(s) for s in blocked & set(launcher.STOP_SIGNALS))), flush=True)
+    launcher.remove_file(launcher.trial_path())
+    return 0
+
+sys.exit(launcher.guard_boot({"build_id": "new-build", "version": "2.0.0"}, start_app))
+"""
+
+
+@pytest.mark.parametrize("start", ["plain", "trial"])
+def test_signals_an_updater_kept_blocked_across_its_exec_are_unblocked_whatever_the_start(start):
+    """A start that is no trial (a daemon exec'ing an archive installed by hand) must not stay deaf to SIGTERM."""
+    result = run_python(BLOCKED_DRIVER, start)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

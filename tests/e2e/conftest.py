@@ -36,6 +36,24 @@ BROKEN = {
     "hangs": broken_cli("import time; time.sleep(3600)"),
 }
 
+SLOW_CLI = '''import os as _os, sys as _sys, time as _time
+_phase = "SELF_TEST" if _sys.argv[1:3] == ["debug", "self-test"] else "START"
+if _os.environ.get("PILOT_TEST_SLOW_" + _phase):
+    if _os.environ.get("PILOT_TEST_MARKER"):
+        open(_os.environ["PILOT_TEST_MARKER"] + "." + _phase.lower(), "w").close()
+    _time.sleep(float(_os.environ["PILOT_TEST_SLOW_" + _phase]))
+'''
+
+
+def slow_cli() -> dict[str, str]:
+    """An overlay for pilot/cli.py that, when asked by the environment, takes its time to start or to self-test.
+
+    PILOT_TEST_SLOW_START / PILOT_TEST_SLOW_SELF_TEST: seconds to sleep first; PILOT_TEST_MARKER: a path
+    prefix whose `.start` / `.self_test` file appears when the sleep begins (so a test can signal it then)."""
+    source = (Path(__file__).resolve().parents[2] / "pilot" / "cli.py").read_text()
+    header, _, rest = source.partition("from __future__ import annotations\n")
+    return {"pilot/cli.py": header + "from __future__ import annotations\n" + SLOW_CLI + rest}
+
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -54,7 +54,9 @@ def test_no_restart_installs_and_next_command_runs_new_version(v1, v2, release_s
     assert result.returncode == 0, result.stderr
     assert "installed pilot 2.0.0" in result.stdout
     assert pilot.version() == "pilot 2.0.0"
-    assert pilot.status()["state"] == "installed"
+    assert pilot.status()["state"] == "pending"  # its first real start is its trial boot
+    assert pilot.run("status").returncode == 0
+    assert pilot.status()["state"] == "committed"
 
 
 def test_rollback_then_update_again(v1, v2, release_site, install_factory):
@@ -68,9 +70,15 @@ def test_rollback_then_update_again(v1, v2, release_site, install_factory):
     assert sha256(pilot.backup) == sha256(v2)
     assert pilot.status()["state"] == "rolled_back_by_user"
 
-    forward = pilot.run("self-update", "--yes")
+    again = pilot.run("self-update", "--yes")  # the version rolled back from is not chosen by itself again
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stdout and "2.0.0 was rolled back on request" in again.stderr
+    assert pilot.version() == "pilot 1.0.0"
+
+    forward = pilot.run("self-update", "--yes", "--to", "2.0.0")  # but it may be asked for
     assert forward.returncode == 0, forward.stderr
     assert pilot.version() == "pilot 2.0.0"
+    assert pilot.status()["user_rollbacks"] == []  # it started: forgiven
 
 
 def test_rollback_without_backup_says_so(v1, install_factory):
@@ -279,12 +287,16 @@ def test_hard_crash_during_boot_is_rolled_back_at_next_start(v2, archives, relea
 
 
 def test_second_update_is_refused_while_one_holds_the_lock(v1, v2, release_site, install_factory):
-    from pilot.launcher import UpdateLock
+    from pilot.launcher import UpdateInProgress
 
     release_site.publish(v2)
     pilot = install_factory(v1)
-    with UpdateLock():
-        result = pilot.run("self-update", "--yes")
+    held = UpdateInProgress()
+    assert held.acquire()
+    try:
+        result = pilot.run("self-update", "--yes", timeout=60)
+    finally:
+        held.release()
     assert result.returncode == 3
     assert "another update is running" in result.stderr
     assert pilot.version() == "pilot 1.0.0"
