@@ -144,9 +144,9 @@ def dispatch(args: argparse.Namespace) -> int:
 def announce_rollback() -> None:
     if not os.path.exists(state_path()):  # one stat on every start; the state is read only when there is one
         return
-    from pilot.update import state
+    from pilot.update import take_notice
 
-    notice = state.take_notice()
+    notice = take_notice()
     if notice is not None and notice.state == "rolled_back":
         say(f"pilot: rolled back from {notice.to_version} to {notice.from_version}: {notice.reason} "
             "(details: pilot self-update --status)")
@@ -157,18 +157,18 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     try:
         args = parser.parse_args(argv)
     except SystemExit:  # --help, or a usage error
-        settle_trial(lambda sentinel: sentinel.confirm_start(None))
+        settle_trial(lambda update: update.confirm_start(None))
         raise
-    settle_trial(lambda sentinel: sentinel.confirm_start(args.command))
+    settle_trial(lambda update: update.confirm_start(args.command))
     return args
 
 
 def settle_trial(action) -> None:
-    """Run action(pilot.update.sentinel) when a new version's trial is open; one stat on every other start."""
+    """Run action(the update's front door) when a new version's trial is open; one stat on every other start."""
     if os.path.exists(trial_path()):
-        from pilot.update import sentinel
+        import pilot.update
 
-        action(sentinel)
+        action(pilot.update)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         announce_rollback()
     ending, code = run(args)
     if ending is not None:  # `pilot start` that ended before its main loop was up (a no-op otherwise)
-        settle_trial(lambda sentinel: sentinel.settle_boot(*ending))
+        settle_trial(lambda update: update.settle_boot(*ending))
     return code
 
 

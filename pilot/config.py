@@ -32,10 +32,8 @@ from typing import Any
 
 from pilot.buildinfo import current_build
 from pilot.errors import ConfigError
-from pilot.launcher import pilot_home
+from pilot.launcher import parse_seconds, pilot_home
 
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 NOTIFY_CHANNELS = ("none", "telegram", "webhook")
 CHANNEL = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 DEFAULT_EXECUTOR = ("claude", "-p", "--output-format", "stream-json", "--verbose")
@@ -91,12 +89,13 @@ class Config:
 
 
 def parse_duration(value: Any, what: str) -> float:
+    """Seconds from a number or a duration like 90s, 2m, 1.5h, 30d (the one grammar: pilot.launcher.parse_seconds)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"):
         return float(value)
-    match = DURATION.match(value) if isinstance(value, str) else None
-    if not match or float(match[1]) <= 0:
+    seconds = parse_seconds(value) if isinstance(value, str) else None
+    if seconds is None:
         raise ConfigError(f"{what}: {value!r} is not a duration like 30m, 2h or 90s")
-    return float(match[1]) * UNITS[match[2]]
+    return seconds
 
 
 def _convert(value: Any, spec, what: str) -> Any:

@@ -48,7 +48,6 @@ import time
 EXIT_INCOMPATIBLE = 5
 BOOT_TIMEOUT_SECONDS = 60
 BOOT_TIMEOUT_ENV = "PILOT_BOOT_TIMEOUT"
-TRIAL_FORMAT = 2  # update/trial.json: pid may be null (pending), booted, opened_by, failure
 BOOT_PROTOCOL = 2  # stamped into each build: 2 = pending trials, claims, signals kept blocked across the exec
 SIGNALS_BLOCKED_ENV = "PILOT_SIGNALS_BLOCKED"  # set by an updater that execs with STOP_SIGNALS blocked
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -11,13 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from packaging.version import Version
-
 from pilot.buildinfo import current_build
-from pilot.errors import PilotError, UpdateError, UsageError
+from pilot.errors import UpdateError, UsageError
 from pilot.launcher import handle_stop_signals, rollback_line, status_lines
-from pilot.update import FileSource, open_updater, roll_back, update_status
-from pilot.update.manifest import parse_version
+from pilot.update import FileSource, open_updater, roll_back, take_notice, update_status
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +56,7 @@ def locate_manifest(path: Path, channel: str) -> Path:
 
 
 def check(updater, args: argparse.Namespace) -> int:
-    result = updater.check(target=parse_target(args.to))
+    result = updater.check(target=args.to)
     info = {
         "current": str(result.current),
         "latest": str(result.latest) if result.latest else None,
@@ -85,22 +82,9 @@ def report_skipped(result) -> None:
               file=sys.stderr)
 
 
-def parse_target(text: str | None) -> Version | None:
-    if text is None:
-        return None
-    try:
-        return parse_version(text, "--to")
-    except PilotError as error:
-        raise UsageError(error.message) from None
-
-
 def update(updater, args: argparse.Namespace) -> int:
-    from pilot.update.install import read_metadata
-    from pilot.update.progress import download_progress
+    from pilot.commands.progress import download_progress
 
-    target = parse_target(args.to)
-    if args.from_file and target is None:
-        target = parse_target(str(read_metadata(Path(args.from_file)).get("version")))
     version = updater.build.version
 
     def confirm(result) -> None:
@@ -108,7 +92,7 @@ def update(updater, args: argparse.Namespace) -> int:
         print(f"updating pilot {version} -> {result.version}", file=sys.stderr)
 
     with download_progress("downloading") as progress:
-        outcome = updater.update(target, confirm=confirm, progress=progress, restart=not args.no_restart,
+        outcome = updater.update(args.to, confirm=confirm, progress=progress, restart=not args.no_restart,
                                  on_step=announce_step)
     result = outcome.result
     if outcome.done == "up_to_date":
@@ -140,17 +124,17 @@ def ask(question: str, assume_yes: bool) -> None:
 def after_restart() -> int:
     """The first command a new version runs after self-update's exec. The CLI has committed its boot
     already (once the arguments were parsed), so a line that cannot be written changes nothing."""
-    from pilot.update import state
-
     build = current_build()
-    last = state.take_notice() or state.load().last
-    if last is not None and last.state == "rolled_back":
-        print(f"pilot: rolled back to {build.version if build else '?'}: {last.reason}", file=sys.stderr)
+    version = build.version if build else "?"
+    take_notice()  # told now, as it happened
+    last = update_status()
+    if last["state"] == "rolled_back":
+        print(f"pilot: rolled back to {version}: {last['reason']}", file=sys.stderr)
         return UpdateError.exit_code
-    if last is not None and last.state == "committed" and build is not None and last.to_version == build.version:
-        print(f"pilot {build.version} (updated from {last.from_version})", flush=True)
+    if last["state"] == "committed" and last["to_version"] == version:
+        print(f"pilot {version} (updated from {last['from_version']})", flush=True)
         return 0
-    print(f"pilot {build.version if build else '?'}")
+    print(f"pilot {version}")
     return 0
 
 

@@ -54,7 +54,7 @@ def list_tasks(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     from pilot.daemon.lock import running_daemon
-    from pilot.update import state
+    from pilot.update import update_status
 
     store = open_store()
     try:
@@ -62,7 +62,7 @@ def status(args: argparse.Namespace) -> int:
         running = store.running_tasks()
     finally:
         store.close()
-    last = state.load().last
+    last = update_status()
     daemon = running_daemon(Path(pilot_home()))
     version = current_version()
     info = {
@@ -75,7 +75,7 @@ def status(args: argparse.Namespace) -> int:
         "tasks": {"done": totals.done, "failed": totals.failed, "queued": totals.queued, "running": totals.running,
                   "interrupted": totals.interrupted},
         "running": [task_json(t) for t in running],
-        "last_update": asdict(last) if last else None,
+        "last_update": last if last["state"] != "none" else None,
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -87,8 +87,8 @@ def status(args: argparse.Namespace) -> int:
     tasks = info["tasks"]
     print(f"tasks: {tasks['done']} done, {tasks['failed']} failed, {tasks['running']} running, "
           f"{tasks['queued']} queued, {tasks['interrupted']} interrupted")
-    if last:
-        print(f"last update: {last.state} {last.from_version} -> {last.to_version} at {last.at}")
+    if info["last_update"]:
+        print(f"last update: {last['state']} {last['from_version']} -> {last['to_version']} at {last['at'] or 'now'}")
     return 0
 
 

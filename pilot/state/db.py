@@ -169,12 +169,26 @@ def connect(path: Path | str) -> sqlite3.Connection:
                                timeout=BUSY_TIMEOUT_MS / 1000)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")  # reads page 1: a foreign file fails here
+            _enter_wal(conn)
             conn.execute("PRAGMA synchronous = FULL")
         except BaseException:
             conn.close()
             raise
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """PRAGMA journal_mode = WAL, which reads page 1 (a foreign file fails here). Two processes opening a
+    new database at once can find it locked without SQLite calling the busy handler: wait like it would."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def database_path(conn: sqlite3.Connection) -> Path:

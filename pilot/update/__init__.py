@@ -4,7 +4,9 @@
     open_background_updater(cfg)   the daemon's engine, or None where Pilot cannot update itself
     roll_back()                    `pilot self-update --rollback`
     update_status()                `pilot self-update --status`
-    commit_boot(), take_notice()   a new version confirms its start; how the last update ended, told once
+    confirm_start(), settle_boot(), commit_boot()
+                                   a new version confirms its start, or ends before it could
+    take_notice()                  how the last update ended, told once
     FileSource                     offline installs: the same checks over local files
 
 Layers, python-tuf style: `manifest`, `schema` and `verify` are pure (bytes in, dataclasses or
@@ -21,8 +23,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pilot.update.fetch import FileSource
-    from pilot.update.sentinel import commit_boot
-    from pilot.update.state import take_notice
+    from pilot.update.sentinel import commit_boot, confirm_start, settle_boot
+    from pilot.update.state import take_notice, update_status
     from pilot.update.updater import (
         CheckResult,
         Prepared,
@@ -33,13 +35,14 @@ if TYPE_CHECKING:
         open_background_updater,
         open_updater,
         roll_back,
-        update_status,
     )
 
 __all__ = ["CheckResult", "FileSource", "Prepared", "Settings", "Update", "UpdateOutcome", "Updater", "commit_boot",
-           "open_background_updater", "open_updater", "roll_back", "take_notice", "update_status"]
-_HOMES = {name: "pilot.update.updater" for name in __all__} | {
-    "FileSource": "pilot.update.fetch", "commit_boot": "pilot.update.sentinel", "take_notice": "pilot.update.state"}
+           "confirm_start", "open_background_updater", "open_updater", "roll_back", "settle_boot", "take_notice",
+           "update_status"]
+_HOMES = {name: "pilot.update.updater" for name in __all__} | {"FileSource": "pilot.update.fetch"} | {
+    name: "pilot.update.sentinel" for name in ("commit_boot", "confirm_start", "settle_boot")} | {
+    name: "pilot.update.state" for name in ("take_notice", "update_status")}
 
 
 def __getattr__(name: str):

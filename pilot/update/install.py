@@ -27,7 +27,6 @@ from pathlib import Path
 from pilot.errors import InstallError, UpdateCancelled, VerificationError
 from pilot.launcher import IN_USE_FILE, extraction_root, failpoint, fsync_directory, pid_alive, read_build_metadata
 from pilot.update.manifest import Artifact
-from pilot.update.progress import Progress
 from pilot.update.verify import check_digest
 
 PREFLIGHT_TIMEOUT = 180
@@ -86,6 +85,7 @@ def temp_file(directory: Path) -> Iterator[Path]:
             path.unlink()
 
 
+Progress = Callable[[int, int], None]  # (bytes received, bytes in all), called as the download streams
 Cancelled = Callable[[], bool]  # polled between chunks and while the self-test runs
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from pilot.buildinfo import BuildInfo, current_build
 from pilot.launcher import (
-    TRIAL_FORMAT,
     UpdateLock,
     boot_timeout,
     failpoint,
@@ -57,7 +56,7 @@ def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None) -> dict:
     the trial boot, with a deadline. Without, the new version starts with the user's next
     command, which claims the trial then. Call under UpdateLock."""
     now = time.time()
-    record = {**trial.record(), "format": TRIAL_FORMAT, "started_at": now, "opened_by": os.getpid(),
+    record = {**trial.record(), "started_at": now, "opened_by": os.getpid(),
               "booted": False, "pid": None, "deadline": None, "resume_argv": []}
     if exec_argv is not None:
         record.update(pid=os.getpid(), deadline=now + boot_timeout(), resume_argv=list(exec_argv))

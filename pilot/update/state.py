@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pilot.launcher import UpdateLock, fold_state, read_json, state_path, write_json
+from pilot.launcher import UpdateLock, fold_state, read_json, state_path, status_report, write_json
 
-__all__ = ["Outcome", "UpdateState", "install_id", "load", "record", "remember_manifest", "take_notice"]
+__all__ = ["Outcome", "UpdateState", "install_id", "load", "record", "remember_manifest", "take_notice",
+           "update_status"]
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,12 @@ def take_notice() -> Outcome | None:
 
     _change(edit)
     return told[0]
+
+
+def update_status() -> dict:
+    """Where the update stands (`pilot self-update --status`, `pilot status`): the entry module's own report,
+    the one it gives when the application cannot start."""
+    from pilot.buildinfo import current_build
+
+    build = current_build()
+    return status_report(build.version if build else None)

@@ -27,7 +27,7 @@ from packaging.version import Version
 
 from pilot.buildinfo import BuildInfo, current_build, install_method
 from pilot.config import Config, load_config, parse_duration
-from pilot.errors import ConfigError, InstallError, StateError, UpdateError
+from pilot.errors import ConfigError, InstallError, PilotError, StateError, UpdateError, UsageError
 from pilot.launcher import (
     BOOT_PROTOCOL,
     BOOT_TIMEOUT_ENV,
@@ -39,14 +39,12 @@ from pilot.launcher import (
     interrupt_pending,
     interrupts_deferred,
     release_trial,
-    status_report,
     update_dir,
     user_rollback,
 )
 from pilot.update import install, sentinel, state
-from pilot.update.fetch import Fetcher
-from pilot.update.manifest import Choice, Manifest, check_artifact_url, choose_update, release_root
-from pilot.update.progress import Progress
+from pilot.update.fetch import Fetcher, FileSource
+from pilot.update.manifest import Choice, Manifest, check_artifact_url, choose_update, parse_version, release_root
 from pilot.update.restart import exec_archive
 from pilot.update.verify import KeySet, keyset_path, verify_manifest
 
@@ -60,6 +58,7 @@ DEFAULT_DEADLINE = 300.0
 FIRST_CHECK_ENV = "PILOT_FIRST_CHECK_DELAY"
 Step = Callable[[str], None]
 Cancelled = install.Cancelled
+Progress = install.Progress
 
 
 def quiet(step: str) -> None:
@@ -175,7 +174,9 @@ class Updater:
 
     # -- check -------------------------------------------------------------------------------
 
-    def check(self, target: Version | None = None) -> CheckResult:
+    def check(self, target: Version | str | None = None) -> CheckResult:
+        """The release to install: the newest one offered, or `target` (`--to`, a listed version)."""
+        target = parse_target(target)
         manifest = self.fetch_verified_manifest()
         known = state.load()
         current = Version(self.build.version)
@@ -264,10 +265,14 @@ class Updater:
             raise
         return Update(self, lock)
 
-    def update(self, target: Version | None = None, *, confirm: Callable[[CheckResult], None] = lambda r: None,
-               progress: Progress | None = None, on_step: Step = quiet, restart: bool = True,
-               cancelled: Cancelled = install.never) -> UpdateOutcome:
-        """What `pilot self-update` does: check, then prepare and apply the chosen release."""
+    def update(self, target: Version | str | None = None, *,
+               confirm: Callable[[CheckResult], None] = lambda r: None, progress: Progress | None = None,
+               on_step: Step = quiet, restart: bool = True, cancelled: Cancelled = install.never) -> UpdateOutcome:
+        """What `pilot self-update` does: check, then prepare and apply the chosen release.
+
+        Offline (a FileSource) the target is the given archive's own version, unless one is named."""
+        if target is None and isinstance(self.fetcher, FileSource):
+            target = install.read_metadata(self.fetcher.archive).get("version")
         with self.begin() as update:
             result = self.check(target)
             if result.choice is None:
@@ -409,6 +414,16 @@ class Update:
             signal.alarm(0)
 
 
+def parse_target(target: Version | str | None) -> Version | None:
+    """`--to VERSION`: a canonical PEP 440 version, or a usage error in one line."""
+    if target is None or isinstance(target, Version):
+        return target
+    try:
+        return parse_version(str(target), "--to")
+    except PilotError as error:
+        raise UsageError(error.message) from None
+
+
 def rollout_bucket(install_id: str) -> int:
     """This install's stable place (0-99) in staged rollouts."""
     return int(hashlib.sha256(install_id.encode()).hexdigest(), 16) % 100
@@ -486,12 +501,5 @@ def open_background_updater(config: Config) -> Updater | None:
     return open_updater(config=config, build=build, background=True)
 
 
-def update_status() -> dict:
-    """`pilot self-update --status`: the entry module's report (it answers even when the application cannot)."""
-    build = current_build()
-    return status_report(build.version if build else None)
-
-
 __all__ = ["CheckResult", "Prepared", "Settings", "Update", "UpdateOutcome", "Updater", "open_background_updater",
-           "open_updater", "refusal_for_install_method", "roll_back", "rollout_bucket", "updatable_build",
-           "update_status"]
+           "open_updater", "refusal_for_install_method", "roll_back", "rollout_bucket", "updatable_build"]

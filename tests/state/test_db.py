@@ -181,17 +181,17 @@ def test_sigkill_inside_a_migration_leaves_the_previous_schema(pause_at, isolate
 
 
 def test_two_connections_migrating_at_once_both_succeed(isolated_home):
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=30)  # a thread that failed must not leave the other waiting for ever
     errors: list[BaseException] = []
 
     def migrate_one() -> None:
-        conn = db.connect(isolated_home / DB_FILENAME)
-        barrier.wait()
         try:
+            conn = db.connect(isolated_home / DB_FILENAME)  # both at once on a new file, too
+            barrier.wait()
             db.migrate(conn, app_version=APP, snapshot_dir=isolated_home / SNAPSHOT_DIRNAME)
+            conn.close()
         except BaseException as error:
             errors.append(error)
-        conn.close()
 
     threads = [threading.Thread(target=migrate_one) for _ in range(2)]
     for thread in threads:
@@ -200,6 +200,27 @@ def test_two_connections_migrating_at_once_both_succeed(isolated_home):
         thread.join()
     assert errors == []
     assert db.user_version(raw(isolated_home)) == SCHEMA_VERSION
+
+
+def test_many_connections_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """`PRAGMA journal_mode = WAL` on a new file by two connections at once can be "database is locked"
+    without SQLite waiting: two `pilot task add` on a fresh machine. connect() waits like the busy handler."""
+    def open_it(path: Path, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+        try:
+            barrier.wait()
+            db.connect(path).close()
+        except BaseException as error:
+            errors.append(error)
+
+    for attempt in range(150):
+        barrier, errors = threading.Barrier(6, timeout=30), []
+        threads = [threading.Thread(target=open_it, args=(tmp_path / f"fresh-{attempt}.db", barrier, errors))
+                   for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
 
 
 # --- snapshots and the rollback guard ---------------------------------------------------------
