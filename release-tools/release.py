@@ -106,18 +106,23 @@ def keygen(args: argparse.Namespace) -> None:
     print(f"public key  {public_path} (give it to build.py --trusted-key)")
 
 
-def load_signing_keys(paths: list[Path]):
-    from pilot.update.signing import load_private_key
-
+def load_keys(paths: list[Path], load) -> list:
+    """Each key file read with `load` (a private or public PEM loader); one line for the first that fails."""
     keys = []
     for path in paths:
         try:
-            keys.append(load_private_key(path.read_bytes()))
+            keys.append(load(path.read_bytes()))
         except OSError as error:
             raise ReleaseError(f"cannot read key {path}: {error.strerror}") from None
         except Exception as error:
-            raise ReleaseError(f"{path}: {getattr(error, 'message', error)}") from None
+            raise ReleaseError(f"{path}: {getattr(error, 'message', None) or error}") from None
     return keys
+
+
+def load_signing_keys(paths: list[Path]):
+    from pilot.update.signing import load_private_key
+
+    return load_keys(paths, load_private_key)
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -357,14 +362,7 @@ def verify(args: argparse.Namespace) -> None:
         signatures = (path.with_name(path.name + ".sig")).read_bytes()
     except OSError as error:
         raise ReleaseError(f"cannot read {error.filename}: {error.strerror}") from None
-    keys = []
-    for key_path in args.trusted_key:
-        try:
-            keys.append(load_public_key(key_path.read_bytes()))
-        except OSError as error:
-            raise ReleaseError(f"cannot read key {key_path}: {error.strerror}") from None
-        except PilotError as error:
-            raise ReleaseError(f"{key_path}: {error.one_line()}") from None
+    keys = load_keys(args.trusted_key, load_public_key)
     try:
         anchor = KeySet(version=1, threshold=args.threshold, keys=tuple(keys))
         manifest = verify_manifest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,16 @@ def isolated_home(tmp_path, session_dir, monkeypatch) -> Path:
     monkeypatch.delenv("PILOT_MANIFEST_URL", raising=False)
     monkeypatch.delenv("PILOT_FAILPOINT", raising=False)
     return home
+
+
+@pytest.fixture
+def alarm_guard():
+    """Trial boots, commits and the engine's exec arm or disarm SIGALRM, which pytest-timeout also uses:
+    put it back afterwards."""
+    handler = signal.getsignal(signal.SIGALRM)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, handler)
 
 
 @pytest.fixture(scope="session")

@@ -67,15 +67,6 @@ def live_pid():
     child.wait()
 
 
-@pytest.fixture
-def alarm_guard():
-    """In-process trial boots arm SIGALRM (which pytest-timeout also uses): put it back afterwards."""
-    handler = signal.getsignal(signal.SIGALRM)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, handler)
-
-
 def make_trial(tmp_path: Path, *, pid: int, deadline_in: float = 60.0, **overrides) -> dict:
     now = time.time()
     record = {

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import socket
-import socketserver
 import ssl
 import threading
 import time
@@ -23,6 +21,7 @@ from pilot.buildinfo import current_version
 from pilot.config import Config, NotifyConfig, UpgradeConfig
 from pilot.errors import ConfigError
 from pilot.notify import TELEGRAM_MAX_TEXT, Notifier
+from tests.support.proxy import FakeProxy
 
 TOKEN = "123456:ABC-def_ghi"
 CHAT = "-100424242"
@@ -333,51 +332,6 @@ def test_an_unusable_proxy_is_a_config_error_without_its_password(tmp_path, monk
     Notifier(config("webhook", tmp_path, webhook_url="https://hooks.example.org/hooks/s3cret"))
 
 
-class _AuthProxy(socketserver.ThreadingTCPServer):
-    """A CONNECT proxy that wants Basic pilot:pr0xy-pass and tunnels every target to 127.0.0.1."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _AuthProxyHandler)
-        self.heads: list[str] = []
-
-
-class _AuthProxyHandler(socketserver.BaseRequestHandler):
-    server: _AuthProxy
-
-    def handle(self) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = self.request.recv(4096)
-            if not data:
-                return
-            head += data
-        text = head.decode()
-        self.server.heads.append(text)
-        expected = "Proxy-Authorization: Basic " + base64.b64encode(b"pilot:pr0xy-pass").decode()
-        if expected not in text.split("\r\n"):
-            self.request.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
-            return
-        port = int(text.split(" ", 2)[1].rpartition(":")[2])
-        with socket.create_connection(("127.0.0.1", port)) as upstream:
-            self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            back = threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)
-            back.start()
-            _pipe(self.request, upstream)
-            back.join(5)
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-
-
 @pytest.fixture
 def tls_hook(tmp_path, monkeypatch) -> Iterator[FakeServer]:
     """A webhook receiver over TLS for hooks.pilot.test, trusted through SSL_CERT_FILE."""
@@ -398,12 +352,9 @@ def tls_hook(tmp_path, monkeypatch) -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-def auth_proxy() -> Iterator[_AuthProxy]:
-    proxy = _AuthProxy()
-    threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True).start()
-    yield proxy
-    proxy.shutdown()
-    proxy.server_close()
+def auth_proxy() -> Iterator[FakeProxy]:
+    with FakeProxy(credentials="pilot:pr0xy-pass") as proxy:
+        yield proxy
 
 
 def test_a_proxy_password_is_sent_as_a_header_and_never_shown(tls_hook, auth_proxy, tmp_path, monkeypatch, caplog):

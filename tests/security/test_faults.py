@@ -165,6 +165,18 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     raise AssertionError(f"{what} not reached within {timeout} s")
 
 
+def stop_daemon(daemon: subprocess.Popen) -> tuple[int, str]:
+    """SIGTERM, as a service manager stops it; (exit status, stderr). Killed if it takes more than 30 s."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+    try:
+        _, err = daemon.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        raise
+    return daemon.returncode, err
+
+
 def task_done(pilot, title: str) -> dict | None:
     tasks = json.loads(pilot.run("task", "list", "--json").stdout)
     return next((t for t in tasks if t["title"] == title and t["status"] == "done"), None)
@@ -194,11 +206,6 @@ def test_update_under_a_running_daemon(pilot, repo, v2):
         assert (version, pid) == ("1.0.0", daemon.pid)  # the old daemon ran it
         assert "ran" in after["log_tail"]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            _, err = daemon.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            raise
-    assert daemon.returncode == 0, err
+        code, err = stop_daemon(daemon)
+    assert code == 0, err
     assert "Traceback" not in err

@@ -25,7 +25,7 @@ import pytest
 
 from pilot.launcher import archive_version
 from tests.e2e.conftest import BROKEN, slow_cli
-from tests.security.test_faults import mounted, wait_for
+from tests.security.test_faults import mounted, stop_daemon, wait_for
 from tests.support.repo_sim import failing, trickle
 
 pytestmark = pytest.mark.slow
@@ -88,17 +88,6 @@ def daemon_status(pilot) -> dict:
         result = pilot.run("status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def stop(daemon: subprocess.Popen) -> tuple[int, str]:
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-    try:
-        _, err = daemon.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        raise
-    return daemon.returncode, err
 
 
 # --- the backup -----------------------------------------------------------------------------------
@@ -228,7 +217,7 @@ def test_a_rollback_is_remembered_by_the_check_and_the_daemon(pilot, repo, v2, v
         wait_for(lambda: daemon_status(pilot)["daemon_version"] == "3.0.0", timeout=90, what="the upgrade to 3.0.0")
         assert daemon_status(pilot)["daemon_pid"] == daemon.pid
     finally:
-        code, err = stop(daemon)
+        code, err = stop_daemon(daemon)
     assert code == 0 and "Traceback" not in err
 
 
@@ -281,7 +270,7 @@ def test_a_daemon_stops_during_its_upgrade(pilot, repo, v2):
         time.sleep(0.5)
         started = time.monotonic()
         daemon.send_signal(signal.SIGTERM)
-        code, err = stop(daemon)
+        code, err = stop_daemon(daemon)
         assert time.monotonic() - started < 5
     finally:
         if daemon.poll() is None:
@@ -365,7 +354,7 @@ def test_a_daemon_older_than_the_install(pilot, repo, v2):
         assert "still on 1.0.0: pilot 2.0.0 is installed" in status.stdout
         assert daemon_status(pilot)["daemon_version"] == "1.0.0"
     finally:
-        code, err = stop(daemon)
+        code, err = stop_daemon(daemon)
     assert code == 0 and "Traceback" not in err
 
 
@@ -383,7 +372,7 @@ def test_an_older_daemon_upgrades_into_the_installed_archive(pilot, repo, v2):
         assert daemon_status(pilot)["daemon_pid"] == daemon.pid
         assert artifact_requests(repo, "2.0.0") == 0
     finally:
-        code, err = stop(daemon)
+        code, err = stop_daemon(daemon)
     assert code == 0 and "Traceback" not in err
 
 
@@ -401,5 +390,5 @@ def test_the_checker_honours_retry_after(pilot, repo, v2):
         time.sleep(5)  # five check intervals
         assert repo.server.requests.count("/stable/manifest.json") == 1
     finally:
-        code, err = stop(daemon)
+        code, err = stop_daemon(daemon)
     assert code == 0 and "Traceback" not in err

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import socket
-import socketserver
 import ssl
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ import trustme
 
 from pilot.errors import DownloadError
 from pilot.update.fetch import HttpFetcher, Response
+from tests.support.proxy import FakeProxy
 from tests.support.server import StaticServer
 
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -129,61 +128,10 @@ def https_url(srv: StaticServer, path: str, host: str = "127.0.0.1") -> str:
     return f"https://{host}:{srv.server_address[1]}{path}"
 
 
-class _ProxyHandler(socketserver.BaseRequestHandler):
-    """A CONNECT proxy that tunnels every target to 127.0.0.1 (so names need not resolve)."""
-
-    server: FakeProxy
-
-    def handle(self) -> None:
-        self.server.connections += 1
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = self.request.recv(4096)
-            if not data:
-                return
-            head += data
-        line = head.split(b"\r\n", 1)[0].decode()
-        self.server.seen.append(line)
-        self.server.heads.append(head.decode())
-        method, target, _ = line.split(" ", 2)
-        if method != "CONNECT":
-            self.request.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
-            return
-        with socket.create_connection(("127.0.0.1", int(target.rpartition(":")[2]))) as upstream:
-            self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            back = threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)
-            back.start()
-            _pipe(self.request, upstream)
-            back.join(5)
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-        dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-
-
-class FakeProxy(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.connections = 0
-        self.seen: list[str] = []
-        self.heads: list[str] = []  # request line and headers of each request
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-
-
 @pytest.fixture
 def proxy() -> Iterator[FakeProxy]:
-    srv = FakeProxy()
-    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with FakeProxy() as srv:
+        yield srv
 
 
 # ---------------------------------------------------------------------------- fetch

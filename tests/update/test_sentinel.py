@@ -15,6 +15,7 @@ from pilot.update import sentinel, state
 
 REPO = Path(__file__).resolve().parents[2]
 ARGV = ("self-update", "--after-restart")
+pytestmark = pytest.mark.usefixtures("alarm_guard")  # commit_boot disarms SIGALRM and resets its handler
 
 
 def build(build_id: str = "new-build", version: str = "2.0.0") -> BuildInfo:
@@ -27,15 +28,6 @@ TRIAL = sentinel.Trial(
     from_version="1.0.0", to_version="2.0.0", from_build_id="old-build", to_build_id="new-build",
     install_path=Path("/opt/pilot/pilot"), backup_path=Path("/opt/pilot/pilot.backup"),
 )
-
-
-@pytest.fixture(autouse=True)
-def alarm_guard():
-    """commit_boot disarms SIGALRM and resets its handler; pytest-timeout uses both."""
-    handler = signal.getsignal(signal.SIGALRM)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, handler)
 
 
 @pytest.fixture

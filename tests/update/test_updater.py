@@ -37,6 +37,7 @@ from pilot.update.updater import Settings, Updater, open_updater, roll_back
 from tests.support.keys import make_key
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("alarm_guard")  # the engine arms SIGALRM before its exec
 BASE = "https://releases.example.org/pilot/"
 MANIFEST_URL = BASE + "stable/manifest.json"
 PY, PLATFORM = "cp311", "linux_x86_64"
@@ -161,14 +162,6 @@ def world(tmp_path, session_dir) -> World:
     world = World(tmp_path, make_key("updater-test", session_dir / "keys"))
     world.installed("1.0.0")
     return world
-
-
-@pytest.fixture(autouse=True)
-def alarm_guard():
-    handler = signal.getsignal(signal.SIGALRM)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, handler)
 
 
 def update(world: World, version: str = "1.0.0", target: str | None = None, **options):
