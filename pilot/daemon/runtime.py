@@ -24,6 +24,7 @@ from pilot.config import Config, load_config
 from pilot.daemon.checker import CheckOutcome, UpdateChecker
 from pilot.daemon.service import Daemon
 from pilot.errors import UpdateCancelled, UpdateError
+from pilot.launcher import handle_stop_signals
 
 RESUME_SESSION_ENV = "PILOT_RESUME_SESSION"
 PREPARE_CLEANUP_SECONDS = 10
@@ -218,16 +219,25 @@ class Runtime:
         """Swap the prepared archive in (or take the installed one) and exec it with this process's arguments.
 
         Returns "stopped" when a stop was asked for first (the new version then starts next time);
-        raises a PilotError when the swap or the exec failed."""
+        raises a PilotError when the swap or the exec failed. Nothing prepared is left behind."""
         os.environ[RESUME_SESSION_ENV] = str(self.session.id)
-        self.stop()
-        self.store.close()  # exec runs no finally blocks: commit and close first
-        argv = tuple(sys.argv[1:])
-        if reexec.update is None:
-            self.updater.restart_into_installed(argv, cancelled=self.cancelled)
+        handle_stop_signals()  # the UI's handlers are gone: from here a stop waits for the swap, and is not lost
+        try:
+            self.stop()
+            self.store.close()  # exec runs no finally blocks: commit and close first
+            argv = tuple(sys.argv[1:])
+            if reexec.update is None:
+                self.updater.restart_into_installed(argv, cancelled=self.cancelled)
+                done = "stopped"
+            else:
+                done = reexec.update.apply(reexec.prepared, restart=True, resume_argv=argv, cancelled=self.cancelled)
+        except KeyboardInterrupt:
             done = "stopped"
-        else:
-            done = reexec.update.apply(reexec.prepared, restart=True, resume_argv=argv, cancelled=self.cancelled)
+        finally:
+            if reexec.prepared is not None:
+                reexec.prepared.discard()
+            if reexec.update is not None:
+                reexec.update.close()
         os.environ.pop(RESUME_SESSION_ENV, None)
         self._end_session_after_stop()
         return done

@@ -49,17 +49,18 @@ class Trial:
                 "install_path": str(self.install_path), "backup_path": str(self.backup_path)}
 
 
-def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None) -> dict:
+def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None, timeout: float | None = None) -> dict:
     """Record the trial before the swap, so a crash from here on is caught by the boot guard.
 
     With `exec_argv` this process is about to exec the new version with those arguments: it is
     the trial boot, with a deadline. Without, the new version starts with the user's next
-    command, which claims the trial then. Call under UpdateLock."""
+    command, which claims the trial then. `timeout`: seconds the exec'd boot has to confirm (default
+    PILOT_BOOT_TIMEOUT). Call under UpdateLock."""
     now = time.time()
     record = {**trial.record(), "started_at": now, "opened_by": os.getpid(),
               "booted": False, "pid": None, "deadline": None, "resume_argv": []}
     if exec_argv is not None:
-        record.update(pid=os.getpid(), deadline=now + boot_timeout(), resume_argv=list(exec_argv))
+        record.update(pid=os.getpid(), deadline=now + (timeout or boot_timeout()), resume_argv=list(exec_argv))
     write_json(trial_path(), record)
     return record
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -228,9 +229,6 @@ class Updater:
         except UpdateError:
             return None
 
-    def installed_is_other(self) -> bool:
-        return self.installed_version() not in (None, self.build.version)
-
     def ensure_writable(self) -> None:
         """Both places an update writes, checked before anything is fetched."""
         try:
@@ -257,6 +255,9 @@ class Updater:
                 raise UpdateError("a new version is still starting (its trial boot is open)",
                                   hint="run `pilot self-update --status` in a moment")
             installed = self.installed_version()
+            if installed is None:
+                raise UpdateError(f"{self.paths.install} is no longer a readable Pilot archive",
+                                  hint="reinstall Pilot, or roll back: pilot self-update --rollback")
             if installed != self.build.version:
                 raise UpdateError(f"pilot {installed} was installed by another process while this "
                                   f"{self.build.version} runs", hint="run the command again")
@@ -383,7 +384,7 @@ class Update:
         record: dict | None = None
         try:
             with interrupts_deferred(), UpdateLock():  # a stop signal waits until the install is whole again
-                record = sentinel.open_trial(trial, exec_argv=exec_argv)
+                record = sentinel.open_trial(trial, exec_argv=exec_argv, timeout=updater.settings.boot_timeout)
                 failpoint("after-trial-open")
                 try:
                     install.swap_in(prepared.candidate, updater.paths)
@@ -396,15 +397,17 @@ class Update:
                 release_trial(record)  # swapped: the new version starts with the next command instead
             raise
         except OSError as error:
-            raise InstallError(f"cannot put the new version in place: {error.strerror or error}",
-                               hint=f"the previous version is still installed at {updater.paths.install}") from None
+            swapped = not prepared.candidate.exists()
+            if swapped and record is not None:
+                release_trial(record)  # in place but not synced to disk: it starts, under the guard, next time
+            where = "the new version starts with your next command" if swapped else \
+                f"the previous version is still installed at {updater.paths.install}"
+            raise InstallError(f"cannot put the new version in place: {error.strerror or error}", hint=where) from None
         finally:
             prepared.discard()
         return record
 
     def _exec(self, argv: tuple[str, ...], protocol: int, stop: Callable[[], bool]) -> None:
-        import signal
-
         signal.alarm(max(1, int(self.updater.settings.boot_timeout)))  # survives exec: a hang is rolled back
         failpoint("before-exec")
         try:
