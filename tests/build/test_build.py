@@ -114,7 +114,19 @@ def test_the_archive_carries_its_build_metadata_and_trusted_key(archive, release
     assert environment["entry_point"] == "pilot.cli:main"
     assert "site-packages/pilot/cli.py" in members and "site-packages/pilot/launcher.py" in members
     assert any(n.startswith("site-packages/cryptography/") for n in members)
-    assert not [n for n in members if n.endswith(".pyc") and "/__pycache__/" not in n]
+    assert not [n for n in members if n.endswith(".pyc") and "/__pycache__/" not in n and n != "__main__.pyc"]
+
+
+def test_the_entry_module_is_precompiled_for_its_interpreter_and_kept_as_source_for_others(v1):
+    """zipimport loads __main__.pyc instead of compiling 40 KiB of source on every start; another
+    interpreter rejects its magic number and compiles __main__.py (the wrong-interpreter line)."""
+    import importlib.util
+
+    with zipfile.ZipFile(v1) as zf:
+        source, pyc = zf.read("__main__.py"), zf.read("__main__.pyc")
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, unchecked: no mtime, reproducible
+    assert pyc[8:16] == importlib.util.source_hash(source)
 
 
 @pytest.mark.slow
