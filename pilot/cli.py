@@ -14,7 +14,7 @@ import signal
 import sys
 
 from pilot import __version__
-from pilot.errors import EXIT_ERROR, PilotError
+from pilot.errors import EXIT_ERROR, EXIT_USAGE, PilotError
 from pilot.launcher import is_unwritable_output, state_path, trial_path
 
 EPILOG = """\
@@ -26,8 +26,54 @@ exit codes:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with Pilot's manners: a usage error shows the usage of the (sub)command it is about,
+    and, when the command line asked for --json, comes as JSON on stdout like every other error."""
+
+    json_errors = False  # set for the whole command line before it is parsed
+
+    def error(self, message: str):
+        if Parser.json_errors:
+            print_json_error(f"{self.prog}: {message}", EXIT_USAGE)
+            self.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def print_json_error(line: str, code: int) -> None:
+    import json
+
+    with contextlib.suppress(OSError, ValueError):
+        print(json.dumps({"error": line, "exit_code": code}))
+
+
+def leaf(parser: argparse.ArgumentParser, handler: str) -> argparse.ArgumentParser:
+    """A command that runs something: its handler, and itself, to report its own usage errors."""
+    parser.set_defaults(handler=handler, leaf_parser=parser)
+    return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def duration(text: str) -> float:
+    from pilot.config import parse_duration
+    from pilot.errors import ConfigError
+
+    try:
+        return parse_duration(text, "duration")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 2m or 1h") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pilot",
         description="Pilot: an agent daemon that runs your tasks and keeps itself up to date.",
         epilog=EPILOG,
@@ -42,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show what this Pilot is: version, interpreter tag, platform tag, archive path and install method.",
     )
     version.add_argument("--json", action="store_true", help="print one JSON object for scripts")
-    version.set_defaults(handler="pilot.commands.version:run")
+    leaf(version, "pilot.commands.version:run")
     add_daemon_commands(commands)
+    add_task_commands(commands)
+    add_config_commands(commands)
     add_self_update(commands)
     add_debug(commands)
     return parser
@@ -54,30 +102,72 @@ def add_daemon_commands(commands) -> None:
         "start", help="run the daemon (headless, or with --dashboard)",
         description="Run the Pilot daemon: it runs queued tasks and checks for updates in the background. "
                     "Headless it logs to $PILOT_HOME/logs/pilot.log and stderr; --dashboard shows the terminal UI "
-                    "(u: upgrade when an update is available, q: quit).",
+                    "(u: upgrade when an update is available, q: quit). SIGINT, SIGTERM and SIGHUP stop it: it "
+                    "takes no new task, lets running ones finish up to daemon.drain_timeout, then cancels them.",
     )
     start.add_argument("--dashboard", action="store_true", help="show the terminal dashboard")
-    start.set_defaults(handler="pilot.commands.start:run")
+    leaf(start, "pilot.commands.start:run")
+
+    stop = commands.add_parser(
+        "stop", help="stop the running daemon",
+        description="Ask the daemon of this PILOT_HOME to stop: it takes no new task and lets running ones finish "
+                    "(up to daemon.drain_timeout), or cancels them with --cancel-running.",
+    )
+    stop.add_argument("--wait", action="store_true", help="wait until it has stopped")
+    stop.add_argument("--cancel-running", action="store_true", help="cancel running tasks instead of waiting")
+    stop.add_argument("--timeout", type=duration, metavar="DURATION",
+                      help="with --wait: give up after this long (e.g. 90s, 2m)")
+    stop.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    leaf(stop, "pilot.commands.stop:run")
 
     status = commands.add_parser("status", help="token totals, task counts, daemon and update state")
     status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
-    status.set_defaults(handler="pilot.commands.tasks:status")
+    leaf(status, "pilot.commands.tasks:status")
 
-    task = commands.add_parser("task", help="queue and list tasks")
+
+def add_task_commands(commands) -> None:
+    task = commands.add_parser("task", help="queue, list, inspect, cancel and retry tasks")
     sub = task.add_subparsers(dest="task_command", metavar="ACTION", required=True)
     add = sub.add_parser(
-        "add", help="queue a task", usage="pilot task add TITLE [-- COMMAND ARGS...]",
+        "add", help="queue a task", usage="pilot task add [--json] TITLE [-- COMMAND ARGS...]",
         description="Queue a task. Without a command the configured executor (daemon.executor, default "
-                    "`claude -p --output-format stream-json --verbose`) runs with TITLE as the prompt.",
+                    "`claude -p --output-format stream-json --verbose`) runs with TITLE as the prompt. "
+                    "Everything after -- is the command, exactly as given.",
     )
-    add.add_argument("title", help="what the task is (and the prompt when no command is given)")
-    add.add_argument("command", nargs=argparse.REMAINDER, help="the command to run instead of the executor")
+    add.add_argument("title", metavar="TITLE", help="what the task is (and the prompt when no command is given)")
     add.add_argument("--json", action="store_true", help="print the queued task as JSON")
-    add.set_defaults(handler="pilot.commands.tasks:add")
+    leaf(add, "pilot.commands.tasks:add")
     listing = sub.add_parser("list", help="list tasks, newest first")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=positive_int, default=50, help="at most this many (default 50)")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    listing.set_defaults(handler="pilot.commands.tasks:list_tasks")
+    leaf(listing, "pilot.commands.tasks:list_tasks")
+    for name, helptext in (("show", "one task: command, status, times, tokens, cost, why it failed"),
+                           ("cancel", "cancel a queued or running task"),
+                           ("retry", "queue a new task with the same title and command")):
+        action = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        action.add_argument("task_id", type=positive_int, metavar="ID")
+        action.add_argument("--json", action="store_true", help="print JSON")
+        leaf(action, f"pilot.commands.task_inspect:{name}")
+    logs = sub.add_parser("log", help="a task's whole output", description="Print a task's whole output.")
+    logs.add_argument("task_id", type=positive_int, metavar="ID")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the task ends")
+    leaf(logs, "pilot.commands.task_inspect:log")
+
+
+def add_config_commands(commands) -> None:
+    config = commands.add_parser("config", help="show or check the configuration")
+    sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="the effective configuration and where each value comes from",
+                          description="Print the effective configuration: each value and whether it comes from "
+                                      "the default, the archive's build, $PILOT_HOME/config.yaml or the "
+                                      "environment.")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    leaf(show, "pilot.commands.config:show")
+    check = sub.add_parser("check", help="validate config.yaml and the environment",
+                           description="Validate $PILOT_HOME/config.yaml and the PILOT_* variables: one line "
+                                       "for the first problem (exit 4), or that all is well.")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    leaf(check, "pilot.commands.config:check")
 
 
 SELF_UPDATE_DESCRIPTION = """\
@@ -123,16 +213,16 @@ def add_self_update(commands) -> None:
     p.add_argument("--from-file", metavar="PYZ", help="install this archive (offline); needs --manifest")
     p.add_argument("--manifest", metavar="DIR_OR_FILE", help="manifest for --from-file (file or tree)")
     p.add_argument("--json", action="store_true", help="with --check or --status: print JSON")
-    p.set_defaults(handler="pilot.commands.self_update:run")
+    leaf(p, "pilot.commands.self_update:run")
 
 
 def add_debug(commands) -> None:
     p = commands.add_parser("debug", help="diagnostics for developers and the updater")
     sub = p.add_subparsers(dest="debug_command", metavar="WHAT", required=True)
-    test = sub.add_parser("self-test", help="import every module, load native code, print version as JSON")
-    test.set_defaults(handler="pilot.commands.debug:self_test")
-    points = sub.add_parser("failpoints", help="list the crash points PILOT_FAILPOINT=<name> can SIGKILL Pilot at")
-    points.set_defaults(handler="pilot.commands.debug:failpoints")
+    leaf(sub.add_parser("self-test", help="import every module, load native code, print version as JSON"),
+         "pilot.commands.debug:self_test")
+    leaf(sub.add_parser("failpoints", help="list the crash points PILOT_FAILPOINT=<name> can SIGKILL Pilot at"),
+         "pilot.commands.debug:failpoints")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -155,11 +245,30 @@ def announce_rollback() -> None:
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line; a new version that gets this far has started, even if the arguments are wrong."""
     try:
-        args = parser.parse_args(argv)
+        args = parse_command_line(parser, sys.argv[1:] if argv is None else list(argv))
     except SystemExit:  # --help, or a usage error
         settle_trial(lambda update: update.confirm_start(None))
         raise
     settle_trial(lambda update: update.confirm_start(args.command))
+    return args
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options are options wherever they stand before `--`; everything after it is a task's command, as given."""
+    head, command = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, None)
+    Parser.json_errors = "--json" in head
+    args, unknown = parser.parse_known_args(head)
+    where = getattr(args, "leaf_parser", parser)
+    if unknown:
+        where.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if command is not None and getattr(args, "task_command", None) != "add":
+        where.error("only `pilot task add TITLE -- COMMAND ...` takes a command after --")
+    if getattr(args, "task_command", None) == "add":
+        if not args.title.strip():
+            where.error("TITLE must not be blank")
+        if command is not None and not command:
+            where.error("no command after --")
+        args.command = command
     return args
 
 
@@ -190,11 +299,11 @@ def run(args: argparse.Namespace) -> tuple[tuple[str, str] | None, int]:
     try:
         return ("exited", "it exited") if args.command == "start" else None, dispatch(args)
     except PilotError as error:
-        say(f"pilot: {error.one_line()}")
+        tell(args, error.one_line(), error.exit_code)
         return ("refused", error.one_line()), error.exit_code
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM/SIGHUP where a command turned them into this
         signum = getattr(interrupt, "signum", signal.SIGINT)
-        say(f"pilot: interrupted ({signal.Signals(signum).name})")
+        tell(args, f"interrupted ({signal.Signals(signum).name})", 128 + signum)
         return ("interrupted", "interrupted"), 128 + signum
     except OSError as error:
         if is_unwritable_output(error):  # `pilot task list | head`, a closed terminal, a full disk under stdout
@@ -203,8 +312,16 @@ def run(args: argparse.Namespace) -> tuple[tuple[str, str] | None, int]:
             return ("output", "its output could not be written"), EXIT_ERROR
         # An environment problem we did not anticipate (disk, permissions): one line, not a traceback.
         line = f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")
-        say(f"pilot: {line}")
+        tell(args, line, EXIT_ERROR)
         return ("error", line), EXIT_ERROR
+
+
+def tell(args: argparse.Namespace, line: str, code: int) -> None:
+    """How a command failed: one JSON object on stdout for --json, else one line on stderr."""
+    if getattr(args, "json", False):
+        print_json_error(line, code)
+    else:
+        say(f"pilot: {line}")
 
 
 def say(line: str) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from pilot.buildinfo import current_build
 from pilot.errors import ConfigError
-from pilot.launcher import parse_seconds, pilot_home
+from pilot.launcher import HOME_HINT, home_problem, parse_seconds, pilot_home
 
 NOTIFY_CHANNELS = ("none", "telegram", "webhook")
 CHANNEL = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
@@ -143,10 +143,25 @@ def parse_section(name: str, section: Any, base: Any, where: str) -> Any:
 
 
 def load_config(env: dict[str, str] | None = None) -> Config:
+    return read_config(env).config
+
+
+@dataclass(frozen=True)
+class ConfigReading:
+    config: Config
+    sources: dict[str, str]  # "upgrade.channel" -> default, build, file or environment (NAME)
+
+
+def read_config(env: dict[str, str] | None = None) -> ConfigReading:
+    """The effective configuration, and where each value came from (`pilot config show`)."""
     env = os.environ if env is None else env
     home = Path(pilot_home())
+    check_home(home)
     build = current_build()
     config = Config(home=home, upgrade=UpgradeConfig(manifest_url=build.manifest_url if build else None))
+    sources = {f"{name}.{spec.name}": "default" for name, section in SECTIONS.items() for spec in fields(section)}
+    if build is not None and build.manifest_url:
+        sources["upgrade.manifest_url"] = "build"
     path = home / "config.yaml"
     if path.exists():
         document = _read_yaml(path)
@@ -156,9 +171,18 @@ def load_config(env: dict[str, str] | None = None) -> Config:
         sections = {name: parse_section(name, document.get(name), getattr(config, name), str(path))
                     for name in SECTIONS}
         config = replace(config, **sections)
+        sources.update({f"{name}.{key}": "file" for name in SECTIONS for key in (document.get(name) or {})})
     if env.get("PILOT_MANIFEST_URL"):
         config = config.with_upgrade(manifest_url=env["PILOT_MANIFEST_URL"])
-    return config
+        sources["upgrade.manifest_url"] = "environment (PILOT_MANIFEST_URL)"
+    return ConfigReading(config, sources)
+
+
+def check_home(home: Path) -> None:
+    """PILOT_HOME must be a directory Pilot can use: made when missing, else refused in one line (exit 4)."""
+    problem = home_problem(str(home))
+    if problem is not None:
+        raise ConfigError(problem, hint=HOME_HINT)
 
 
 def _read_yaml(path: Path) -> dict:

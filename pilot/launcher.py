@@ -39,11 +39,15 @@ state file) uses the helpers below, so both sides share one format and one fold
 (`record_outcome`).
 """
 
-import _thread
 import os
 import signal
 import sys
 import time
+
+try:
+    import _thread
+except ImportError:  # Python 2, which must still be told it is the wrong interpreter
+    import thread as _thread
 
 EXIT_INCOMPATIBLE = 5
 BOOT_TIMEOUT_SECONDS = 60
@@ -65,7 +69,7 @@ def platform_tag():
     system = {"darwin": "macos"}.get(sys.platform, sys.platform)
     if system.startswith("linux"):
         system = "linux"
-    machine = os.uname().machine.lower()  # what platform.machine() returns on POSIX, without its 6 ms import
+    machine = os.uname()[4].lower()  # platform.machine() on POSIX, without its 6 ms import; [4]: also on Python 2
     machine = {"amd64": "x86_64", "arm64": "arm64" if system == "macos" else "aarch64"}.get(machine, machine)
     return "%s_%s" % (system, machine)
 
@@ -76,6 +80,23 @@ def pilot_home():
 
 def update_dir():
     return os.path.join(pilot_home(), "update")
+
+
+def home_problem(home, create=True):
+    """Why PILOT_HOME cannot be used (a file, unwritable, cannot be made), or None. Made when missing."""
+    if create and not os.path.lexists(home):
+        try:
+            os.makedirs(home)
+        except OSError as error:
+            return "cannot create PILOT_HOME %s: %s" % (home, error.strerror or error)
+    if os.path.lexists(home) and not os.path.isdir(home):
+        return "PILOT_HOME %s is not a directory" % home
+    if os.path.isdir(home) and not os.access(home, os.R_OK | os.W_OK | os.X_OK):
+        return "cannot write to PILOT_HOME %s" % home
+    return None
+
+
+HOME_HINT = "set PILOT_HOME to a directory you can write, or fix this one"
 
 
 def trial_path():
@@ -111,13 +132,17 @@ def read_build_metadata(zf):
     try:
         info = zf.getinfo(METADATA_MEMBER)
     except KeyError:
-        raise ValueError("no readable %s" % METADATA_MEMBER) from None
-    if info.file_size > METADATA_CAP:
+        info = None
+    value = None
+    if info is not None and info.file_size <= METADATA_CAP:
+        try:
+            value = json.loads(zf.read(info).decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON
+            value = None
+    if info is not None and info.file_size > METADATA_CAP:
         raise ValueError("its %s is implausibly large" % METADATA_MEMBER)
-    try:
-        value = json.loads(zf.read(info).decode("utf-8"))
-    except ValueError:  # not UTF-8, not JSON
-        raise ValueError("no readable %s" % METADATA_MEMBER) from None
+    if value is None:
+        raise ValueError("no readable %s" % METADATA_MEMBER)  # not `from None`: this module parses on Python 2
     if not isinstance(value, dict):
         raise ValueError("its %s is not an object" % METADATA_MEMBER)
     return value
@@ -765,6 +790,10 @@ def recovery_command(argv):
 
 def recover(command, build, archive):
     """Answer a recovery command here, without the application: it works however broken the installed version is."""
+    problem = home_problem(pilot_home(), create=False)
+    if problem is not None:
+        say("pilot: %s (%s)" % (problem, HOME_HINT))
+        return 4
     if command == "status":
         info = status_report(build["version"])
         if "--json" in sys.argv[1:]:
@@ -798,17 +827,31 @@ def rollback_line(installed, kept, install_path):
 # --- start ------------------------------------------------------------------------------------
 
 
+# What the release publishes (.github/workflows/release.yml builds this matrix; a test holds the two together).
+PUBLISHED_PYTHONS = ("cp311", "cp312", "cp313")
+PUBLISHED_PLATFORMS = ("linux_x86_64", "macos_arm64", "macos_x86_64")
+
+
 def incompatibility(build):
-    """The one line to print when this interpreter cannot run the archive, or None."""
+    """The one line to print when this interpreter cannot run the archive, or None.
+
+    It must work on any Python from 2.7 on, and names only an archive the release publishes."""
+    cpython = getattr(getattr(sys, "implementation", None), "name", None) == "cpython"
     running = "%s-%s" % (python_tag(), platform_tag())
     built = "%s-%s" % (build["python_tag"], build["platform_tag"])
-    if sys.implementation.name == "cpython" and running == built:
+    if cpython and running == built:
         return None
-    return (
-        "pilot: this archive was built for %s but this is %s: run it with python%s, "
-        "or download %s" % (built, running, _dotted(build["python_tag"]),
-                            artifact_name(build["version"], python_tag(), platform_tag()))
-    )
+    this = running if cpython else "Python " + sys.version.split()[0]
+    line = "pilot: this archive was built for %s but this is %s" % (built, this)
+    if build["platform_tag"] == platform_tag():
+        line += ": run it with python%s" % _dotted(build["python_tag"])
+        if cpython and python_tag() in PUBLISHED_PYTHONS:
+            return line + ", or download %s" % artifact_name(build["version"], python_tag(), platform_tag())
+        return line
+    if cpython and python_tag() in PUBLISHED_PYTHONS and platform_tag() in PUBLISHED_PLATFORMS:
+        return line + ": download %s" % artifact_name(build["version"], python_tag(), platform_tag())
+    return line + ": Pilot is published for CPython %s on %s" % (
+        ", ".join(_dotted(t) for t in PUBLISHED_PYTHONS), ", ".join(PUBLISHED_PLATFORMS))
 
 
 def _dotted(tag):
@@ -974,10 +1017,6 @@ def start_application(build, archive):
         # Answered from the archive's own metadata: works under any interpreter, costs no unpacking.
         print("pilot " + build["version"])
         return 0
-    problem = incompatibility(build)
-    if problem is not None:
-        sys.stderr.write(problem + "\n")
-        return EXIT_INCOMPATIBLE
     command = recovery_command(sys.argv[1:])
     if command is not None:
         return recover(command, build, archive)
@@ -1020,8 +1059,14 @@ def repair_and_rerun(archive, build):
 
 
 def main(build, archive):
-    runs_app = sys.argv[1:] != ["--version"] and incompatibility(build) is None and \
-        recovery_command(sys.argv[1:]) is None
+    problem = incompatibility(build)
+    if problem is not None:  # before anything else: on the wrong interpreter nothing more may run
+        if sys.argv[1:] == ["--version"]:
+            print("pilot " + build["version"])
+            return 0
+        say(problem)
+        return EXIT_INCOMPATIBLE
+    runs_app = sys.argv[1:] != ["--version"] and recovery_command(sys.argv[1:]) is None
     return guard_boot(build, lambda: start_application(build, archive), archive, may_claim=runs_app)
 
 

@@ -1,4 +1,8 @@
-"""`pilot task add|list` and `pilot status`: read and write the daemon's SQLite state directly."""
+"""`pilot task add|list` and `pilot status`: read and write the daemon's SQLite state directly.
+
+Each reads the configuration first, so a broken config.yaml or an unusable PILOT_HOME is one
+line with exit status 4 here too, not only when the daemon starts.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,17 @@ from pilot.launcher import pilot_home
 
 
 def open_store():
+    from pilot.config import load_config
     from pilot.state.store import open_store
 
-    return open_store(Path(pilot_home()), app_version=current_version())
+    config = load_config()  # the one check of PILOT_HOME and config.yaml every command shares
+    return open_store(config.home, app_version=current_version())
 
 
 def add(args: argparse.Namespace) -> int:
-    command = [word for word in args.command if word != "--"] if args.command else None
     store = open_store()
     try:
-        task = store.add_task(args.title, tuple(command) if command else None)
+        task = store.add_task(args.title.strip(), tuple(args.command) if args.command else None)
     finally:
         store.close()
     if args.json:
@@ -47,8 +52,9 @@ def list_tasks(args: argparse.Namespace) -> int:
     print(f"{'id':>4}  {'status':11}  {'in':>8}  {'out':>8}  {'cost':>8}  title")
     for task in tasks:
         usage = task.usage
+        reason = getattr(task, "failure_reason", None)
         print(f"{task.id:>4}  {task.status:11}  {usage.input_tokens:>8}  {usage.output_tokens:>8}  "
-              f"${usage.cost_usd:>7.4f}  {task.title}")
+              f"${usage.cost_usd:>7.4f}  {task.title}" + (f"  ({reason})" if reason else ""))
     return 0
 
 

@@ -13,7 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pilot.launcher import UpdateLock, fold_state, read_json, state_path, status_report, write_json
+from pilot.launcher import (
+    HOME_HINT,
+    UpdateLock,
+    fold_state,
+    home_problem,
+    pilot_home,
+    read_json,
+    state_path,
+    status_report,
+    write_json,
+)
 
 __all__ = ["Outcome", "UpdateState", "install_id", "load", "record", "remember_manifest", "take_notice",
            "update_status"]
@@ -157,6 +167,10 @@ def update_status() -> dict:
     """Where the update stands (`pilot self-update --status`, `pilot status`): the entry module's own report,
     the one it gives when the application cannot start."""
     from pilot.buildinfo import current_build
+    from pilot.errors import StateError
 
+    problem = home_problem(pilot_home(), create=False)
+    if problem is not None:
+        raise StateError(problem, hint=HOME_HINT)
     build = current_build()
     return status_report(build.version if build else None)

@@ -437,12 +437,14 @@ def rollout_bucket(install_id: str) -> int:
 
 def refusal_for_install_method(method: str) -> UpdateError | None:
     """Package managers own their installs: say the command that updates Pilot there."""
+    if method == "source":
+        return UpdateError("this Pilot runs from a source checkout, not from its archive",
+                           hint="update it with: git pull")
     commands = {
         "pip": "pip install --upgrade pilot",
         "pipx": "pipx upgrade pilot",
         "uv": "uv tool upgrade pilot",
         "homebrew": "brew upgrade pilot",
-        "source": "git pull (this is a source checkout)",
     }
     if method not in commands:
         return None

@@ -40,13 +40,14 @@ def metadata_of(archive: Path) -> dict:
 
 
 def other_interpreters() -> list:
-    """Every other CPython 3 that pyenv has, newest first; at least a (skipped) 3.12 slot."""
+    """Every other CPython 2.7+ that pyenv has, newest first; at least a (skipped) 3.12 and 2.7 slot."""
     found = {}
-    for python in sorted(PYENV_ROOT.glob("versions/3.*/bin/python3.*"), reverse=True):
-        match = re.fullmatch(r"python3\.(\d+)", python.name)
-        if match and f"cp3{match[1]}" != PYTHON_TAG:
-            found.setdefault(f"cp3{match[1]}", python)
+    for python in sorted(PYENV_ROOT.glob("versions/[23].*/bin/python[23].*"), reverse=True):
+        match = re.fullmatch(r"python([23])\.(\d+)", python.name)
+        if match and f"cp{match[1]}{match[2]}" != PYTHON_TAG:
+            found.setdefault(f"cp{match[1]}{match[2]}", python)
     found.setdefault("cp312", None)
+    found.setdefault("cp27", None)
     return [pytest.param(path, tag, id=tag) for tag, path in found.items()]
 
 
@@ -231,18 +232,25 @@ def test_the_archive_is_executable_through_its_shebang(archive, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("python", "tag"), other_interpreters())
-def test_another_cpython_gets_one_line_naming_both_tags_and_exit_5(archive, tmp_path, python, tag):
+def test_another_python_gets_one_line_and_exit_5_from_every_command(archive, tmp_path, python, tag):
+    """Python 2.7 included; and it names an archive only when the release publishes one for that interpreter."""
+    from pilot.launcher import PUBLISHED_PYTHONS
+
     if python is None:
         pytest.skip(f"no {tag} interpreter under {PYENV_ROOT}")
-    for args in (["version"], []):
-        result = run(python, archive, *args, cwd=tmp_path)
+    env = {**os.environ, "PILOT_HOME": str(tmp_path / "home")}
+    for args in (["version"], [], ["status", "--json"], ["task", "add", "t"], ["self-update", "--yes"],
+                 ["self-update", "--status"], ["start"], ["--help"]):
+        result = run(python, archive, *args, cwd=tmp_path, env=env)
         assert result.returncode == 5, result.stderr
         assert "Traceback" not in result.stderr
         lines = result.stderr.splitlines()
         assert len(lines) == 1, result.stderr
-        assert PYTHON_TAG in lines[0] and tag in lines[0]
-        assert f"pilot-{VERSION}-{tag}-{platform_tag()}.pyz" in lines[0]
+        assert PYTHON_TAG in lines[0] and f"run it with python3.{PYTHON_TAG[3:]}" in lines[0]
+        named = f"pilot-{VERSION}-{tag}-{platform_tag()}.pyz"
+        assert (named in lines[0]) is (tag in PUBLISHED_PYTHONS), lines[0]
         assert result.stdout == ""
+    assert not (tmp_path / "home").exists()  # nothing else ran
     # `--version` is answered from the archive's metadata, on any interpreter.
     result = run(python, archive, "--version", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, f"pilot {VERSION}\n")
@@ -279,3 +287,15 @@ def test_build_refuses_a_version_that_is_not_canonical_pep440(tmp_path, version)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("build: --version: ") and "not in the expected form" in lines[0]
     assert not out.exists()
+
+
+def test_the_archives_the_wrong_interpreter_line_names_are_the_ones_the_release_builds():
+    """pilot.launcher's list of published interpreters and platforms is the release workflow's matrix."""
+    from pilot.launcher import PUBLISHED_PLATFORMS, PUBLISHED_PYTHONS
+
+    workflow = (REPO / ".github" / "workflows" / "release.yml").read_text()
+    pythons = re.search(r'python: \[([^\]]*)\]', workflow)[1]
+    assert tuple("cp" + v.strip().strip('"').replace(".", "") for v in pythons.split(",")) == PUBLISHED_PYTHONS
+    runners = {"ubuntu-latest": "linux_x86_64", "macos-latest": "macos_arm64", "macos-15-intel": "macos_x86_64"}
+    oses = re.search(r"os: \[([^\]]*)\]", workflow)[1]
+    assert tuple(runners[o.strip()] for o in oses.split(",")) == PUBLISHED_PLATFORMS

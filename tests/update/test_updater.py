@@ -393,7 +393,7 @@ def test_a_manifest_url_the_fetcher_would_refuse_is_a_configuration_error(url):
 
 
 def test_open_updater_refuses_outside_an_archive():
-    with pytest.raises(UpdateError, match="installed with source, which owns its files"):
+    with pytest.raises(UpdateError, match="runs from a source checkout"):
         open_updater(manifest_url=MANIFEST_URL)
 
 
