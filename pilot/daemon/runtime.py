@@ -78,7 +78,7 @@ class Runtime:
         store = open_store(config.home, app_version=current_version())
         for warning in store.warnings:
             log.warning(warning)
-        for task in store.interrupt_running("the daemon stopped while this task ran"):
+        for task in store.interrupt_running("the daemon stopped"):
             log.warning("task %s (%s) was interrupted by a stopped daemon; it is not re-run", task.id, task.title)
         return cls(config, store, notifier=Notifier(config), updater=updater)
 

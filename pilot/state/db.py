@@ -104,6 +104,15 @@ MIGRATIONS: list[Migration] = [
         "ALTER TABLE tasks ADD COLUMN session_id INTEGER REFERENCES sessions (id)",
         "CREATE INDEX tasks_by_session ON tasks (session_id)",
     )),
+    # v4: why a task ended, the agent's own session id, and what cancelling and reaping need from another
+    # process: a task's (or a whole session's) cancel request, and the process group a task runs in.
+    Migration(4, ANY_READER, (
+        "ALTER TABLE tasks ADD COLUMN failure_reason TEXT",
+        "ALTER TABLE tasks ADD COLUMN agent_session_id TEXT",
+        "ALTER TABLE tasks ADD COLUMN cancel_requested_at TEXT",
+        "ALTER TABLE tasks ADD COLUMN pgid INTEGER",
+        "ALTER TABLE sessions ADD COLUMN cancel_requested_at TEXT",
+    )),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -5,11 +5,13 @@ Times are timezone-aware UTC datetimes; the database keeps them as ISO-8601 text
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from datetime import datetime
 
-TASK_STATUSES = ("queued", "running", "done", "failed", "interrupted")
-FINISHED_STATUSES = ("done", "failed", "interrupted")
+TASK_STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+FINISHED_STATUSES = ("done", "failed", "cancelled", "interrupted")
+CANCELLED = "cancelled"  # the failure reason of a task cancelled by `pilot task cancel`
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,11 @@ class Task:
     exit_code: int | None
     usage: Usage = field(default_factory=Usage)
     log_tail: str = ""
-    session_id: int | None = None
+    session_id: int | None = None  # Pilot's session (the daemon run) that ran the task
+    failure_reason: str | None = None  # one short line whenever the task ended other than done
+    agent_session_id: str | None = None  # the agent's own session id (Claude Code's stream-json session_id)
+    cancel_requested_at: datetime | None = None  # `pilot task cancel` asked; the daemon acts within a second or two
+    pgid: int | None = None  # the process group the task ran in (the reaper's handle on leftovers)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Totals:
     queued: int
     running: int
     interrupted: int
+    cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,3 +78,15 @@ class Session:
     version: str
     pid: int
     usage: Usage = field(default_factory=Usage)
+
+
+def exit_reason(exit_code: int | None) -> str:
+    """Pure: a failed task's reason from its exit code: "exit status 2", "killed by SIGTERM"."""
+    if exit_code is None:
+        return "no exit status"
+    if exit_code >= 0:
+        return f"exit status {exit_code}"
+    try:
+        return f"killed by {signal.Signals(-exit_code).name}"
+    except ValueError:
+        return f"killed by signal {-exit_code}"

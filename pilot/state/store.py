@@ -27,13 +27,13 @@ from pathlib import Path
 from pilot.errors import StateError
 from pilot.launcher import pilot_home
 from pilot.state.db import DB_FILENAME, SNAPSHOT_DIRNAME, backup_to_file, connect, migrate, state_errors
-from pilot.state.models import Session, Task, Totals, Usage
+from pilot.state.models import CANCELLED, Session, Task, Totals, Usage
 
 LOG_TAIL_CHARS = 4000
 
 _USAGE_COLUMNS = "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd"
 _TASK_COLUMNS = (f"id, title, command, status, created_at, started_at, ended_at, exit_code, {_USAGE_COLUMNS}, "
-                 "log_tail, session_id")
+                 "log_tail, session_id, failure_reason, agent_session_id, cancel_requested_at, pgid")
 _SESSION_COLUMNS = f"id, started_at, ended_at, version, pid, {_USAGE_COLUMNS}"
 _ADD_USAGE = ", ".join(f"{c} = {c} + ?" for c in _USAGE_COLUMNS.split(", "))
 
@@ -64,7 +64,8 @@ def _task(row: tuple) -> Task:
     command = None if row[2] is None else tuple(json.loads(row[2]))
     return Task(id=row[0], title=row[1], command=command, status=row[3], created_at=_from_text(row[4]),
                 started_at=_from_text(row[5]), ended_at=_from_text(row[6]), exit_code=row[7],
-                usage=_usage(row, 8), log_tail=row[13], session_id=row[14])
+                usage=_usage(row, 8), log_tail=row[13], session_id=row[14], failure_reason=row[15],
+                agent_session_id=row[16], cancel_requested_at=_from_text(row[17]), pgid=row[18])
 
 
 def _session(row: tuple) -> Session:
@@ -179,22 +180,68 @@ class Store:
             conn.execute("UPDATE tasks SET log_tail = substr(log_tail || ?, ?) WHERE id = ?",
                          (text[-LOG_TAIL_CHARS:], -LOG_TAIL_CHARS, task_id))
 
-    def finish_task(self, task_id: int, *, exit_code: int | None, failed: bool) -> Task:
+    def finish_task(self, task_id: int, *, exit_code: int | None, failed: bool = False, cancelled: bool = False,
+                    failure_reason: str | None = None) -> Task:
+        """Record the end of a task: cancelled, else failed, else done, with the reason the daemon gives
+        (pilot.daemon.tasks decides it; a task that is done has none)."""
+        status = "cancelled" if cancelled else "failed" if failed else "done"
+        if status == "done":
+            failure_reason = None
         with self._write() as conn:
             self._session_of(conn, task_id)
-            conn.execute("UPDATE tasks SET status = ?, ended_at = ?, exit_code = ? WHERE id = ?",
-                         ("failed" if failed else "done", self._now(), exit_code, task_id))
+            conn.execute("UPDATE tasks SET status = ?, ended_at = ?, exit_code = ?, failure_reason = ? WHERE id = ?",
+                         (status, self._now(), exit_code, failure_reason, task_id))
             return self._task_in(conn, task_id)
 
+    def set_task_process(self, task_id: int, pgid: int | None) -> None:
+        """The process group the task runs in, so that a later start can stop what a dead daemon left behind."""
+        with self._write() as conn:
+            self._session_of(conn, task_id)
+            conn.execute("UPDATE tasks SET pgid = ? WHERE id = ?", (pgid, task_id))
+
+    def set_agent_session(self, task_id: int, agent_session_id: str) -> None:
+        """The agent's own session id (Claude Code's stream-json `session_id`), kept beside Pilot's session."""
+        with self._write() as conn:
+            self._session_of(conn, task_id)
+            conn.execute("UPDATE tasks SET agent_session_id = ? WHERE id = ?", (agent_session_id, task_id))
+
+    def request_cancel(self, task_id: int) -> tuple[str, Task] | None:
+        """Cancel a task from any process: (its status before, the task now); None for an unknown id.
+
+        A queued task is cancelled at once (it never starts: claiming and this are both one write
+        transaction). A running one gets `cancel_requested_at` (the first request's time is kept); the
+        daemon running it polls for that and stops its process group. A finished task is left as it is."""
+        now = self._now()
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            if row[0] == "queued":
+                conn.execute("UPDATE tasks SET status = 'cancelled', ended_at = ?, cancel_requested_at = ?, "
+                             "failure_reason = ? WHERE id = ?", (now, now, CANCELLED, task_id))
+            elif row[0] == "running":
+                conn.execute("UPDATE tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?) WHERE id = ?",
+                             (now, task_id))
+            return row[0], self._task_in(conn, task_id)
+
+    def cancel_requests(self, session_id: int) -> list[int]:
+        """The ids of the tasks this session runs that someone asked to cancel."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT id FROM tasks WHERE status = 'running' AND session_id = ? "
+                                "AND cancel_requested_at IS NOT NULL ORDER BY id", (session_id,))
+            return [row[0] for row in rows]
+
     def interrupt_running(self, reason: str) -> list[Task]:
-        """Mark tasks a dead daemon left running as interrupted (never re-run: they may have had effects)."""
+        """Mark tasks a dead daemon left running as interrupted (never re-run: they may have had effects).
+
+        Their failure reason is "interrupted: <reason>", and the log tail ends with "[interrupted: <reason>]"."""
         note = f"\n[interrupted: {reason}]\n"
         with self._write() as conn:
             ids = [row[0] for row in conn.execute("SELECT id FROM tasks WHERE status = 'running' ORDER BY id")]
             for task_id in ids:
-                conn.execute("UPDATE tasks SET status = 'interrupted', ended_at = ?, "
+                conn.execute("UPDATE tasks SET status = 'interrupted', ended_at = ?, failure_reason = ?, "
                              "log_tail = substr(log_tail || ?, ?) WHERE id = ?",
-                             (self._now(), note, -LOG_TAIL_CHARS, task_id))
+                             (self._now(), f"interrupted: {reason}", note, -LOG_TAIL_CHARS, task_id))
             return [self._task_in(conn, task_id) for task_id in ids]
 
     def task(self, task_id: int) -> Task | None:
@@ -225,7 +272,7 @@ class Store:
             counts = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
         return Totals(usage=_usage(usage_row, 0), done=counts.get("done", 0), failed=counts.get("failed", 0),
                       queued=counts.get("queued", 0), running=counts.get("running", 0),
-                      interrupted=counts.get("interrupted", 0))
+                      interrupted=counts.get("interrupted", 0), cancelled=counts.get("cancelled", 0))
 
     def _task_in(self, conn: sqlite3.Connection, task_id: int) -> Task:
         row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -253,6 +300,20 @@ class Store:
             cursor = conn.execute("UPDATE sessions SET version = ? WHERE id = ? AND ended_at IS NULL",
                                   (version, session_id))
             return self._session_in(conn, session_id) if cursor.rowcount else None
+
+    def request_session_cancel(self, pid: int) -> int:
+        """Ask the daemon with this pid to cancel its running tasks when it stops (`pilot stop --cancel-running`).
+
+        Marks its open sessions; returns how many were marked (0: no open session has that pid)."""
+        with self._write() as conn:
+            cursor = conn.execute("UPDATE sessions SET cancel_requested_at = coalesce(cancel_requested_at, ?) "
+                                  "WHERE pid = ? AND ended_at IS NULL", (self._now(), pid))
+            return cursor.rowcount
+
+    def session_cancel_requested(self, session_id: int) -> bool:
+        with self._read() as conn:
+            row = conn.execute("SELECT cancel_requested_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            return row is not None and row[0] is not None
 
     def end_session(self, session_id: int) -> None:
         with self._write() as conn:

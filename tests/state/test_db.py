@@ -55,7 +55,14 @@ def seed_v2(conn: sqlite3.Connection) -> None:
                  "cache_write_tokens = 40, cost_usd = 0.5 WHERE title = 'v1 done'")
 
 
-SEEDS = {0: lambda conn: None, 1: seed_v1, 2: seed_v2}
+def seed_v3(conn: sqlite3.Connection) -> None:
+    seed_v2(conn)
+    conn.execute("UPDATE tasks SET session_id = 1 WHERE title = 'v1 done'")
+    conn.execute("INSERT INTO tasks (title, status, created_at, exit_code, session_id) "
+                 "VALUES ('v3 failed', 'failed', ?, 2, 1)", (T0,))
+
+
+SEEDS = {0: lambda conn: None, 1: seed_v1, 2: seed_v2, 3: seed_v3}
 
 
 def build_schema(home: Path, version: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +108,12 @@ def test_migrates_from_every_older_schema_keeping_rows(old, isolated_home, monke
             return
         done = tasks["v1 done"]
         assert (done.command, done.status, done.exit_code, done.log_tail) == (("make", "test"), "done", 0, "all green")
-        assert done.session_id is None  # v3's column, default for rows older than it
+        assert done.session_id == (1 if old >= 3 else None)  # v3's column, default for rows older than it
+        # v4's columns are empty for every row older than them, and nothing invents a reason for an old failure.
+        for task in tasks.values():
+            assert (task.failure_reason, task.agent_session_id, task.cancel_requested_at, task.pgid) == (
+                None, None, None, None)
+        assert ("v3 failed" in tasks) == (old >= 3)
         assert tasks["v1 queued"].usage == Usage()
         expected = Usage(10, 20, 30, 40, 0.5) if old >= 2 else Usage()  # v2's columns default to zero
         assert done.usage == expected
@@ -109,9 +121,11 @@ def test_migrates_from_every_older_schema_keeping_rows(old, isolated_home, monke
         tables = {row[0] for row in raw(isolated_home).execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert "update_events" in tables  # retired, never dropped: an older Pilot after a rollback still writes it
         assert (store.session(1) is not None) == (old >= 2)
+        if old >= 2:
+            assert not store.session_cancel_requested(1)
     snapshot = sqlite3.connect(isolated_home / SNAPSHOT_DIRNAME / f"{DB_FILENAME}.before-v{old + 1}")
     assert db.user_version(snapshot) == old
-    assert snapshot.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
+    assert snapshot.execute("SELECT count(*) FROM tasks").fetchone()[0] == (3 if old >= 3 else 2)
 
 
 def test_a_newer_additive_schema_still_opens_in_this_version(isolated_home, monkeypatch):
@@ -171,12 +185,13 @@ def test_sigkill_inside_a_migration_leaves_the_previous_schema(pause_at, isolate
         child.wait()
     conn = raw(isolated_home)
     assert db.user_version(conn) == old
-    assert "update_events" not in tables(conn)
-    assert "session_id" not in columns(conn, "tasks")
+    assert not {"failure_reason", "agent_session_id", "cancel_requested_at", "pgid"} & columns(conn, "tasks")
+    assert "cancel_requested_at" not in columns(conn, "sessions")
     conn.close()
     with open_store(isolated_home, app_version=APP) as store:
-        assert sorted(task.title for task in store.tasks()) == ["v1 done", "v1 queued"]
+        assert sorted(task.title for task in store.tasks()) == ["v1 done", "v1 queued", "v3 failed"]
         assert store.task(1).usage == Usage(10, 20, 30, 40, 0.5)
+        assert store.task(3).failure_reason is None
     assert db.user_version(raw(isolated_home)) == SCHEMA_VERSION
 
 

@@ -15,7 +15,7 @@ import pytest
 from pilot.errors import StateError
 from pilot.state import db
 from pilot.state.db import DB_FILENAME
-from pilot.state.models import Totals, Usage
+from pilot.state.models import Totals, Usage, exit_reason
 from pilot.state.store import LOG_TAIL_CHARS, Store, open_store
 from tests.state import children
 
@@ -74,9 +74,106 @@ def test_totals_count_every_status_and_sum_every_task(store):
     store.claim_next_task(session.id)
     store.interrupt_running("test")
     store.claim_next_task(session.id)
+    store.request_cancel(store.add_task("never run").id)
     assert store.totals() == Totals(usage=Usage(2, 2, 2, 2, 0.5), done=1, failed=1, queued=1, running=1,
-                                    interrupted=1)
+                                    interrupted=1, cancelled=1)
     assert store.queued_count() == 1
+
+
+def test_finishing_records_the_status_and_the_reason_it_is_given(store):
+    session = store.start_session(version=APP, pid=1)
+    for title in ("ok", "exit", "told", "cancel", "cancel told"):
+        store.add_task(title)
+    ids = [store.claim_next_task(session.id).id for _ in range(5)]
+    ended = [
+        store.finish_task(ids[0], exit_code=0, failure_reason="ignored for a task that is done"),
+        store.finish_task(ids[1], exit_code=2, failed=True),  # no reason given: none invented (the daemon's job)
+        store.finish_task(ids[2], exit_code=None, failed=True, failure_reason="cannot run 'claude': not found"),
+        store.finish_task(ids[3], exit_code=-15, cancelled=True, failure_reason="cancelled"),
+        store.finish_task(ids[4], exit_code=0, failed=True, cancelled=True, failure_reason="cancelled: pilot stop"),
+    ]
+    assert [(t.status, t.exit_code, t.failure_reason) for t in ended] == [
+        ("done", 0, None), ("failed", 2, None), ("failed", None, "cannot run 'claude': not found"),
+        ("cancelled", -15, "cancelled"), ("cancelled", 0, "cancelled: pilot stop"),
+    ]
+    assert all(t.ended_at is not None for t in ended)
+    assert [store.task(i) for i in ids] == ended
+
+
+def test_exit_reason_names_the_exit_status_or_the_signal():
+    assert exit_reason(0) == "exit status 0"
+    assert exit_reason(127) == "exit status 127"
+    assert exit_reason(-signal.SIGKILL) == "killed by SIGKILL"
+    assert exit_reason(-200) == "killed by signal 200"
+    assert exit_reason(None) == "no exit status"
+
+
+def test_a_queued_task_is_cancelled_at_once_and_never_claimed(store):
+    session = store.start_session(version=APP, pid=1)
+    queued = store.add_task("not yet")
+    before, task = store.request_cancel(queued.id)
+    assert before == "queued"
+    assert (task.status, task.failure_reason, task.started_at) == ("cancelled", "cancelled", None)
+    assert task.ended_at is not None and task.cancel_requested_at is not None
+    assert store.claim_next_task(session.id) is None
+    assert store.request_cancel(queued.id) == ("cancelled", task)  # a second request changes nothing
+    assert store.request_cancel(999) is None
+
+
+def test_a_running_task_gets_a_request_its_own_daemon_sees(store):
+    mine, other = store.start_session(version=APP, pid=1), store.start_session(version=APP, pid=2)
+    store.add_task("mine")
+    store.add_task("theirs")
+    running = store.claim_next_task(mine.id)
+    theirs = store.claim_next_task(other.id)
+    assert store.cancel_requests(mine.id) == []
+    before, task = store.request_cancel(running.id)
+    assert (before, task.status) == ("running", "running")  # the daemon ends it, and records how
+    first = task.cancel_requested_at
+    assert first is not None
+    assert store.request_cancel(running.id)[1].cancel_requested_at == first  # the first request's time is kept
+    assert store.cancel_requests(mine.id) == [running.id]
+    assert store.cancel_requests(other.id) == []
+    store.request_cancel(theirs.id)
+    assert store.cancel_requests(other.id) == [theirs.id]
+    store.finish_task(running.id, exit_code=-15, cancelled=True, failure_reason="cancelled")
+    assert store.cancel_requests(mine.id) == []  # answered
+    finished = store.task(running.id)
+    assert store.request_cancel(running.id) == ("cancelled", finished)
+
+
+def test_a_finished_task_is_left_as_it_is_by_a_cancel_request(store):
+    session = store.start_session(version=APP, pid=1)
+    store.add_task("quick")
+    done = store.finish_task(store.claim_next_task(session.id).id, exit_code=0)
+    assert store.request_cancel(done.id) == ("done", done)
+
+
+def test_the_process_group_and_the_agent_session_are_kept(store):
+    session = store.start_session(version=APP, pid=1)
+    store.add_task("agent")
+    task = store.claim_next_task(session.id)
+    assert (task.pgid, task.agent_session_id) == (None, None)
+    store.set_task_process(task.id, 4242)
+    store.set_agent_session(task.id, "8f3c2a1e-session")
+    task = store.task(task.id)
+    assert (task.pgid, task.agent_session_id, task.session_id) == (4242, "8f3c2a1e-session", session.id)
+    with pytest.raises(StateError, match="task 99 does not exist"):
+        store.set_task_process(99, 1)
+    with pytest.raises(StateError, match="task 99 does not exist"):
+        store.set_agent_session(99, "x")
+
+
+def test_a_whole_session_can_be_asked_to_cancel_by_its_daemon_pid(store):
+    old = store.start_session(version=APP, pid=77)
+    store.end_session(old.id)
+    live, other = store.start_session(version=APP, pid=77), store.start_session(version=APP, pid=78)
+    assert not store.session_cancel_requested(live.id)
+    assert store.request_session_cancel(77) == 1  # only the open one
+    assert store.session_cancel_requested(live.id)
+    assert not store.session_cancel_requested(old.id) and not store.session_cancel_requested(other.id)
+    assert store.request_session_cancel(4444) == 0
+    assert not store.session_cancel_requested(999)
 
 
 def test_interrupt_running_marks_what_a_dead_daemon_left_and_never_requeues(store):
@@ -90,6 +187,7 @@ def test_interrupt_running_marks_what_a_dead_daemon_left_and_never_requeues(stor
     assert interrupted.ended_at is not None and interrupted.exit_code is None
     assert interrupted.log_tail.startswith("half the output")
     assert "[interrupted: the daemon died]" in interrupted.log_tail
+    assert interrupted.failure_reason == "interrupted: the daemon died"
     assert store.running_tasks() == [] and store.queued_count() == 1
     assert store.claim_next_task(session.id).title == "still queued"  # the interrupted one is not run again
     assert store.interrupt_running("again") == [store.task(2)]
