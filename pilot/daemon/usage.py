@@ -16,6 +16,9 @@ is emitted; a smaller number later never takes tokens back. The last line is the
 It reconciles: whatever its cumulative usage has above the counted totals is emitted, together
 with the authoritative cost. Anything else (plain text, other event types, malformed JSON) is
 log output: `feed` returns None. `feed` never raises.
+
+Every event names the agent's own session (`"session_id": "..."` on the `system` init line, the
+`result` line and the others); the latest well-formed one is `session_id`, whatever `feed` returns.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = ["MAX_TOKENS", "Usage", "UsageTracker", "UsageUpdate"]
 
 # A per-message or per-run token count above this is garbage, not usage (and would not fit SQLite).
 MAX_TOKENS = 2**53
+MAX_SESSION_ID = 200  # characters; a longer "session id" is not one
 # Usage field in the stream -> Usage attribute. Order is the order of the tuples below.
 _FIELDS = (
     ("input_tokens", "input_tokens"),
@@ -62,6 +66,7 @@ class UsageTracker:
         self._messages: dict[str, Counts] = {}  # per message id: what has been counted for it
         self._totals: Counts = _ZERO  # everything emitted so far
         self.final_cost: float | None = None
+        self.session_id: str | None = None  # the agent's own session id, once an event named it
 
     @property
     def totals(self) -> Usage:
@@ -78,6 +83,7 @@ class UsageTracker:
             event = _parse(line)
             if event is None:
                 return None
+            self._note_session(event.get("session_id"))
             kind = event.get("type")
             if kind == "assistant":
                 return self._assistant(event)
@@ -86,6 +92,11 @@ class UsageTracker:
         except Exception:  # defence in depth: a tracker bug must never take a task down
             return None
         return None
+
+    def _note_session(self, value: object) -> None:
+        if isinstance(value, str) and 0 < len(value) <= MAX_SESSION_ID and value.isprintable() and \
+                not any(ch.isspace() for ch in value):
+            self.session_id = value
 
     def _assistant(self, event: dict) -> UsageUpdate | None:
         message = event.get("message")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,8 +15,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pilot.daemon import tasks
-from pilot.daemon.tasks import command_for, run_task
+from pilot.daemon import tasklog, tasks
+from pilot.daemon.tasks import Cancel, command_for, finished_line, run_task
 from pilot.errors import StateError
 from pilot.state import Store, Task, Usage, open_store
 
@@ -45,15 +46,28 @@ class RecordingStore:
         self.calls.append((time.monotonic(), "log", text))
         self.store.append_log(task_id, text)
 
-    def finish_task(self, task_id: int, *, exit_code: int | None, failed: bool) -> Task:
+    def set_task_process(self, task_id: int, pgid: int | None) -> None:
+        self.calls.append((time.monotonic(), "process", pgid))
+        self.store.set_task_process(task_id, pgid)
+
+    def set_agent_session(self, task_id: int, agent_session_id: str) -> None:
+        self.calls.append((time.monotonic(), "agent", agent_session_id))
+        self.store.set_agent_session(task_id, agent_session_id)
+
+    def finish_task(self, task_id: int, *, exit_code: int | None, failed: bool = False, cancelled: bool = False,
+                    failure_reason: str | None = None) -> Task:
         assert self.finished is None, "finished twice"
-        self.calls.append((time.monotonic(), "finish", (exit_code, failed)))
-        self.finished = self.store.finish_task(task_id, exit_code=exit_code, failed=failed)
+        self.calls.append((time.monotonic(), "finish", (exit_code, failed, cancelled, failure_reason)))
+        self.finished = self.store.finish_task(task_id, exit_code=exit_code, failed=failed, cancelled=cancelled,
+                                               failure_reason=failure_reason)
         return self.finished
 
     @property
     def logs(self) -> list[str]:
         return [what for _, kind, what in self.calls if kind == "log"]
+
+    def kinds(self, kind: str) -> list[object]:
+        return [what for _, k, what in self.calls if k == kind]
 
 
 @pytest.fixture
@@ -124,12 +138,17 @@ def test_command_for_prefers_the_tasks_own_command():
     assert command_for(task(()), EXECUTOR) == [*EXECUTOR, "fix the bug"]
 
 
-def test_stream_json_run_records_totals_cost_log_and_exit_code(store, claim, real_store):
+def test_stream_json_run_records_totals_cost_log_and_exit_code(store, claim, real_store, tmp_path):
     task, seen = claim(command=script(FAKE_CLAUDE)), []
-    finished = run_task(task, store, EXECUTOR, on_line=lambda tid, line: seen.append((tid, line)))
+    logs = tmp_path / "logs" / "tasks"
+    finished = run_task(task, store, EXECUTOR, on_line=lambda tid, line: seen.append((tid, line)), log_dir=logs)
 
     assert finished == real_store.task(task.id)
-    assert (finished.status, finished.exit_code) == ("done", 0)
+    assert (finished.status, finished.exit_code, finished.failure_reason) == ("done", 0, None)
+    assert finished.agent_session_id == "s-1"  # Claude Code's own session, from its init line
+    assert store.kinds("agent") == ["s-1"]  # written once, not once a line
+    # The log file has the full output, usage events included, in order.
+    assert (logs / f"{task.id}.log").read_text().splitlines() == [line for _, line in seen]
     # The result's cumulative usage is higher than the messages' sum (input 13 -> 20): it wins.
     assert finished.usage == Usage(input_tokens=20, output_tokens=45, cache_read_tokens=500,
                                    cache_write_tokens=100, cost_usd=0.0123)
@@ -159,7 +178,7 @@ def test_executor_gets_the_title_as_its_last_argument(store, claim, tmp_path):
 def test_failing_command_is_failed_with_its_exit_code(store, claim):
     finished = run_task(claim(command=script("import sys; print('boom', file=sys.stderr); sys.exit(3)")),
                         store, EXECUTOR)
-    assert (finished.status, finished.exit_code) == ("failed", 3)
+    assert (finished.status, finished.exit_code, finished.failure_reason) == ("failed", 3, "exit status 3")
     assert lines_of(finished) == ["boom"]
     assert finished.usage == Usage()
 
@@ -167,6 +186,7 @@ def test_failing_command_is_failed_with_its_exit_code(store, claim):
 def test_missing_executable_fails_the_task_with_one_line(store, claim):
     finished = run_task(claim("fix it"), store, ("pilot-test-no-such-claude", "-p"))
     assert (finished.status, finished.exit_code) == ("failed", None)
+    assert finished.failure_reason == "cannot run 'pilot-test-no-such-claude': not found"
     assert finished.log_tail == ("cannot run 'pilot-test-no-such-claude': not found; "
                                  "set daemon.executor in config.yaml\n")
 
@@ -177,14 +197,32 @@ def test_unexecutable_task_command_fails_the_task_with_one_line(store, claim, tm
     finished = run_task(claim(command=(str(not_executable),)), store, EXECUTOR)
     assert (finished.status, finished.exit_code) == ("failed", None)
     assert lines_of(finished) == [f"cannot run {str(not_executable)!r}: permission denied; check the task's command"]
+    assert finished.failure_reason == f"cannot run {str(not_executable)!r}: permission denied"
 
 
-def test_child_runs_in_its_own_session_with_no_stdin(store, claim):
+def test_child_runs_in_its_own_recorded_process_group_and_session_with_no_stdin(store, claim):
     source = """
     import os, sys
-    print(os.getsid(0) == os.getpid(), repr(sys.stdin.read()), flush=True)
+    print(os.getpgid(0), os.getsid(0), os.getppid(), repr(sys.stdin.read()), flush=True)
     """
-    assert lines_of(run_task(claim(command=script(source)), store, EXECUTOR)) == ["True ''"]
+    finished = run_task(claim(command=script(source)), store, EXECUTOR)
+    pgid, sid, parent, stdin = lines_of(finished)[0].split()
+    # The group leader is the supervisor, the command's parent; the store knows the group.
+    assert int(pgid) == int(sid) == int(parent) == finished.pgid == store.kinds("process")[0]
+    assert int(sid) != os.getsid(0) and stdin == "''"
+
+
+def test_the_command_gets_default_signal_dispositions(store, claim):
+    """Python ignores SIGPIPE; a task's shell pipeline must not inherit that (nor anything else ignored)."""
+    finished = run_task(claim(command=("sh", "-c", "grep -E '^Sig(Ign|Blk)' /proc/self/status")), store, EXECUTOR)
+    assert lines_of(finished) == ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]
+
+
+def test_death_by_a_signal_is_a_failure_named_after_it(store, claim):
+    finished = run_task(claim(command=script("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")),
+                        store, EXECUTOR)
+    assert (finished.status, finished.exit_code, finished.failure_reason) == (
+        "failed", -signal.SIGKILL, "killed by SIGKILL")
 
 
 def test_log_lines_are_batched_not_one_write_per_line(store, claim):
@@ -227,7 +265,7 @@ def test_a_broken_on_line_callback_does_not_break_the_task(store, claim):
     assert (finished.exit_code, lines_of(finished)) == (0, ["a", "b"])
 
 
-def test_cancel_terminates_the_process_group_and_fails_the_task(store, claim):
+def test_cancel_terminates_the_process_group_and_records_the_task_cancelled(store, claim):
     source = """
     import subprocess, sys, time
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -242,20 +280,53 @@ def test_cancel_terminates_the_process_group_and_fails_the_task(store, claim):
     started = time.monotonic()
     finished = run_task(claim(command=script(source)), store, EXECUTOR, cancel=cancel, on_line=on_line)
     assert time.monotonic() - started < 5
-    assert (finished.status, finished.exit_code) == ("failed", -signal.SIGTERM)
+    assert (finished.status, finished.exit_code, finished.failure_reason) == (
+        "cancelled", -signal.SIGTERM, "cancelled")
     assert lines_of(finished)[-1] == "cancelled"
     _assert_gone(int(lines_of(finished)[0]))  # the grandchild went with it
 
 
+def test_a_cancel_keeps_its_reason_and_a_task_that_ignores_sigterm_gets_sigkill(store, claim, monkeypatch):
+    monkeypatch.setattr(tasks, "KILL_GRACE_SECONDS", 0.5)
+    source = """
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("stubborn", flush=True)
+    time.sleep(60)
+    """
+    cancel = Cancel()
+    finished = run_task(claim(command=script(source)), store, EXECUTOR, cancel=cancel,
+                        on_line=lambda tid, line: cancel.set("cancelled: the daemon stopped"))
+    assert not cancel.set("a later reason")  # the first one is kept
+    assert (finished.status, finished.exit_code, finished.failure_reason) == (
+        "cancelled", -signal.SIGKILL, "cancelled: the daemon stopped")
+    assert lines_of(finished)[-1] == "cancelled: the daemon stopped"
+
+
+def test_a_cancelled_task_that_exits_zero_is_still_cancelled(store, claim):
+    source = """
+    import signal, sys, time
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+    cancel = Cancel()
+    finished = run_task(claim(command=script(source)), store, EXECUTOR, cancel=cancel,
+                        on_line=lambda tid, line: cancel.set())
+    assert (finished.status, finished.exit_code, finished.failure_reason) == ("cancelled", 0, "cancelled")
+
+
 def test_a_task_cancelled_before_it_starts_never_runs(store, claim, tmp_path):
     marker = tmp_path / "ran"
-    cancel = threading.Event()
-    cancel.set()
+    cancel = Cancel()
+    cancel.set("cancelled: the daemon stopped")
     task = claim(command=script(f"open({str(marker)!r}, 'w').close()"))
     finished = run_task(task, store, EXECUTOR, cancel=cancel)
-    assert (finished.status, finished.exit_code) == ("failed", None)
+    assert (finished.status, finished.exit_code, finished.failure_reason) == (
+        "cancelled", None, "cancelled: the daemon stopped")
     assert lines_of(finished) == ["cancelled before it started"]
     assert not marker.exists()
+    assert store.kinds("process") == []
 
 
 def test_output_held_open_by_a_background_child_does_not_hang_the_task(store, claim, monkeypatch):
@@ -306,3 +377,45 @@ def _assert_gone(pid: int) -> None:
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     pytest.fail(f"process {pid} outlived its task")
+
+
+def test_the_finish_line_says_status_reason_exit_status_tokens_and_cost():
+    moment = datetime.now(UTC)
+
+    def task(status, exit_code, reason=None, usage=None):
+        return Task(3, "t", None, status, moment, moment, moment, exit_code, usage=usage or Usage(),
+                    failure_reason=reason)
+
+    zero = "0 tokens in, 0 out, 0 cache read, 0 cache write; $0.0000"
+    assert finished_line(task("done", 0, usage=Usage(1200, 34, 5, 6, 0.0125))) == (
+        "task 3 done: exit status 0; 1,200 tokens in, 34 out, 5 cache read, 6 cache write; $0.0125")
+    assert finished_line(task("failed", 2, "exit status 2")) == f"task 3 failed: exit status 2; {zero}"
+    assert finished_line(task("failed", None, "cannot run 'claude': not found")) == (
+        f"task 3 failed (cannot run 'claude': not found): did not start; {zero}")
+    assert finished_line(task("cancelled", -15, "cancelled")) == (
+        f"task 3 cancelled (cancelled): killed by SIGTERM; {zero}")
+
+
+def test_a_task_logs_its_start_with_its_process_group_and_its_end(store, claim, caplog):
+    caplog.set_level(logging.INFO)
+    task = claim("say\nhi", command=script("import sys; sys.exit(4)"))
+    finished = run_task(task, store, EXECUTOR)
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].startswith(f"task {task.id} started: say\\nhi (") and lines[0].endswith(
+        f"; process group {finished.pgid})")
+    assert lines[-1] == finished_line(finished) and "failed: exit status 4" in lines[-1]
+
+
+def test_the_log_file_keeps_the_head_and_the_last_parts(store, claim, tmp_path, monkeypatch):
+    monkeypatch.setattr(tasklog, "HEAD_BYTES", 1000)
+    monkeypatch.setattr(tasklog, "PART_BYTES", 1000)
+    source = "for i in range(400): print(f'line {i:04d}')"  # 10 bytes a line: 4000 bytes
+    finished = run_task(claim(command=script(source)), store, EXECUTOR, log_dir=tmp_path)
+    head, parts = tasklog.log_files(tmp_path, finished.id)
+    assert head.read_text().splitlines() == [f"line {i:04d}" for i in range(100)]
+    assert [n for n, _ in parts] == [2, 3]  # part 1 was dropped once part 3 began
+    text = tasklog.read_log(tmp_path, finished.id).decode()
+    lines = text.splitlines()
+    assert lines[:100] == [f"line {i:04d}" for i in range(100)]
+    assert lines[100] == "[... output skipped: the log keeps the first 1000 bytes and the last 1000 to 2000 bytes ...]"
+    assert lines[101:] == [f"line {i:04d}" for i in range(200, 400)]

@@ -243,3 +243,16 @@ def test_fuzz_well_formed_streams_count_the_max_per_message(msgs, extra):
     assert tracker.totals.input_tokens == expected_in + extra
     assert tracker.totals.output_tokens == expected_out
     assert tracker.totals.cost_usd == 0.1
+
+
+def test_the_agents_session_id_is_the_latest_well_formed_one_any_event_names():
+    tracker = UsageTracker()
+    assert tracker.session_id is None
+    assert tracker.feed("plain text session_id: nope") is None and tracker.session_id is None
+    assert tracker.feed(SYSTEM_INIT) is None  # still log output
+    assert tracker.session_id == "s-1"
+    for bad in ("", "has space", "x" * 201, 42, None, "bell\x07"):
+        tracker.feed(line({"type": "system", "session_id": bad}))
+        assert tracker.session_id == "s-1"
+    tracker.feed(line({"type": "result", "subtype": "success", "session_id": "s-2", "total_cost_usd": 0.5}))
+    assert tracker.session_id == "s-2"
