@@ -10,7 +10,8 @@
 Configuration mistakes (a missing token, chat id or URL, plain http to another machine, a proxy
 urllib3 cannot use) are a `ConfigError` when the `Notifier` is built, so the daemon refuses to
 start with one clear line. Delivery failures are not errors: a notification is a courtesy, so
-`send` logs one line and returns it instead of raising. URL and proxy policy and redaction are
+`send` logs one line and returns it instead of raising; a delivered one is logged too
+("telegram notification sent: upgraded"). URL and proxy policy and redaction are
 `pilot.net`'s: no message ever shows the bot token, the webhook's path or a proxy password.
 """
 
@@ -92,6 +93,11 @@ class Notifier:
     def enabled(self) -> bool:
         return self.channel != "none"
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no log line may show (the bot token, the webhook's path, proxy credentials): for the log's redactor."""
+        return self._secrets
+
     def send(self, event: str, text: str, **details: str) -> str | None:
         """Deliver one notification. None when it was delivered (or the channel is "none"),
         otherwise the one-line reason it was not, which is also logged. Never raises.
@@ -103,9 +109,10 @@ class Notifier:
         try:
             if event not in EVENTS:
                 return self._failed(f"unknown notification event {event!r} (known: {', '.join(EVENTS)})")
-            if self.channel == "telegram":
-                return self._telegram(text)
-            return self._webhook(event, text, details)
+            failure = self._telegram(text) if self.channel == "telegram" else self._webhook(event, text, details)
+            if failure is None:
+                log.info("%s notification sent: %s", self.channel, event)
+            return failure
         except Exception as exc:  # a notification must never take the daemon or an upgrade down
             return self._failed(f"{self.channel} notification failed: {self._clean(str(exc) or type(exc).__name__)}")
 

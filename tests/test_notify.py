@@ -372,3 +372,43 @@ def test_a_proxy_password_is_sent_as_a_header_and_never_shown(tls_hook, auth_pro
     assert len(tls_hook.received) == 1
     for shown in (error, caplog.text):
         assert "wr0ng" not in shown and "s3cret" not in shown and "pilot:" not in shown
+
+
+# ---------------------------------------------------------------------------- the log
+
+
+def test_a_delivered_notification_is_logged_in_one_line_without_secrets(fake_server, tmp_path, caplog):
+    fake_server.answers = [telegram_ok()]
+    with caplog.at_level(logging.INFO, logger="pilot.notify"):
+        assert telegram(fake_server, tmp_path).send("upgraded", "Pilot upgraded") is None
+    assert [r.getMessage() for r in caplog.records] == ["telegram notification sent: upgraded"]
+    fake_server.answers = [(200, {})]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pilot.notify"):
+        assert webhook(fake_server, tmp_path).send("rolled_back", "Pilot rolled back") is None
+    assert [r.getMessage() for r in caplog.records] == ["webhook notification sent: rolled_back"]
+
+
+def test_the_notifier_names_its_secrets_and_pilot_log_never_shows_them(fake_server, tmp_path):
+    from pilot.daemon.logs import configure_logging, keep_out_of_logs, log_path
+
+    notifier = webhook(fake_server, tmp_path)
+    assert "/hooks/s3cret" in notifier.secrets
+    assert Notifier(config("none", tmp_path)).secrets == ()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(tmp_path, to_stderr=False)
+        keep_out_of_logs(notifier.secrets)
+        logging.getLogger("pilot").warning("posting to %s/hooks/s3cret via http://user:pw@proxy:3128/ failed",
+                                           fake_server.url)
+        for handler in root.handlers:
+            handler.flush()
+        text = log_path(tmp_path).read_text()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert "s3cret" not in text and "user:pw" not in text
+    assert f"posting to {fake_server.url}[redacted] via http://proxy:3128/ failed" in text

@@ -2,14 +2,15 @@
 
 With `upgrade.auto_upgrade_on_idle`, an available update is applied after the daemon has
 been idle for `daemon.idle_upgrade_after` (default 5 minutes). SIGINT, SIGTERM and SIGHUP
-stop the loop; an upgrade under way is abandoned (before the swap) or its new version
-starts with the next `pilot start` (after it).
+stop the loop (`Runtime.request_stop`): no new task starts, and the caller's
+`Runtime.shutdown` waits for the running ones up to `daemon.drain_timeout`, cancelling them
+past it or at a second signal. An upgrade under way is abandoned (before the swap) or its new
+version starts with the next `pilot start` (after it).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 
 from pilot.daemon.runtime import Reexec, Runtime
@@ -20,24 +21,26 @@ log = logging.getLogger("pilot")
 POLL_SECONDS = 0.5
 
 
+def install_stop_handlers(runtime: Runtime) -> None:
+    """SIGINT, SIGTERM and SIGHUP ask the runtime to stop: the first drains, the next cancels at once.
+
+    They stay installed after the loop, for the drain; `Runtime.reexec` puts its own in place."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda received, _frame: runtime.request_stop(received))
+
+
 def run_headless(runtime: Runtime) -> Reexec | None:
-    banner = runtime.main_loop_up()  # first: a trial boot is confirmed before anything can stop it
-    previous = {sig: signal.signal(sig, lambda *_: runtime.stopping.set()) for sig in STOP_SIGNALS}
-    try:
-        runtime.start_checker()
-        log.info("pilot %s daemon running (pid %d)%s", runtime.version, os.getpid(),
-                 f"; {banner.text}" if banner else "")
-        while not runtime.stopping.wait(POLL_SECONDS):
-            runtime.daemon.poll()
-            if should_upgrade_now(runtime):
-                reexec = upgrade_when_idle(runtime)
-                if reexec is not None:
-                    return reexec
-        log.info("pilot daemon stopping")
-        return None
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    """Run tasks until a stop is asked for (None) or an idle upgrade is ready to exec (a Reexec)."""
+    runtime.main_loop_up()  # first: a trial boot is confirmed before anything can stop it
+    install_stop_handlers(runtime)
+    runtime.start_checker()
+    while not runtime.stopping.wait(POLL_SECONDS):
+        runtime.daemon.poll()
+        if should_upgrade_now(runtime):
+            reexec = upgrade_when_idle(runtime)
+            if reexec is not None:
+                return reexec
+    return None
 
 
 def should_upgrade_now(runtime: Runtime) -> bool:
@@ -46,13 +49,10 @@ def should_upgrade_now(runtime: Runtime) -> bool:
 
 
 def upgrade_when_idle(runtime: Runtime) -> Reexec | None:
-    version = runtime.upgrade_target
-    log.info("idle for %.0f s: upgrading to %s", runtime.daemon.idle_for(), version)
+    log.info("idle for %.0f s: upgrading to %s", runtime.daemon.idle_for(), runtime.upgrade_target)
     try:
-        return runtime.prepare_upgrade(on_step=lambda step: log.info("upgrade: %s", step), on_progress=lambda *_: None,
+        return runtime.prepare_upgrade(on_step=lambda step: None, on_progress=lambda *_: None,
                                        ask_to_keep_waiting=lambda running: True, cancelled=runtime.stopping.is_set)
-    except PilotError as error:
-        if not runtime.stopping.is_set():
-            log.warning("upgrade to %s failed, still running %s: %s", version, runtime.version, error.one_line())
+    except PilotError:  # logged by the runtime, with the version this daemon still runs
         runtime.outcome = None  # forget the offer until the next check
         return None

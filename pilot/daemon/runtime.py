@@ -21,13 +21,18 @@ from dataclasses import dataclass
 
 from pilot.buildinfo import current_version
 from pilot.config import Config, load_config
+from pilot.daemon import lifecycle
 from pilot.daemon.checker import CheckOutcome, UpdateChecker
+from pilot.daemon.logs import keep_out_of_logs
 from pilot.daemon.service import Daemon
-from pilot.errors import UpdateCancelled, UpdateError
+from pilot.daemon.tasklog import task_log_dir
+from pilot.daemon.tasks import KILL_GRACE_SECONDS
+from pilot.errors import PilotError, UpdateCancelled, UpdateError
 from pilot.launcher import handle_stop_signals
 
 RESUME_SESSION_ENV = "PILOT_RESUME_SESSION"
 PREPARE_CLEANUP_SECONDS = 10
+DRAIN_POLL_SECONDS = 0.25
 log = logging.getLogger("pilot")
 
 
@@ -55,13 +60,18 @@ class Runtime:
         self.notifier = notifier
         self.version = current_version()
         self.session = self._session()
-        self.daemon = Daemon(store, config.daemon, session_id=self.session.id)
+        self.daemon = Daemon(store, config.daemon, session_id=self.session.id, log_dir=task_log_dir(config.home))
         self.updater = updater
         self.checker: UpdateChecker | None = None
         self.outcome: CheckOutcome | None = None
         self.banner: BannerText | None = None
         self.installed_other: str | None = None  # the version at the install path when it is not ours
         self.stopping = threading.Event()  # a stop was asked for (a signal): an upgrade in progress is abandoned
+        self.stop_signal: int | None = None  # the signal that began the stop, if one did (the exit status says it)
+        self.cancel_now = threading.Event()  # cancel running tasks instead of waiting for them
+        self.cancel_reason = lifecycle.STOPPED_AGAIN
+        self.interrupted: list = []  # tasks a dead daemon left running, recorded interrupted by this start
+        self.last_stop: lifecycle.StopSummary | None = None
         self._not_preparing = threading.Event()  # cleared while an upgrade downloads and self-tests
         self._not_preparing.set()
         self._announced: set[str] = set()
@@ -78,9 +88,11 @@ class Runtime:
         store = open_store(config.home, app_version=current_version())
         for warning in store.warnings:
             log.warning(warning)
-        for task in store.interrupt_running("the daemon stopped"):
-            log.warning("task %s (%s) was interrupted by a stopped daemon; it is not re-run", task.id, task.title)
-        return cls(config, store, notifier=Notifier(config), updater=updater)
+        interrupted = lifecycle.recover_leftovers(store)
+        runtime = cls(config, store, notifier=Notifier(config), updater=updater)
+        runtime.interrupted = interrupted
+        keep_out_of_logs(runtime.notifier.secrets)
+        return runtime
 
     def _session(self):
         resumed = os.environ.pop(RESUME_SESSION_ENV, None)
@@ -99,21 +111,25 @@ class Runtime:
         record = commit_boot()
         self.refresh_installed()
         if record is not None:
+            log.info("upgraded from %s to %s: this start committed it", record["from_version"], self.version)
             self._announce("upgraded", record["from_version"], self.version, "")
             self.banner = BannerText("upgraded", f"✅ Upgraded from v{record['from_version']}")
             take_notice()
             return self.banner
         notice = take_notice()
         if notice is not None and notice.state == "rolled_back":
+            log.warning("rolled back from %s to %s: %s", notice.to_version, notice.from_version, notice.reason)
             self._announce("rolled_back", notice.to_version, notice.from_version, notice.reason)
             self.banner = BannerText("rolled_back", f"⚠ Rolled back from v{notice.to_version}: {notice.reason}")
         return self.banner
 
     def _announce(self, kind: str, from_version: str | None, to_version: str | None, detail: str | None) -> None:
-        if self.notifier is not None and self.notifier.enabled:
-            text = f"Pilot {kind.replace('_', ' ')}: {from_version} -> {to_version}. {detail or ''}".strip()
-            # A slow chat or webhook server must never hold up the UI or the loop.
-            threading.Thread(target=self.notifier.send, args=(kind, text), name="notify", daemon=True).start()
+        if self.notifier is None or not self.notifier.enabled:
+            log.info("%s notification not sent: notifications are off (upgrade.notify_channel: none)", kind)
+            return
+        text = f"Pilot {kind.replace('_', ' ')}: {from_version} -> {to_version}. {detail or ''}".strip()
+        # A slow chat or webhook server must never hold up the UI or the loop; the notifier logs how it went.
+        threading.Thread(target=self.notifier.send, args=(kind, text), name="notify", daemon=True).start()
 
     def start_checker(self) -> None:
         if self.updater is None or not self.config.upgrade.auto_check:
@@ -128,12 +144,10 @@ class Runtime:
         for listener in self.listeners:  # first: the UI shows the news even if recording it fails
             listener()
         choice = self.available
-        if outcome.error:
-            log.info("update check failed: %s", outcome.error)
-        elif choice is not None and str(choice.release.version) not in self._announced:
+        log.info("%s", check_line(outcome, self.version, choice, self.installed_other))
+        if outcome.error is None and choice is not None and str(choice.release.version) not in self._announced:
             version = str(choice.release.version)
             self._announced.add(version)
-            log.info("update available: %s", version)
             self._announce("update_available", self.version, version, "press 'u' in the dashboard to upgrade")
 
     def refresh_installed(self) -> None:
@@ -173,10 +187,17 @@ class Runtime:
     def prepare_upgrade(self, *, on_step: Callable[[str], None], on_progress: Callable[[int, int], None],
                         ask_to_keep_waiting: Callable[[int], bool], cancelled: Callable[[], bool]) -> Reexec:
         """Everything up to the swap, while tasks keep running; then drain. Nothing is changed yet."""
+        target = self.upgrade_target
         self._not_preparing.clear()
         try:
-            return self._prepare_upgrade(on_step, on_progress, ask_to_keep_waiting,
+            return self._prepare_upgrade(_logged_steps(target, on_step), on_progress, ask_to_keep_waiting,
                                          lambda: cancelled() or self.cancelled())
+        except UpdateCancelled as error:
+            log.info("upgrade to %s cancelled: %s", target, error.one_line())
+            raise
+        except PilotError as error:
+            log.warning("upgrade to %s failed, still running %s: %s", target, self.version, error.one_line())
+            raise
         finally:
             self._not_preparing.set()
 
@@ -222,6 +243,8 @@ class Runtime:
         raises a PilotError when the swap or the exec failed. Nothing prepared is left behind."""
         os.environ[RESUME_SESSION_ENV] = str(self.session.id)
         handle_stop_signals()  # the UI's handlers are gone: from here a stop waits for the swap, and is not lost
+        log.info("pilot %s daemon (pid %d) restarting into %s: same pid, same session", self.version, os.getpid(),
+                 self.upgrade_target or "the installed version")
         try:
             self.stop()
             self.store.close()  # exec runs no finally blocks: commit and close first
@@ -252,6 +275,62 @@ class Runtime:
         if self.checker is not None:
             self.checker.stop()
 
+    # -- stopping ----------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, *, cancel: bool = False, reason: str | None = None) -> None:
+        """Ask the daemon to stop; safe in a signal handler (it only sets flags).
+
+        The first request drains (no new tasks; running ones may finish within daemon.drain_timeout);
+        a second one, or `cancel=True`, cancels running tasks at once with `reason`. `signum` is the
+        signal that asked, kept for the exit status."""
+        if signum is not None and self.stop_signal is None:
+            self.stop_signal = signum
+        if cancel or self.stopping.is_set():
+            if not self.cancel_now.is_set():
+                self.cancel_reason = reason or lifecycle.STOPPED_AGAIN
+            self.cancel_now.set()
+        self.stopping.set()
+
+    def shutdown(self) -> int:
+        """Stop: drain, cancel what is left (recorded cancelled), end the session, close; the exit status.
+
+        Without a stop request first (the dashboard's 'q', which asks before quitting with tasks
+        running), running tasks are cancelled at once."""
+        if not self.stopping.is_set():
+            self.request_stop(cancel=True, reason=lifecycle.DASHBOARD_QUIT)
+        self.stop()
+        self.daemon.drain()
+        if not self._not_preparing.wait(PREPARE_CLEANUP_SECONDS):  # an abandoned upgrade removes its download
+            log.warning("an abandoned upgrade did not finish cleaning up in time")
+        running = self.daemon.running_ids()
+        reason = self._drain_for_stop(running)
+        cut_short = self.daemon.cancel_all(reason) if reason else 0
+        if cut_short and not self.daemon.wait_idle(KILL_GRACE_SECONDS + 5):
+            log.warning("some tasks did not stop in time; they will show as interrupted at the next start")
+        summary = lifecycle.summarise([self.store.task(task_id) for task_id in running], cut_short, self.stop_signal)
+        self.last_stop = summary
+        self.store.end_session(self.session.id)
+        self.store.close()
+        log.info("%s", lifecycle.stop_line(self.version, os.getpid(), summary))
+        return summary.exit_status
+
+    def _drain_for_stop(self, running: list[int]) -> str | None:
+        """Wait for running tasks to end by themselves; the reason to cancel the rest, or None if none is left."""
+        timeout = self.config.daemon.drain_timeout
+        if running and not self.cancel_now.is_set():
+            log.info("%s", lifecycle.waiting_line(len(running), timeout, self.stop_signal))
+        deadline = time.monotonic() + timeout
+        while not self.daemon.wait_idle(0):
+            if self.cancel_now.is_set():
+                return self.cancel_reason
+            if self.store.session_cancel_requested(self.session.id):
+                return lifecycle.CANCEL_RUNNING
+            if time.monotonic() >= deadline:
+                return lifecycle.drain_timeout_reason(timeout)
+            self.daemon.wait_idle(DRAIN_POLL_SECONDS)
+            self.daemon.poll()  # draining claims nothing, but `pilot task cancel` still works
+        return None
+
     def close(self) -> None:
         self.stop()
         if not self._not_preparing.wait(PREPARE_CLEANUP_SECONDS):  # an abandoned upgrade removes its download
@@ -261,3 +340,28 @@ class Runtime:
         self.store.end_session(self.session.id)
         self.store.close()
 
+
+
+def check_line(outcome: CheckOutcome, running: str, choice, installed_other: str | None) -> str:
+    """Pure: the log line for one update check's outcome."""
+    if outcome.error:
+        wait = f"; the server asked to wait {outcome.retry_after:.0f} s (Retry-After)" if outcome.retry_after else ""
+        return f"update check failed: {outcome.error}{wait}"
+    if installed_other is not None:
+        return f"update check: pilot {installed_other} is installed; this daemon ({running}) restarts into it"
+    if choice is not None:
+        return f"update check: {choice.release.version} is available (running {running})"
+    return f"update check: up to date ({running})"
+
+
+def _logged_steps(target: str | None, on_step: Callable[[str], None]) -> Callable[[str], None]:
+    """The caller's on_step, with each new step logged once ("waiting for 1 task" repeats while it waits)."""
+    last: list[str] = []
+
+    def step(text: str) -> None:
+        if not last or last[-1] != text:
+            last[:] = [text]
+            log.info("upgrade to %s: %s", target, text)
+        on_step(text)
+
+    return step
