@@ -122,8 +122,8 @@ def run_task(task: Task, store: TaskStore, executor: tuple[str, ...], *, cancel:
     except BaseException:
         run.kill()
         raise
-    log.info("task %s started: %s (%s; process group %d)", task.id, one_line(task.title, 80),
-             one_line(" ".join(argv), 120), process.pid)
+    log.info("task %s started (process group %d): %s; runs %s", task.id, process.pid, one_line(task.title, 80),
+             one_line(argv[0], 120))
     return run.wait()
 
 
@@ -139,11 +139,19 @@ def finish(store: TaskStore, task_id: int, *, exit_code: int | None, failed: boo
 def finished_line(task: Task) -> str:
     """Pure: "task 3 failed: exit status 2; 1,200 tokens in, 34 out, 0 cache read, 0 cache write; $0.0125"."""
     ended = "did not start" if task.exit_code is None else exit_reason(task.exit_code)
-    why = f" ({task.failure_reason})" if task.failure_reason and task.failure_reason != ended else ""
+    reason = _without_status(task.failure_reason, task.status)
+    why = f" ({reason})" if reason and reason != ended else ""
     usage = task.usage
     return (f"task {task.id} {task.status}{why}: {ended}; {usage.input_tokens:,} tokens in, "
             f"{usage.output_tokens:,} out, {usage.cache_read_tokens:,} cache read, "
             f"{usage.cache_write_tokens:,} cache write; ${usage.cost_usd:.4f}")
+
+
+def _without_status(reason: str | None, status: str) -> str | None:
+    """Pure: "cancelled: pilot stop" -> "pilot stop" beside the status cancelled; "cancelled" -> None."""
+    if reason is None or reason == status:
+        return None
+    return reason.removeprefix(f"{status}: ")
 
 
 def _reason_of(cancel: object) -> str:
@@ -277,7 +285,8 @@ class _Run:
             return
         if self.terminated_at is None:
             self.terminated_at = now
-            log.info("task %s: cancelling (%s): SIGTERM to process group %d", self.task.id, _reason_of(self.cancel),
+            why = _without_status(_reason_of(self.cancel), CANCELLED)
+            log.info("task %s: cancelling%s: SIGTERM to process group %d", self.task.id, f" ({why})" if why else "",
                      self.process.pid)
             self._signal(signal.SIGTERM)
         elif not self.killed and now - self.terminated_at > KILL_GRACE_SECONDS:

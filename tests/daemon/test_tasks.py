@@ -392,8 +392,9 @@ def test_the_finish_line_says_status_reason_exit_status_tokens_and_cost():
     assert finished_line(task("failed", 2, "exit status 2")) == f"task 3 failed: exit status 2; {zero}"
     assert finished_line(task("failed", None, "cannot run 'claude': not found")) == (
         f"task 3 failed (cannot run 'claude': not found): did not start; {zero}")
-    assert finished_line(task("cancelled", -15, "cancelled")) == (
-        f"task 3 cancelled (cancelled): killed by SIGTERM; {zero}")
+    assert finished_line(task("cancelled", -15, "cancelled")) == f"task 3 cancelled: killed by SIGTERM; {zero}"
+    assert finished_line(task("cancelled", None, "cancelled: pilot stop --cancel-running")) == (
+        f"task 3 cancelled (pilot stop --cancel-running): did not start; {zero}")
 
 
 def test_a_task_logs_its_start_with_its_process_group_and_its_end(store, claim, caplog):
@@ -401,8 +402,7 @@ def test_a_task_logs_its_start_with_its_process_group_and_its_end(store, claim, 
     task = claim("say\nhi", command=script("import sys; sys.exit(4)"))
     finished = run_task(task, store, EXECUTOR)
     lines = [record.getMessage() for record in caplog.records]
-    assert lines[0].startswith(f"task {task.id} started: say\\nhi (") and lines[0].endswith(
-        f"; process group {finished.pgid})")
+    assert lines[0] == f"task {task.id} started (process group {finished.pgid}): say\\nhi; runs {sys.executable}"
     assert lines[-1] == finished_line(finished) and "failed: exit status 4" in lines[-1]
 
 
