@@ -54,3 +54,54 @@ def daemon_pid(home: Path) -> int | None:
     """The pid of the daemon holding the lock, or None when none runs."""
     daemon = running_daemon(home)
     return daemon[0] if daemon else None
+
+
+def signal_daemon(home: Path, pid: int, signum: int) -> bool:
+    """Send `signum` to the daemon if it still holds the lock as `pid`; False when it is gone already.
+
+    Where there are pidfds (Linux 5.3+), the process is pinned before the lock is checked, so a pid
+    the system reused after the daemon ended is never signalled. PermissionError passes through."""
+    import signal
+
+    pidfd = _pidfd(pid)
+    if pidfd == -1:
+        return False
+    try:
+        holder = running_daemon(home)
+        if holder is None or holder[0] != pid:
+            return False
+        if pidfd is None:
+            os.kill(pid, signum)
+        else:
+            signal.pidfd_send_signal(pidfd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None and pidfd >= 0:
+            os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd for pid; None where the system has none; -1 when there is no such process."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except ProcessLookupError:
+        return -1
+    except OSError:  # ENOSYS (an old kernel), EPERM under some sandboxes
+        return None
+
+
+def wait_until_stopped(home: Path, timeout: float, *, poll: float = 0.1) -> bool:
+    """Wait up to `timeout` seconds for the daemon lock to be free; True once it is."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while running_daemon(home) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True
