@@ -196,7 +196,8 @@ class Runtime:
             log.info("upgrade to %s cancelled: %s", target, error.one_line())
             raise
         except PilotError as error:
-            log.warning("upgrade to %s failed, still running %s: %s", target, self.version, error.one_line())
+            log.warning("upgrade%s failed, still running %s: %s", f" to {target}" if target else "", self.version,
+                        error.one_line())
             raise
         finally:
             self._not_preparing.set()
