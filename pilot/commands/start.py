@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pilot.buildinfo import current_version
+from pilot.config import check_home
 from pilot.daemon.lock import hold_daemon_lock
 from pilot.daemon.logs import configure_logging
 from pilot.errors import PilotError
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pilot.daemon.runtime import BannerText, Runtime
 
     home = Path(pilot_home())
+    check_home(home)  # an unusable PILOT_HOME is one line (exit 4) before the log is opened in it
     configure_logging(home, to_stderr=not args.dashboard)  # the dashboard owns the terminal: the file only
     hold_daemon_lock(home, current_version())
     runtime = Runtime.open()
