@@ -24,9 +24,10 @@ POLL_SECONDS = 0.5
 def install_stop_handlers(runtime: Runtime) -> None:
     """SIGINT, SIGTERM and SIGHUP ask the runtime to stop: the first drains, the next cancels at once.
 
-    They stay installed after the loop, for the drain; `Runtime.reexec` puts its own in place."""
+    The handler only notes the signal; the loops take it within their poll interval. They stay
+    installed after the loop, for the drain; `Runtime.reexec` puts its own in place."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda received, _frame: runtime.request_stop(received))
+        signal.signal(signum, lambda received, _frame: runtime.signal_received(received))
 
 
 def run_headless(runtime: Runtime) -> Reexec | None:
@@ -35,6 +36,9 @@ def run_headless(runtime: Runtime) -> Reexec | None:
     install_stop_handlers(runtime)
     runtime.start_checker()
     while not runtime.stopping.wait(POLL_SECONDS):
+        runtime.take_signals()
+        if runtime.stopping.is_set():
+            break
         runtime.daemon.poll()
         if should_upgrade_now(runtime):
             reexec = upgrade_when_idle(runtime)
@@ -52,7 +56,8 @@ def upgrade_when_idle(runtime: Runtime) -> Reexec | None:
     log.info("idle for %.0f s: upgrading to %s", runtime.daemon.idle_for(), runtime.upgrade_target)
     try:
         return runtime.prepare_upgrade(on_step=lambda step: None, on_progress=lambda *_: None,
-                                       ask_to_keep_waiting=lambda running: True, cancelled=runtime.stopping.is_set)
+                                       ask_to_keep_waiting=lambda running: True, cancelled=runtime.cancelled)
     except PilotError:  # logged by the runtime, with the version this daemon still runs
+        runtime.take_signals()  # a stop that cancelled it ends the loop next
         runtime.outcome = None  # forget the offer until the next check
         return None

@@ -68,6 +68,7 @@ class Runtime:
         self.installed_other: str | None = None  # the version at the install path when it is not ours
         self.stopping = threading.Event()  # a stop was asked for (a signal): an upgrade in progress is abandoned
         self.stop_signal: int | None = None  # the signal that began the stop, if one did (the exit status says it)
+        self._signals: list[int] = []  # stop signals received, not yet taken (see signal_received)
         self.cancel_now = threading.Event()  # cancel running tasks instead of waiting for them
         self.cancel_reason = lifecycle.STOPPED_AGAIN
         self.interrupted: list = []  # tasks a dead daemon left running, recorded interrupted by this start
@@ -182,7 +183,7 @@ class Runtime:
     # -- the hot upgrade ---------------------------------------------------------------------
 
     def cancelled(self) -> bool:
-        return self.stopping.is_set()
+        return bool(self._signals) or self.stopping.is_set()
 
     def prepare_upgrade(self, *, on_step: Callable[[str], None], on_progress: Callable[[int, int], None],
                         ask_to_keep_waiting: Callable[[int], bool], cancelled: Callable[[], bool]) -> Reexec:
@@ -278,8 +279,19 @@ class Runtime:
 
     # -- stopping ----------------------------------------------------------------------------
 
+    def signal_received(self, signum: int) -> None:
+        """The signal handler's whole work: note the signal (a list append takes no lock). The loop that
+        runs next takes it (`take_signals`). Setting an Event here could deadlock: the interrupted code may
+        hold that Event's lock, e.g. inside `stopping.wait()`."""
+        self._signals.append(signum)
+
+    def take_signals(self) -> None:
+        """Turn the stop signals received since the last call into stop requests; call it from a loop."""
+        while self._signals:
+            self.request_stop(self._signals.pop(0))
+
     def request_stop(self, signum: int | None = None, *, cancel: bool = False, reason: str | None = None) -> None:
-        """Ask the daemon to stop; safe in a signal handler (it only sets flags).
+        """Ask the daemon to stop (from a thread or an event loop; a signal handler calls `signal_received`).
 
         The first request drains (no new tasks; running ones may finish within daemon.drain_timeout);
         a second one, or `cancel=True`, cancels running tasks at once with `reason`. `signum` is the
@@ -297,6 +309,7 @@ class Runtime:
 
         Without a stop request first (the dashboard's 'q', which asks before quitting with tasks
         running), running tasks are cancelled at once."""
+        self.take_signals()
         if not self.stopping.is_set():
             self.request_stop(cancel=True, reason=lifecycle.DASHBOARD_QUIT)
         self.stop()
@@ -322,6 +335,7 @@ class Runtime:
             log.info("%s", lifecycle.waiting_line(len(running), timeout, self.stop_signal))
         deadline = time.monotonic() + timeout
         while not self.daemon.wait_idle(0):
+            self.take_signals()
             if self.cancel_now.is_set():
                 return self.cancel_reason
             if self.store.session_cancel_requested(self.session.id):

@@ -75,6 +75,18 @@ def test_a_second_request_cancels_at_once(runtime):
     assert status_of(runtime, task_id).failure_reason == lifecycle.STOPPED_AGAIN
 
 
+def test_a_signal_handler_only_notes_the_signal_and_the_loop_turns_it_into_a_request(runtime):
+    runtime.signal_received(signal.SIGINT)
+    assert not runtime.stopping.is_set()  # no Event is touched in the handler: it could hold that Event's lock
+    assert runtime.cancelled()  # an upgrade under way already sees it
+    runtime.take_signals()
+    assert runtime.stopping.is_set() and not runtime.cancel_now.is_set()
+    runtime.signal_received(signal.SIGTERM)
+    runtime.take_signals()
+    assert runtime.cancel_now.is_set() and runtime.stop_signal == signal.SIGINT
+    assert runtime.cancel_reason == lifecycle.STOPPED_AGAIN
+
+
 def test_the_dashboards_quit_without_a_signal_cancels_at_once_and_exits_zero(runtime):
     task_id = run_until_up(runtime, SLEEP)
     assert runtime.shutdown() == 0
