@@ -120,19 +120,22 @@ def ran_for(task: Task) -> str:
 def log(args: argparse.Namespace) -> int:
     from pilot.daemon.tasklog import follow, read_log, task_log_dir
 
-    directory = task_log_dir(Path(pilot_home()))
+    home = Path(pilot_home())
+    directory = task_log_dir(home)
     with open_store() as store:
         task = task_or_refuse(store, args.task_id)
         if getattr(args, "follow", False):
-            finished = lambda: store.task(task.id).status in FINISHED_STATUSES  # noqa: E731
             wrote = False
-            for chunk in follow(directory, task.id, finished=finished, poll=POLL_SECONDS):
+            for chunk in follow(directory, task.id, finished=lambda: over(store, home, task.id), poll=POLL_SECONDS):
                 write(chunk)
                 wrote = True
             task = store.task(task.id)
             if not wrote:
                 no_file(task)
-            say(f"task {task.id} ended: {ended_text(task)}")
+            if task.status == "running":
+                say(f"task {task.id}: no daemon runs it any more (the next `pilot start` records it interrupted)")
+            else:
+                say(f"task {task.id} ended: {ended_text(task)}")
             return 0
     data = read_log(directory, task.id)
     if data is None:
@@ -140,6 +143,14 @@ def log(args: argparse.Namespace) -> int:
     else:
         write(data)
     return 0
+
+
+def over(store, home: Path, task_id: int) -> bool:
+    """Whether following is over: the task has ended, or it shows running with no daemon left to run it."""
+    from pilot.daemon.lock import running_daemon
+
+    status = store.task(task_id).status
+    return status in FINISHED_STATUSES or (status == "running" and running_daemon(home) is None)
 
 
 def no_file(task: Task) -> None:

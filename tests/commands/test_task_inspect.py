@@ -145,3 +145,19 @@ def test_an_unknown_id_is_one_line_and_a_usage_error_for_every_command():
             2, "", "pilot: no task 42 (`pilot task list` shows the ids)\n"), action
     as_json = pilot("task", "show", "42", "--json")
     assert (as_json.returncode, json.loads(as_json.stdout)["exit_code"]) == (2, 2)
+
+
+def test_follow_ends_when_the_daemon_running_the_task_is_gone(configure, daemon):
+    configure()
+    long_id = add_task("long", sleeper(60))
+    pilotd = daemon()
+    pilotd.running(long_id)
+    follower = subprocess.Popen([sys.executable, "-m", "pilot", "task", "log", "--follow", str(long_id)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert follower.stdout.readline().strip().isdigit()  # the task's first line: its pid
+    pilotd.signal(signal.SIGKILL)
+    _, err = follower.communicate(timeout=10)
+    assert follower.returncode == 0
+    assert err == (f"pilot: task {long_id}: no daemon runs it any more (the next `pilot start` records it "
+                   "interrupted)\n")
