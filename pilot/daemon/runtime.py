@@ -347,6 +347,7 @@ class Runtime:
         return None
 
     def close(self) -> None:
+        """Quit without draining: running tasks are cancelled at once. (`pilot start` stops through `shutdown`.)"""
         self.stop()
         if not self._not_preparing.wait(PREPARE_CLEANUP_SECONDS):  # an abandoned upgrade removes its download
             log.warning("an abandoned upgrade did not finish cleaning up in time")
@@ -354,7 +355,6 @@ class Runtime:
             log.warning("some tasks did not stop in time; they will show as interrupted at the next start")
         self.store.end_session(self.session.id)
         self.store.close()
-
 
 
 def check_line(outcome: CheckOutcome, running: str, choice, installed_other: str | None) -> str:
