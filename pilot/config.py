@@ -10,7 +10,8 @@
     daemon:
       concurrency: 1
       executor: claude -p --output-format stream-json --verbose
-      drain_timeout: 10m            # how long an upgrade waits for running tasks before asking
+      drain_timeout: 10m            # how long a stop, or an upgrade, waits for running tasks
+      idle_upgrade_after: 5m
     notify:
       telegram_token: "123:abc"
       telegram_chat_id: "42"
@@ -19,6 +20,7 @@
 
 Precedence: command-line flags (applied by the caller) > environment (PILOT_MANIFEST_URL)
 > $PILOT_HOME/config.yaml > the manifest URL embedded at build time > defaults.
+`read_config` also says where each value came from (`pilot config show`).
 """
 
 from __future__ import annotations

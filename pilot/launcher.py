@@ -88,7 +88,8 @@ def home_problem(home, create=True):
         try:
             os.makedirs(home)
         except OSError as error:
-            return "cannot create PILOT_HOME %s: %s" % (home, error.strerror or error)
+            if not os.path.isdir(home):  # not another Pilot making it at the same moment
+                return "cannot create PILOT_HOME %s: %s" % (home, error.strerror or error)
     if os.path.lexists(home) and not os.path.isdir(home):
         return "PILOT_HOME %s is not a directory" % home
     if os.path.isdir(home) and not os.access(home, os.R_OK | os.W_OK | os.X_OK):

@@ -33,8 +33,9 @@ HOME_MESSAGES = {
     "config bad duration": "is not a duration like",
 }
 # every command that reads the state or the configuration
-STATEFUL = [["status"], ["task", "add", "a title"], ["task", "list"], ["config", "show"], ["config", "check"],
-            ["start"]]
+STATEFUL = [["status"], ["task", "add", "a title"], ["task", "list"], ["task", "show", "1"], ["task", "log", "1"],
+            ["task", "cancel", "1"], ["task", "retry", "1"], ["config", "show"], ["config", "check"], ["start"],
+            ["stop"]]
 
 
 def pilot(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -63,8 +64,7 @@ def test_unusable_state_or_config_is_exit_4_in_one_line(args, breakage, tmp_path
     assert HOME_MESSAGES[breakage] in one_line(result)
 
 
-@pytest.mark.parametrize("args", [a for a in STATEFUL if a[0] in ("status", "task") or a == ["config", "show"]]
-                         + [["config", "check"]], ids=" ".join)
+@pytest.mark.parametrize("args", [a for a in STATEFUL if a not in (["start"], ["task", "log", "1"])], ids=" ".join)
 def test_a_json_command_fails_in_json_too(args, tmp_path):
     home = tmp_path / "home"
     BROKEN_HOMES["home is a file"](home)
@@ -72,6 +72,12 @@ def test_a_json_command_fails_in_json_too(args, tmp_path):
     assert result.returncode == 4
     answer = json.loads(result.stdout)
     assert answer["exit_code"] == 4 and "is not a directory" in answer["error"]
+
+
+@pytest.mark.parametrize("action", ["show", "log", "cancel", "retry"])
+def test_an_unknown_task_is_a_usage_error_in_one_line(action, tmp_path):
+    result = pilot(tmp_path / "home", "task", action, "42")
+    assert result.returncode == 2 and "no task 42" in one_line(result)
 
 
 def test_self_update_status_on_an_unusable_home_says_so(tmp_path):

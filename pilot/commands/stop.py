@@ -33,7 +33,9 @@ CANCEL_GRACE_SECONDS = 5.0  # pilot.daemon.tasks.KILL_GRACE_SECONDS, without imp
 
 
 def run(args: argparse.Namespace) -> int:
-    home = Path(pilot_home())
+    from pilot.config import load_config
+
+    home = load_config().home  # an unusable PILOT_HOME or config.yaml: one line, exit 4, like every command
     daemon = running_daemon(home)
     if daemon is None:
         return report(args, "no daemon is running", running=False, pid=None, version=None, signalled=False)

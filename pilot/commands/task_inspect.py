@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from pilot.buildinfo import current_version
+from pilot.commands.tasks import open_store, task_json
 from pilot.errors import PilotError, UsageError
 from pilot.launcher import pilot_home
 from pilot.net import one_line
@@ -33,12 +33,6 @@ CANCEL_WAIT_SECONDS = 10.0  # the daemon's poll, SIGTERM, and the SIGKILL 5 s af
 POLL_SECONDS = 0.2
 
 
-def open_store():
-    from pilot.state.store import open_store
-
-    return open_store(Path(pilot_home()), app_version=current_version())
-
-
 def task_or_refuse(store, task_id: int) -> Task:
     task = store.task(task_id)
     if task is None:
@@ -47,8 +41,6 @@ def task_or_refuse(store, task_id: int) -> Task:
 
 
 def as_json(task: Task) -> dict:
-    from pilot.commands.tasks import task_json
-
     return task_json(task)
 
 

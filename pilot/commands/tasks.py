@@ -52,7 +52,7 @@ def list_tasks(args: argparse.Namespace) -> int:
     print(f"{'id':>4}  {'status':11}  {'in':>8}  {'out':>8}  {'cost':>8}  title")
     for task in tasks:
         usage = task.usage
-        reason = getattr(task, "failure_reason", None)
+        reason = task.failure_reason
         print(f"{task.id:>4}  {task.status:11}  {usage.input_tokens:>8}  {usage.output_tokens:>8}  "
               f"${usage.cost_usd:>7.4f}  {task.title}" + (f"  ({reason})" if reason else ""))
     return 0
@@ -78,8 +78,8 @@ def status(args: argparse.Namespace) -> int:
         "tokens": {"input": totals.usage.input_tokens, "output": totals.usage.output_tokens,
                    "cache_read": totals.usage.cache_read_tokens, "cache_write": totals.usage.cache_write_tokens},
         "cost_usd": round(totals.usage.cost_usd, 6),
-        "tasks": {"done": totals.done, "failed": totals.failed, "queued": totals.queued, "running": totals.running,
-                  "interrupted": totals.interrupted},
+        "tasks": {"done": totals.done, "failed": totals.failed, "cancelled": totals.cancelled, "queued": totals.queued,
+                  "running": totals.running, "interrupted": totals.interrupted},
         "running": [task_json(t) for t in running],
         "last_update": last if last["state"] != "none" else None,
     }
@@ -91,8 +91,8 @@ def status(args: argparse.Namespace) -> int:
     print(f"tokens: {tokens['input']} in, {tokens['output']} out, {tokens['cache_read']} cache read, "
           f"{tokens['cache_write']} cache write; cost ${info['cost_usd']:.4f}")
     tasks = info["tasks"]
-    print(f"tasks: {tasks['done']} done, {tasks['failed']} failed, {tasks['running']} running, "
-          f"{tasks['queued']} queued, {tasks['interrupted']} interrupted")
+    print(f"tasks: {tasks['done']} done, {tasks['failed']} failed, {tasks['cancelled']} cancelled, "
+          f"{tasks['running']} running, {tasks['queued']} queued, {tasks['interrupted']} interrupted")
     if info["last_update"]:
         print(f"last update: {last['state']} {last['from_version']} -> {last['to_version']} at {last['at'] or 'now'}")
     return 0

@@ -96,7 +96,7 @@ class PilotApp(App[Reexec | None]):
     def on_mount(self) -> None:
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:  # a stop signal ends the dashboard at once, unasked, and abandons an upgrade
-            loop.add_signal_handler(signum, self.stop_requested)
+            loop.add_signal_handler(signum, self.stop_requested, signum)
         self.query_one(TaskTable).border_title = "TASKS"
         self.runtime.listeners.append(lambda: self.post_message(CheckFinished()))
         self.refresh_state()
@@ -228,9 +228,10 @@ class PilotApp(App[Reexec | None]):
 
     # -- quitting ----------------------------------------------------------------------------
 
-    def stop_requested(self) -> None:
-        """SIGTERM, SIGHUP or SIGINT: stop at once; an upgrade under way is abandoned before its swap."""
-        self.runtime.stopping.set()
+    def stop_requested(self, signum: int | None = None) -> None:
+        """SIGTERM, SIGHUP or SIGINT: leave at once (the runtime then drains, as headless does); an upgrade
+        under way is abandoned before its swap."""
+        self.runtime.request_stop(signum)
         if self._asking:
             self._decisions.put(False)
         self.exit(None)

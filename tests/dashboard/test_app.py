@@ -348,7 +348,7 @@ async def test_every_quit_key_asks_once_while_tasks_run(runtime, store, isolated
         await pilot.press(key)
         await wait_until(pilot, lambda: not app.is_running)
     assert app.return_value is None
-    runtime.close()  # what `pilot start` does next: the task is stopped and recorded before the store closes
+    runtime.shutdown()  # what `pilot start` does next: the task is stopped and recorded before the store closes
     with open_store(isolated_home, app_version="1.0.0") as reopened:
         (stopped,) = reopened.tasks()
     assert stopped.status in ("failed", "cancelled")
@@ -365,7 +365,7 @@ async def test_textuals_own_quit_actions_ask_the_same_way(runtime, store):
         assert app.is_running and app.quit_armed
         await app.run_action("quit")  # what the command palette's Quit runs
         await wait_until(pilot, lambda: not app.is_running)
-    runtime.close()
+    runtime.shutdown()
 
 
 async def test_a_quit_question_lapses_and_the_banner_comes_back(runtime, store, monkeypatch):
@@ -383,7 +383,7 @@ async def test_a_quit_question_lapses_and_the_banner_comes_back(runtime, store, 
         await pilot.pause()
         assert app.is_running
         assert "press 'q' again" in str(banner.content)
-    runtime.close()
+    runtime.shutdown()
 
 
 @pytest.mark.parametrize("key", ["q", "ctrl+q", "ctrl+c"])
@@ -407,8 +407,8 @@ async def test_a_stop_signal_quits_at_once_while_tasks_run(runtime, store):
         await wait_until(pilot, lambda: not app.is_running, timeout=10)
     assert not app.quit_armed  # nobody was asked
     assert app.return_value is None
-    assert runtime.stopping.is_set()
-    runtime.close()
+    assert runtime.stopping.is_set() and runtime.stop_signal == signal.SIGTERM  # the exit status will say so
+    runtime.shutdown()
 
 
 # -- TASKS and METRICS -----------------------------------------------------------------------
