@@ -27,7 +27,7 @@ def hold_daemon_lock(home: Path, version: str) -> None:
         holder = os.read(fd, 64).decode(errors="replace").split()[:1] or ["?"]
         os.close(fd)
         raise StateError(f"a Pilot daemon is already running for {home} (pid {holder[0]})",
-                         hint="stop it first, or set PILOT_HOME for a second one") from None
+                         hint="stop it with `pilot stop`, or set PILOT_HOME for a second one") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} {version}".encode())
     _daemon_lock.append(fd)
