@@ -15,7 +15,7 @@ import sys
 
 from pilot import __version__
 from pilot.errors import EXIT_ERROR, EXIT_USAGE, PilotError
-from pilot.launcher import is_unwritable_output, state_path, trial_path
+from pilot.launcher import is_unwritable_output, say, state_path, trial_path
 
 EPILOG = """\
 exit codes:
@@ -322,9 +322,3 @@ def tell(args: argparse.Namespace, line: str, code: int) -> None:
         print_json_error(line, code)
     else:
         say(f"pilot: {line}")
-
-
-def say(line: str) -> None:
-    """A line on stderr, which may be a pipe or terminal that is gone."""
-    with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr)

@@ -8,10 +8,8 @@ user quit having been asked), 128 + the signal when running tasks had to be canc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import sys
 from pathlib import Path
 
 from pilot.buildinfo import current_version
@@ -19,7 +17,7 @@ from pilot.config import check_home
 from pilot.daemon.lock import hold_daemon_lock
 from pilot.daemon.logs import configure_logging
 from pilot.errors import PilotError
-from pilot.launcher import pilot_home
+from pilot.launcher import pilot_home, say
 
 log = logging.getLogger("pilot")
 
@@ -70,8 +68,3 @@ def stop(runtime, dashboard: bool) -> int:
     if dashboard and running and runtime.stopping.is_set() and not runtime.cancel_now.is_set():
         say(f"pilot: {lifecycle.waiting_line(running, runtime.config.daemon.drain_timeout, runtime.stop_signal)}")
     return runtime.shutdown()
-
-
-def say(line: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr, flush=True)

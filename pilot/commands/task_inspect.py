@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pilot.commands.tasks import open_store, task_json
 from pilot.errors import PilotError, UsageError
-from pilot.launcher import pilot_home
+from pilot.launcher import pilot_home, say
 from pilot.net import one_line
 from pilot.state.models import FINISHED_STATUSES, Task
 
@@ -125,9 +125,9 @@ def log(args: argparse.Namespace) -> int:
             if not wrote:
                 no_file(task)
             if task.status == "running":
-                say(f"task {task.id}: no daemon runs it any more (the next `pilot start` records it interrupted)")
+                tell(f"task {task.id}: no daemon runs it any more (the next `pilot start` records it interrupted)")
             else:
-                say(f"task {task.id} ended: {ended_text(task)}")
+                tell(f"task {task.id} ended: {ended_text(task)}")
             return 0
     data = read_log(directory, task.id)
     if data is None:
@@ -148,14 +148,14 @@ def over(store, home: Path, task_id: int) -> bool:
 def no_file(task: Task) -> None:
     """No log file: a task that never started, or one run by a Pilot that kept only the short tail."""
     if task.status == "queued":
-        say(f"task {task.id} has not started yet: no output")
+        tell(f"task {task.id} has not started yet: no output")
     elif task.log_tail and task.status != "running":
-        say(f"task {task.id} has no log file; this is the last of its output, as the task list keeps it")
+        tell(f"task {task.id} has no log file; this is the last of its output, as the task list keeps it")
         write(task.log_tail.encode())
     elif task.started_at is None:
-        say(f"task {task.id} never started: no output")
+        tell(f"task {task.id} never started: no output")
     else:
-        say(f"task {task.id} has no output")
+        tell(f"task {task.id} has no output")
 
 
 def ended_text(task: Task) -> str:
@@ -169,8 +169,8 @@ def write(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def say(line: str) -> None:
-    print(f"pilot: {line}", file=sys.stderr, flush=True)
+def tell(line: str) -> None:
+    say(f"pilot: {line}")
 
 
 # --- cancel and retry -------------------------------------------------------------------------
