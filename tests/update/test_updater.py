@@ -216,8 +216,8 @@ def test_a_new_version_of_the_old_boot_protocol_is_exec_d_with_the_stop_signals_
     assert world.execs[0]["blocked"] is False
 
 
-@pytest.mark.parametrize("how", ["--to the installed version", "--from-file of the installed version"])
-def test_installing_the_installed_version_is_a_no_op_that_says_so(world, how):
+def test_installing_the_installed_version_is_a_no_op_that_says_so(world):
+    """--to the installed version (--from-file of it: tests/security/test_invariants.py, on real archives)."""
     world.repo.add("1.0.0")
     world.repo.add("2.0.0")
     before = world.install.read_bytes()
