@@ -60,7 +60,9 @@ def test_log_prints_the_whole_output_and_follow_streams_it_until_the_task_ends(c
     first = follower.stdout.readline()
     assert first == "step 0\n"
     assert task(task_id)["status"] == "running"  # streamed live, not printed at the end
-    out, err = follower.communicate(timeout=30)
+    # not communicate(): it reads the raw pipe and would drop what readline() already buffered
+    out, err = follower.stdout.read(), follower.stderr.read()
+    follower.wait(timeout=30)
     assert first + out == "".join(f"step {i}\n" for i in range(30))
     assert err == f"pilot: task {task_id} ended: done\n" and follower.returncode == 0
     again = pilot("task", "log", str(task_id))
