@@ -59,7 +59,9 @@ def current_build() -> BuildInfo | None:
     data = getattr(main, "PILOT_BUILD", None)
     if not isinstance(data, dict):
         return None
-    archive = Path(os.path.dirname(os.path.abspath(main.__file__)))
+    # The launcher names the archive when it runs from the unpacked copy (the sh preamble's fast path);
+    # run from the archive itself, __main__ is the archive's __main__.py.
+    archive = Path(getattr(main, "PILOT_ARCHIVE", None) or os.path.dirname(os.path.abspath(main.__file__)))
     return BuildInfo.from_dict(data, archive)
 
 
