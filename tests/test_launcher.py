@@ -716,7 +716,7 @@ BLOCKED_DRIVER = """
 import json, os, signal, sys
 from pilot import launcher
 
-signal.pthread_sigmask(signal.SIG_BLOCK, launcher.STOP_SIGNALS)  # as an updater's exec leaves them
+signal.pthread_sigmask(signal.SIG_BLOCK, launcher.stop_signals())  # as an updater's exec leaves them
 os.environ[launcher.SIGNALS_BLOCKED_ENV] = "1"
 if sys.argv[1] == "trial":
     launcher.write_json(launcher.trial_path(), {"to_build_id": "new-build", "to_version": "2.0.0", "pid": os.getpid(),
@@ -725,7 +725,7 @@ if sys.argv[1] == "trial":
 
 def start_app():
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    print(json.dumps(sorted(int(s) for s in blocked & set(launcher.STOP_SIGNALS))), flush=True)
+    print(json.dumps(sorted(int(s) for s in blocked & set(launcher.stop_signals()))), flush=True)
     launcher.remove_file(launcher.trial_path())
     return 0
 

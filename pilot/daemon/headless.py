@@ -15,7 +15,7 @@ import signal
 
 from pilot.daemon.runtime import Reexec, Runtime
 from pilot.errors import PilotError
-from pilot.launcher import STOP_SIGNALS
+from pilot.launcher import stop_signals
 
 log = logging.getLogger("pilot")
 POLL_SECONDS = 0.5
@@ -26,7 +26,7 @@ def install_stop_handlers(runtime: Runtime) -> None:
 
     The handler only notes the signal; the loops take it within their poll interval. They stay
     installed after the loop, for the drain; `Runtime.reexec` puts its own in place."""
-    for signum in STOP_SIGNALS:
+    for signum in stop_signals():
         signal.signal(signum, lambda received, _frame: runtime.signal_received(received))
 
 

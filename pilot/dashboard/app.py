@@ -29,7 +29,7 @@ from textual.worker import get_current_worker
 from pilot.daemon.runtime import BannerText, Reexec, Runtime
 from pilot.dashboard.widgets import Banner, Logo, Metrics, TaskTable, UpdateNotice, UpgradeProgress
 from pilot.errors import PilotError
-from pilot.launcher import STOP_SIGNALS
+from pilot.launcher import stop_signals
 
 REFRESH_SECONDS = 0.5
 NOTE_SECONDS = 10.0  # how long "no update available" stays before the notice shows the usual status again
@@ -95,7 +95,7 @@ class PilotApp(App[Reexec | None]):
 
     def on_mount(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in STOP_SIGNALS:  # a stop signal ends the dashboard at once, unasked, and abandons an upgrade
+        for signum in stop_signals():  # a stop signal ends the dashboard at once, unasked, and abandons an upgrade
             loop.add_signal_handler(signum, self.stop_requested, signum)
         self.query_one(TaskTable).border_title = "TASKS"
         self.runtime.listeners.append(lambda: self.post_message(CheckFinished()))

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pilot.launcher import SIGNALS_BLOCKED_ENV, STOP_SIGNALS
+from pilot.launcher import SIGNALS_BLOCKED_ENV, stop_signals
 
 
 def exec_archive(archive: Path, argv: list[str], *, stop_requested: Callable[[], bool] = lambda: False,
@@ -26,12 +26,12 @@ def exec_archive(archive: Path, argv: list[str], *, stop_requested: Callable[[],
     sys.stdout.flush()
     sys.stderr.flush()
     if keep_stop_signals_blocked:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals())
         os.environ[SIGNALS_BLOCKED_ENV] = "1"
     try:
-        if not (stop_requested() or set(STOP_SIGNALS) & signal.sigpending()):
+        if not (stop_requested() or set(stop_signals()) & signal.sigpending()):
             os.execv(sys.executable, [sys.executable, str(archive), *argv])
     finally:  # reached only without an exec: put the mask back, and a pending signal is delivered here
         os.environ.pop(SIGNALS_BLOCKED_ENV, None)
         if keep_stop_signals_blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals())
