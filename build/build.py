@@ -8,10 +8,20 @@ build/requirements.lock, every timestamp is SOURCE_DATE_EPOCH (default: the comm
 time), permissions are normalised, nothing names the build machine, and .pyc files are
 compiled with unchecked hashes (no mtimes inside).
 
-The archive is a shiv archive (shiv's bootstrap and environment.json, site-packages/)
-whose __main__.py is pilot/launcher.py behind one generated `PILOT_BUILD = {...}` line,
-with its bytecode beside it (__main__.pyc, for the interpreter it is built for); the same
-metadata is stored as pilot-build.json for readers that use zipfile.
+The archive keeps its zip central directory tiny, because CPython reads all of it before
+the first line of __main__ runs (2,286 entries cost 8-9 ms): it holds
+
+    __main__.py         pilot/launcher.py behind one generated `PILOT_BUILD = {...}` line
+    __main__.pyc        its bytecode for the interpreter it is built for (zipimport loads it in 0.4 ms)
+    pilot-build.json    the same metadata, for zip tools and readers that use zipfile
+    environment.json    shiv's description of the build (build id, entry point)
+    site-packages.zip   stored, not compressed: an inner zip of site-packages/ plus the entry module
+                        again (as __main__.py and __pycache__/), which the launcher unpacks through a
+                        window on the file (pilot.launcher.open_payload)
+
+and begins with a POSIX sh preamble (pilot.launcher.PREAMBLE) that answers --version and
+starts a warm unpacked copy without reading the zip at all; zip readers find the archive
+from its end, so `python3 pilot.pyz` and `unzip` still work.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import hashlib
+import io
 import json
 import os
 import py_compile
@@ -115,9 +126,12 @@ def files_in(root: Path) -> list[Path]:
     return sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
 
 
-def content_id(root: Path) -> str:
-    """A hash of every path and byte under root: shiv's build id, so identical code shares one extraction."""
-    digest = hashlib.sha256()
+def content_id(root: Path, metadata: dict) -> str:
+    """The build id: a hash of every path and byte under root and of the stamped metadata.
+
+    The unpacked copy is shared by build id and holds the entry module with its PILOT_BUILD,
+    so two archives that differ only in version or keys must not share one."""
+    digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode() + b"\0")
     for path in files_in(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -139,12 +153,12 @@ class ArchiveWriter:
         self.zf = zf
         self.date_time = time.gmtime(max(epoch, FALLBACK_EPOCH))[:6]
 
-    def add(self, name: str, data: bytes, executable: bool = False) -> None:
+    def add(self, name: str, data: bytes, executable: bool = False, stored: bool = False) -> None:
         info = zipfile.ZipInfo(name, date_time=self.date_time)
-        info.compress_type = zipfile.ZIP_DEFLATED
+        info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
         info.create_system = 3  # unix, whatever the build machine
         info.external_attr = (0o100755 if executable else 0o100644) << 16
-        self.zf.writestr(info, data, compresslevel=6)  # 9 costs twice the time for 1% smaller
+        self.zf.writestr(info, data, compresslevel=None if stored else 6)  # 9: twice the time for 1% smaller
 
 
 def shiv_environment(build_id: str, epoch: int) -> bytes:
@@ -160,32 +174,36 @@ def shiv_environment(build_id: str, epoch: int) -> bytes:
     return env.to_json().encode()
 
 
-def shiv_bootstrap_files() -> list[Path]:
-    import shiv.bootstrap
-
-    return sorted(p for p in Path(shiv.bootstrap.__file__).parent.iterdir() if p.suffix == ".py")
+def payload(site_packages: Path, main_py: str, main_pyc: bytes, epoch: int) -> bytes:
+    """The inner zip: what the launcher unpacks, a directory `python` can run (the sh preamble's fast path)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        writer = ArchiveWriter(zf, epoch)
+        writer.add("__main__.py", main_py.encode())
+        writer.add(f"__pycache__/__main__.{sys.implementation.cache_tag}.pyc", main_pyc)
+        for path in files_in(site_packages):
+            relative = path.relative_to(site_packages).as_posix()
+            writer.add(f"site-packages/{relative}", path.read_bytes(), os.access(path, os.X_OK))
+    return buffer.getvalue()
 
 
 def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int) -> None:
-    from pilot.launcher import METADATA_MEMBER
+    from pilot.launcher import METADATA_MEMBER, PAYLOAD_MEMBER, preamble
 
     launcher = (REPO / "pilot" / "launcher.py").read_text()
     # A Python literal, not JSON: JSON's null/true/false would be NameErrors in __main__.py.
     main_py = f"PILOT_BUILD = {dict(sorted(metadata.items()))!r}\n{launcher}"
+    main_pyc = entry_module_bytecode(main_py)
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("wb") as out:
-        out.write(f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode())
+        out.write(preamble(metadata).encode())
         with zipfile.ZipFile(out, "w") as zf:
             writer = ArchiveWriter(zf, epoch)
-            for path in files_in(site_packages):
-                relative = path.relative_to(site_packages).as_posix()
-                writer.add(f"site-packages/{relative}", path.read_bytes(), os.access(path, os.X_OK))
-            for path in shiv_bootstrap_files():
-                writer.add(f"_bootstrap/{path.name}", path.read_bytes())
-            writer.add("environment.json", shiv_environment(metadata["build_id"], epoch))
-            writer.add(METADATA_MEMBER, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
             writer.add("__main__.py", main_py.encode())
-            writer.add("__main__.pyc", entry_module_bytecode(main_py))
+            writer.add("__main__.pyc", main_pyc)
+            writer.add(METADATA_MEMBER, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+            writer.add("environment.json", shiv_environment(metadata["build_id"], epoch))
+            writer.add(PAYLOAD_MEMBER, payload(site_packages, main_py, main_pyc, epoch), stored=True)
     partial.chmod(0o755)
     os.replace(partial, target)
 
@@ -224,7 +242,6 @@ def build(args: argparse.Namespace) -> Path:
             "version": version,
             "python_tag": python_tag(),
             "platform_tag": platform_tag(),
-            "build_id": content_id(site_packages),
             "source_commit": git("rev-parse", "HEAD"),
             "trusted_keys": trusted_keys(args.trusted_key),
             "threshold": args.threshold,
@@ -232,6 +249,7 @@ def build(args: argparse.Namespace) -> Path:
             "entry_point": ENTRY_POINT,  # the entry module imports this, not a name of its own
             "boot_protocol": BOOT_PROTOCOL,  # what the entry module understands (see pilot.launcher)
         }
+        metadata["build_id"] = content_id(site_packages, metadata)
         args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / artifact_name(version, metadata["python_tag"], metadata["platform_tag"])
         write_archive(target, site_packages, metadata, epoch)

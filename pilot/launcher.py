@@ -40,7 +40,6 @@ state file) uses the helpers below, so both sides share one format and one fold
 """
 
 import os
-import signal
 import sys
 import time
 
@@ -53,8 +52,15 @@ EXIT_INCOMPATIBLE = 5
 BOOT_TIMEOUT_SECONDS = 60
 BOOT_TIMEOUT_ENV = "PILOT_BOOT_TIMEOUT"
 BOOT_PROTOCOL = 2  # stamped into each build: 2 = pending trials, claims, signals kept blocked across the exec
-SIGNALS_BLOCKED_ENV = "PILOT_SIGNALS_BLOCKED"  # set by an updater that execs with STOP_SIGNALS blocked
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SIGNALS_BLOCKED_ENV = "PILOT_SIGNALS_BLOCKED"  # set by an updater that execs with the stop signals blocked
+
+
+def stop_signals():
+    """SIGINT, SIGTERM and SIGHUP. `signal` is imported where it is used: it pulls in enum (~4 ms),
+    and most starts (no trial open, no daemon) never need it."""
+    import signal
+
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 # --- where things are -------------------------------------------------------------------------
@@ -119,6 +125,8 @@ def extraction_dir(build_id):
 
 METADATA_MEMBER = "pilot-build.json"  # the build metadata, readable by any zip tool
 METADATA_CAP = 64 * 1024
+PAYLOAD_MEMBER = "site-packages.zip"  # stored: an inner zip of what is unpacked (see build/build.py)
+ARCHIVE_ENV = "PILOT_ARCHIVE"  # set by the sh preamble when it starts the unpacked copy
 
 
 def artifact_name(version, python_tag, platform_tag):
@@ -374,6 +382,8 @@ def failpoint(name):
     if os.environ.get(FAILPOINT_ENV) == name:
         sys.stdout.flush()
         sys.stderr.flush()
+        import signal
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -393,8 +403,8 @@ def pid_alive(pid):
 def boot_decision(trial, build_id, pid, now, is_alive=pid_alive, version=None, at_install=True):
     """What a starting process does about an open trial (pure): run | trial | claim | rollback | void.
 
-    The new archive is known by its build id and, since two releases of the same code share a
-    build id (it hashes site-packages only), by its version too. `at_install`: this process was
+    The new archive is known by its build id and by its version (archives built before the build
+    id covered the metadata shared one between releases of the same code). `at_install`: this process was
     started from the install path the trial names."""
     if trial is None:
         return "run"
@@ -461,7 +471,9 @@ class interrupts_deferred:
 
 def handle_stop_signals():
     """Make SIGINT, SIGTERM and SIGHUP raise Interrupted (one line and exit 128+N, finally blocks run)."""
-    for signum in STOP_SIGNALS:
+    import signal
+
+    for signum in stop_signals():
         signal.signal(signum, raise_interrupted)
 
 
@@ -471,7 +483,7 @@ def _on_alarm(signum, frame):
 
 def exit_status_for(error):
     """128 + the signal: the shell's convention for a process a signal ended (130 for Ctrl-C)."""
-    return 128 + getattr(error, "signum", signal.SIGINT)
+    return 128 + getattr(error, "signum", 2)  # 2: SIGINT, everywhere
 
 
 OUTPUT_ERRNOS = ("EPIPE", "EIO", "EBADF", "ENOSPC", "EDQUOT", "ENXIO")
@@ -510,6 +522,8 @@ def roll_back(trial, reason, argv):
     """Put the backup back at the install path, record why, and exec the old version.
 
     Returns only when there is no backup to go back to (the failure is recorded all the same)."""
+    import signal
+
     signal.alarm(0)  # first: a BootTimeout must not cut the rollback short, nor go off after it returns
     with UpdateLock():
         if same_trial(read_json(trial_path()), trial):
@@ -591,6 +605,8 @@ def seconds_left(trial):
 def run_trial(trial, start_app):
     """Run the app as the trial boot. An exception, a hang or an exit before the app confirms its start
     rolls back in this process; an interrupt or unwritable output leaves the trial for the next start."""
+    import signal
+
     signal.signal(signal.SIGALRM, _on_alarm)
     handle_stop_signals()
     try:
@@ -648,7 +664,9 @@ def unblock_inherited_signals():
 
     A trial boot does it once its handlers are in place; every other start at once, whatever it runs."""
     if os.environ.pop(SIGNALS_BLOCKED_ENV, None):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals())
 
 
 # --- recovery that needs no application code --------------------------------------------------
@@ -869,8 +887,8 @@ def extraction_complete(directory, build_id):
         fd = os.open(os.path.join(directory, COMPLETE_FILE), os.O_RDONLY)
     except OSError:
         return False
-    try:
-        return os.read(fd, 256).strip() == build_id.encode("ascii")
+    try:  # the first line, without spaces or tabs around it: what the sh preamble's `read` sees
+        return os.read(fd, 256).split(b"\n", 1)[0].strip(b" \t") == build_id.encode("ascii")
     finally:
         os.close(fd)
 
@@ -904,15 +922,16 @@ def extract(archive, build_id, directory, verify=False):
     lock = os.open(os.path.join(root, ".%s.lock" % name), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with zipfile.ZipFile(archive) as zf:  # one open file throughout: an update may replace the path
-            if read_build_metadata(zf).get("build_id") != build_id:
+        with open(archive, "rb") as stream, zipfile.ZipFile(stream) as outer:  # one open file throughout:
+            if read_build_metadata(outer).get("build_id") != build_id:       # an update may replace the path
                 raise ArchiveReplaced("pilot: %s is no longer the archive this process started from "
                                       "(an update replaced it); run the command again" % archive)
-            members = [i for i in zf.infolist() if i.filename.startswith("site-packages/") and not i.is_dir()]
-            if extraction_complete(directory, build_id) and not (verify and damaged(directory, members)):
-                return False
-            shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
-            unpack(zf, members, staging)
+            with open_payload(outer, stream) as zf:
+                members = [info for info in zf.infolist() if not info.is_dir()]
+                if extraction_complete(directory, build_id) and not (verify and damaged(directory, members)):
+                    return False
+                shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
+                unpack(zf, members, staging)
         with open(os.path.join(staging, COMPLETE_FILE), "w") as marker:
             marker.write(build_id + "\n")
         if os.path.lexists(directory):
@@ -927,6 +946,75 @@ def extract(archive, build_id, directory, verify=False):
 
 class ArchiveReplaced(Exception):
     """The archive path now holds another build than the one this process runs."""
+
+
+def open_payload(outer, stream):
+    """The inner zip of what is unpacked, read through a window on stream (the archive's open file).
+
+    The payload is stored, not compressed, so its bytes sit in the archive as they are: the window
+    reads them in place. An archive without a payload member (built before it existed, or by a test)
+    carries site-packages/ as members of its own."""
+    import zipfile
+
+    try:
+        info = outer.getinfo(PAYLOAD_MEMBER)
+    except KeyError:
+        return _OwnMembers(outer)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError("%s is compressed; it must be stored" % PAYLOAD_MEMBER)
+    header = os.pread(stream.fileno(), 30, info.header_offset)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile("bad local file header for %s" % PAYLOAD_MEMBER)
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    return zipfile.ZipFile(_Window(stream.fileno(), start, info.file_size))
+
+
+class _OwnMembers(object):
+    """open_payload's answer for an archive whose site-packages/ are its own members."""
+
+    def __init__(self, zf):
+        self.zf = zf
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def infolist(self):
+        return [i for i in self.zf.infolist() if i.filename.startswith("site-packages/")]
+
+    def open(self, info):
+        return self.zf.open(info)
+
+
+class _Window(object):
+    """A read-only file over bytes [start, start + size) of a descriptor. os.pread keeps no shared
+    position, so the threads that unpack can read through it at once (zipfile still serialises)."""
+
+    def __init__(self, fd, start, size):
+        self.fd, self.start, self.size, self.position = fd, start, size, 0
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.position
+
+    def seek(self, offset, whence=0):
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, n=-1):
+        left = max(0, self.size - self.position)
+        n = left if n is None or n < 0 else min(n, left)
+        data = os.pread(self.fd, n, self.start + self.position) if n else b""
+        self.position += len(data)
+        return data
+
+    def close(self):
+        pass  # the descriptor belongs to the caller
 
 
 def unpack(zf, members, target):
@@ -1014,6 +1102,7 @@ def load_entry_point(build):
 
 def start_application(build, archive):
     repaired = os.environ.pop(REPAIRED_ENV, None)  # set by repair_and_rerun; no child may inherit it
+    remember_interpreter(build)
     if sys.argv[1:] == ["--version"]:
         # Answered from the archive's own metadata: works under any interpreter, costs no unpacking.
         print("pilot " + build["version"])
@@ -1059,7 +1148,103 @@ def repair_and_rerun(archive, build):
     os.execv(sys.executable, [sys.executable] + flags + [archive] + sys.argv[1:])
 
 
+# --- the sh preamble --------------------------------------------------------------------------
+
+# The archive begins with this POSIX sh script (zip readers find the zip from its end). Run as
+# `./pilot.pyz` or `pilot` on PATH, it answers --version without starting Python, and when the
+# unpacked copy of this build is complete and no trial is open it runs that copy's __main__.py
+# (this module again, precompiled) without reading the zip; every other start goes through the
+# archive's __main__. Its checks are `preamble_route` below, over the same paths: a test runs
+# both on the same cases. Every path ends in exec or exit, before the zip's bytes.
+PREAMBLE = r"""#!/bin/sh
+# Pilot %(version)s: a zip archive behind this sh preamble; `python3 <this file>` runs it as well.
+if [ "$#" = 1 ] && [ "$1" = --version ]; then echo "pilot %(version)s"; exit 0; fi
+b=%(build_id)s
+x() { case $1 in "~"|"~/"*) [ -n "${HOME+set}" ] || return 1; r=$HOME${1#"~"};; "~"*) return 1;; *) r=$1;; esac; }
+p='~/.pilot'; [ -n "${PILOT_HOME:-}" ] && p=$PILOT_HOME
+s='~/.shiv'; [ -n "${SHIV_ROOT:-}" ] && s=$SHIV_ROOT
+h=; d=; x "$p" && h=$r && x "$s" && d=$r/pilot_$b
+py=${PILOT_PYTHON:-}
+if [ -n "$py" ]; then
+  command -v "$py" >/dev/null || { echo "pilot: PILOT_PYTHON=$py: no such interpreter" >&2; exit 5; }
+else
+  [ -n "$h" ] && { IFS= read -r py <"$h/update/python-%(python_tag)s"; } 2>/dev/null
+  if [ -z "$py" ] || ! [ -x "$py" ]; then
+    for py in python%(dotted)s python3 python ""; do command -v "$py" >/dev/null && break; done
+    [ -n "$py" ] || { echo "pilot: no python%(dotted)s found (install it, or set PILOT_PYTHON)" >&2; exit 5; }
+  fi
+fi
+m=; [ -n "$d" ] && [ "$1" != self-update ] && ! [ -e "$h/update/trial.json" ] && [ -f "$d/__main__.py" ] &&
+  { read -r m <"$d/.pilot-complete" || [ -n "$m" ]; } 2>/dev/null
+if [ "$m" = "$b" ]; then PILOT_ARCHIVE=$0; export PILOT_ARCHIVE; exec "$py" "$d" "$@"; fi
+exec "$py" "$0" "$@"
+exit 5
+"""
+
+
+def preamble(build):
+    """The sh preamble for a build's metadata (build/build.py writes it in front of the zip)."""
+    return PREAMBLE % {"version": build["version"], "build_id": build["build_id"],
+                       "python_tag": build["python_tag"], "dotted": _dotted(build["python_tag"])}
+
+
+def interpreter_record(python_tag):
+    """The file naming the interpreter that last ran a build for python_tag: the preamble starts it directly."""
+    return os.path.join(update_dir(), "python-" + python_tag)
+
+
+def remember_interpreter(build):
+    """Note which interpreter runs this build, so the preamble need not find it on PATH next time, where a
+    version manager's shim may stand (pyenv's costs ~60 ms). Only in an existing update directory (a
+    command that only reads must not create Pilot's home), and never failing a start."""
+    if not sys.executable or not os.path.isdir(update_dir()):
+        return
+    path = interpreter_record(build["python_tag"])
+    try:
+        with open(path) as stream:
+            if stream.read().strip("\n") == sys.executable:
+                return
+    except (OSError, ValueError):
+        pass
+    try:
+        atomic_write(path, (sys.executable + "\n").encode("utf-8"))
+    except (OSError, UnicodeError):
+        return  # a read-only home, a full disk: the preamble looks on PATH instead
+
+
+def preamble_route(argv, build):
+    """What the sh preamble does with a start: version | unpacked | archive (it answers, runs the unpacked
+    copy, or hands the start to the archive's __main__), decided with the boot guard's own checks."""
+    if argv == ["--version"]:
+        return "version"
+    homes = (os.environ.get("PILOT_HOME") or "~/.pilot", os.environ.get("SHIV_ROOT") or "~/.shiv")
+    if not all(_sh_expands(path) for path in homes):
+        return "archive"
+    directory = extraction_dir(build["build_id"])
+    warm = argv[:1] != ["self-update"] and not os.path.exists(trial_path()) and \
+        os.path.isfile(os.path.join(directory, "__main__.py")) and extraction_complete(directory, build["build_id"])
+    return "unpacked" if warm else "archive"
+
+
+def _sh_expands(path):
+    """Whether the preamble expands path as os.path.expanduser does: it knows ~ and ~/ with $HOME set only."""
+    return not path.startswith("~") or ((path == "~" or path.startswith("~/")) and "HOME" in os.environ)
+
+
+def started_from(main_file):
+    """The archive this start belongs to: the zip __main__ was read from, or, when __main__.py sits in
+    the unpacked copy (the preamble's fast path), the archive the preamble names. None: nobody named it."""
+    here = os.path.dirname(os.path.abspath(main_file))
+    if not os.path.isdir(here):
+        return here
+    named = os.environ.pop(ARCHIVE_ENV, None)
+    return os.path.abspath(named) if named else None
+
+
 def main(build, archive):
+    if archive is None:
+        say("pilot: this is the unpacked copy of a Pilot archive; run the archive itself")
+        return 2
     problem = incompatibility(build)
     if problem is not None:  # before anything else: on the wrong interpreter nothing more may run
         if sys.argv[1:] == ["--version"]:
@@ -1072,4 +1257,5 @@ def main(build, archive):
 
 
 if __name__ == "__main__":
-    sys.exit(main(PILOT_BUILD, os.path.dirname(os.path.abspath(__file__))))  # noqa: F821 (set by the build)
+    PILOT_ARCHIVE = started_from(__file__)  # pilot.buildinfo reads it
+    sys.exit(main(PILOT_BUILD, PILOT_ARCHIVE))  # noqa: F821 (set by the build)

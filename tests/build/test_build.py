@@ -1,4 +1,4 @@
-"""build/build.py: one reproducible shiv archive that runs anywhere its interpreter does and says so where not."""
+"""build/build.py: one reproducible archive that runs anywhere its interpreter does and says so where not."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from pilot.launcher import platform_tag
-from tests.support.archives import BUILD_SCRIPT, REPO, run_build
+from tests.support.archives import BUILD_SCRIPT, REPO, payload, run_build
 
 PYTHON_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-SHEBANG = f"#!/usr/bin/env python{sys.version_info[0]}.{sys.version_info[1]}\n".encode()
+SHEBANG = b"#!/bin/sh\n"  # the preamble: not the path of the interpreter that built it
+OUTER_MEMBERS = ["__main__.py", "__main__.pyc", "pilot-build.json", "environment.json", "site-packages.zip"]
 PYENV_ROOT = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
 VERSION = "1.0.0"
 
@@ -61,8 +62,9 @@ def archive(archives) -> Path:
 
 def inputs_of(archive: Path) -> tuple:
     """What went into a build from the checkout: the commit and Pilot's own sources (not the compiled output)."""
-    with zipfile.ZipFile(archive) as zf:
+    with payload(archive) as zf:
         sources = {n: zf.read(n) for n in zf.namelist() if n.startswith("site-packages/pilot/") and n.endswith(".py")}
+    with zipfile.ZipFile(archive) as zf:
         launcher = zf.read("__main__.py").split(b"\n", 1)[1]
     return metadata_of(archive)["source_commit"], sources, launcher
 
@@ -97,25 +99,40 @@ def test_the_archive_carries_its_build_metadata_and_trusted_key(archive, release
     assert archive.name == f"pilot-{VERSION}-{PYTHON_TAG}-{platform_tag()}.pyz"
 
     with zipfile.ZipFile(archive) as zf:
-        main_py = zf.read("__main__.py").decode()
+        outer = [info.filename for info in zf.infolist()]
+        main_py, main_pyc = zf.read("__main__.py").decode(), zf.read("__main__.pyc")
         environment = json.loads(zf.read("environment.json"))
-        members = {info.filename: info for info in zf.infolist()}
+    with payload(archive) as inner:
+        members = {info.filename: info for info in inner.infolist()}
         site_packages = sorted(n for n in members if n.startswith("site-packages/"))
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "build_id"}, sort_keys=True).encode()
+                                + b"\0")
         for name in site_packages:
             digest.update(name.removeprefix("site-packages/").encode() + b"\0")
-            digest.update(hashlib.sha256(zf.read(name)).digest())
+            digest.update(hashlib.sha256(inner.read(name)).digest())
+        # The unpacked copy is a directory `python` can run: the entry module, source and bytecode.
+        assert inner.read("__main__.py").decode() == main_py
+        assert inner.read(f"__pycache__/__main__.{sys.implementation.cache_tag}.pyc") == main_pyc
 
+    # A tiny central directory: CPython reads every entry of it before __main__ runs.
+    assert outer == OUTER_MEMBERS
     # The entry module's first line is a Python literal holding the same metadata.
     first_line = main_py.splitlines()[0]
     assert first_line.startswith("PILOT_BUILD = ")
     assert ast.literal_eval(first_line.removeprefix("PILOT_BUILD = ")) == meta
-    # shiv extracts by build id; the build id is a hash of exactly what site-packages holds.
+    # The unpacked copy is shared by build id: it hashes what site-packages holds and the metadata beside it.
     assert environment["build_id"] == meta["build_id"] == digest.hexdigest()
     assert environment["entry_point"] == "pilot.cli:main"
     assert "site-packages/pilot/cli.py" in members and "site-packages/pilot/launcher.py" in members
     assert any(n.startswith("site-packages/cryptography/") for n in members)
-    assert not [n for n in members if n.endswith(".pyc") and "/__pycache__/" not in n and n != "__main__.pyc"]
+    assert not [n for n in members if n.endswith(".pyc") and "__pycache__/" not in n]
+    assert len(members) == len(site_packages) + 2
+
+
+def test_two_versions_of_the_same_code_have_two_build_ids(v1, archives):
+    """Their unpacked copies hold each one's own entry module (its version, its keys): they must not share one."""
+    other = archives.build("1.0.1")
+    assert metadata_of(other)["build_id"] != metadata_of(v1)["build_id"]
 
 
 def test_the_entry_module_is_precompiled_for_its_interpreter_and_kept_as_source_for_others(v1):
@@ -134,12 +151,18 @@ def test_the_entry_module_is_precompiled_for_its_interpreter_and_kept_as_source_
 def test_zip_members_have_a_fixed_time_and_normalised_modes(archive):
     meta = metadata_of(archive)
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
+        outer = zf.infolist()
+    with payload(archive) as inner:
+        infos = inner.infolist()
     assert len(infos) > 100
-    assert {info.date_time for info in infos} == {expected_date_time(meta["source_commit"])}
-    assert {info.create_system for info in infos} == {3}
-    assert {info.external_attr >> 16 for info in infos} <= {0o100644, 0o100755}
+    for members in (outer, infos):
+        assert {info.date_time for info in members} == {expected_date_time(meta["source_commit"])}
+        assert {info.create_system for info in members} == {3}
+        assert {info.external_attr >> 16 for info in members} <= {0o100644, 0o100755}
     assert {info.compress_type for info in infos} == {zipfile.ZIP_DEFLATED}
+    # The payload is stored: the launcher reads its bytes in place, through a window on the file.
+    assert {info.filename: info.compress_type for info in outer if info.compress_type != zipfile.ZIP_DEFLATED} == {
+        "site-packages.zip": zipfile.ZIP_STORED}
 
 
 def expected_date_time(commit: str | None) -> tuple:
@@ -155,7 +178,7 @@ def expected_date_time(commit: str | None) -> tuple:
 @pytest.mark.slow
 def test_nothing_in_the_archive_names_the_build_machine(archive):
     data = archive.read_bytes()
-    assert data.startswith(SHEBANG)  # `env`, not the path of the interpreter that built it
+    assert data.startswith(SHEBANG)  # sh, not the path of the interpreter that built it
     forbidden = [
         b"build/.venv",  # the tool environment
         b"/tmp/pilot-build-",  # the staging directory
@@ -163,18 +186,20 @@ def test_nothing_in_the_archive_names_the_build_machine(archive):
         str(REPO).encode(),  # the checkout
         sys.prefix.encode(),  # the dev venv that started the build
     ]
-    found = []
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            content = zf.read(info)
-            found += [(info.filename, pattern) for pattern in forbidden if pattern in content]
-            assert not info.filename.startswith(("/", "..", "bin/", "site-packages/bin/"))
+    preamble = data[:data.index(b"PK\x03\x04")]
+    found = [("the preamble", pattern) for pattern in forbidden if pattern in preamble]
+    with zipfile.ZipFile(archive) as outer, payload(archive) as inner:
+        for zf in (outer, inner):
+            for info in zf.infolist():
+                content = zf.read(info) if info.filename != "site-packages.zip" else b""
+                found += [(info.filename, pattern) for pattern in forbidden if pattern in content]
+                assert not info.filename.startswith(("/", "..", "bin/", "site-packages/bin/"))
     assert found == []
 
 
 @pytest.mark.slow
 def test_the_archive_carries_the_published_schema_byte_for_byte(archive):
-    with zipfile.ZipFile(archive) as zf:
+    with payload(archive) as zf:
         packaged = zf.read("site-packages/pilot/update/manifest.schema.json")
     assert packaged == (REPO / "manifest.schema.json").read_bytes()
 
@@ -210,7 +235,7 @@ def test_python3_runs_the_archive_from_another_directory(archive, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_archive_is_executable_through_its_shebang(archive, tmp_path):
+def test_the_archive_is_executable_through_its_preamble(archive, tmp_path):
     local = tmp_path / archive.name
     shutil.copyfile(archive, local)
     local.chmod(0o755)

@@ -7,18 +7,29 @@ archives and a change to any input builds afresh.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "build" / "build.py"
 CACHE = REPO / ".pytest_cache" / "pilot-archives"
+
+
+@contextlib.contextmanager
+def payload(archive: Path) -> Iterator[zipfile.ZipFile]:
+    """The archive's inner zip (site-packages and the entry module), read the way the launcher reads it."""
+    from pilot.launcher import open_payload
+
+    with open(archive, "rb") as stream, zipfile.ZipFile(stream) as outer, open_payload(outer, stream) as inner:
+        yield inner
 
 
 def source_fingerprint() -> str:
