@@ -19,11 +19,11 @@ import pytest
 
 from pilot.launcher import platform_tag
 from tests.support.archives import BUILD_SCRIPT, REPO, payload, run_build
+from tests.support.pythons import PYENV_ROOT, other_interpreters
 
 PYTHON_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 SHEBANG = b"#!/bin/sh\n"  # the preamble: not the path of the interpreter that built it
 OUTER_MEMBERS = ["__main__.py", "__main__.pyc", "pilot-build.json", "environment.json", "site-packages.zip"]
-PYENV_ROOT = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
 VERSION = "1.0.0"
 
 
@@ -38,18 +38,6 @@ def run(*command: str | Path, cwd: Path | None = None, env: dict | None = None) 
 def metadata_of(archive: Path) -> dict:
     with zipfile.ZipFile(archive) as zf:
         return json.loads(zf.read("pilot-build.json"))
-
-
-def other_interpreters() -> list:
-    """Every other CPython 2.7+ that pyenv has, newest first; at least a (skipped) 3.12 and 2.7 slot."""
-    found = {}
-    for python in sorted(PYENV_ROOT.glob("versions/[23].*/bin/python[23].*"), reverse=True):
-        match = re.fullmatch(r"python([23])\.(\d+)", python.name)
-        if match and f"cp{match[1]}{match[2]}" != PYTHON_TAG:
-            found.setdefault(f"cp{match[1]}{match[2]}", python)
-    found.setdefault("cp312", None)
-    found.setdefault("cp27", None)
-    return [pytest.param(path, tag, id=tag) for tag, path in found.items()]
 
 
 @pytest.fixture(scope="module")
