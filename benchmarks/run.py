@@ -3,19 +3,30 @@
 
     python benchmarks/run.py [--quick] [--cache DIR]
 
-Run it with the Python the archives are for (the table's interpreter line says which); it
-builds what it needs with build/build.py, cached in DIR (default .pytest_cache/pilot-bench,
-keyed by the sources like the tests' archive cache), and does everything else in one temp
-dir: PILOT_HOME, SHIV_ROOT, HOME, the installs, and the release trees it serves on 127.0.0.1.
---quick does fewer repetitions. Needs curl and sha256sum for the download baseline and
-tmux for the dashboard rows (a row says n/a when its tool is missing).
+Run it with the Python the archives are for (the header names it); it builds what it needs with
+build/build.py, and the wheel of the package with pip, cached in DIR (default .pytest_cache/pilot-bench,
+keyed by the sources like the tests' archive cache), and does everything else in one temp dir:
+PILOT_HOME, SHIV_ROOT, HOME, the installs, the release trees it serves on 127.0.0.1, and two venvs:
+the baseline (below) and the pip-installed Pilot (the wheel and build/requirements.lock, installed with
+the running interpreter's pip). --quick does fewer repetitions (each row says how many). Needs curl and
+sha256sum for the download baseline and tmux for the dashboard rows (a row says n/a when its tool is
+missing), and the package index for the pip-installed Pilot (its rows say n/a without it).
+
+The baseline is a clean interpreter: a venv made with `-m venv --without-pip` from the interpreter running
+the benchmark, so no .pth file of the machine's site-packages runs at its start. Every Pilot command runs
+under it: `python3 pilot.pyz ...` names it, and `./pilot ...` (the archive executed directly, as installed)
+finds it first on PATH and in PILOT_PYTHON. The header prints its path and version and says which modules
+it, the running interpreter and that one's base import at start beyond site's own; a baseline that imports
+more (a .pth file) makes every ratio against it look better than it is, and the run says so.
 
 How each figure is taken (docs/PERFORMANCE.md has the latest results):
 
-* start-up: wall time of whole processes, the commands interleaved round by round, medians;
+* start-up: wall time of whole processes, the commands interleaved round by round, medians: `./pilot`,
+  `python3 pilot.pyz`, the pip-installed `pilot`, a stdlib zipapp whose __main__ is `pass`, and
+  `python -c pass` of the baseline and of the machine's own interpreters;
 * first start after a hot swap: `self-update --no-restart` from 1.0.0 to 2.0.0 (another build
   id, its extraction removed first, so the pre-flight really unpacks), then the first
-  `pilot status` against the median of three warm ones right after it;
+  `pilot status` against the median of three warm ones right after it, run directly and through python;
 * self-update: the whole command (manifest, download, verify, pre-flight, swap) of a release
   carrying 100 MB of incompressible data, against `curl -o` + `sha256sum` + `cp` of the same
   file from the same server;
@@ -45,6 +56,7 @@ import sys
 import tempfile
 import time
 import traceback
+import zipapp
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +74,9 @@ from tests.support.tmux import Tmux  # noqa: E402
 
 RELEASE_TOOL = REPO / "release-tools" / "release.py"
 DEFAULT_CACHE = REPO / ".pytest_cache" / "pilot-bench"
+RUNTIME_LOCK = REPO / "build" / "requirements.lock"
+WHEEL_SOURCES = ("pyproject.toml", "setup.py", "README.md", "manifest.schema.json")  # what the wheel's build reads
+SCHEMA_COPY = Path("pilot", "update", "manifest.schema.json")  # made by setup.py's build_py; a checkout may hold one
 MB = 1024 * 1024
 PY = sys.executable
 
@@ -104,7 +119,8 @@ def machine() -> list[str]:
     return [
         f"CPU:      {model}",
         f"cores:    {os.cpu_count()} ({usable} usable by this process)",
-        f"Python:   {platform.python_implementation()} {platform.python_version()} ({PY})",
+        f"Python:   {platform.python_implementation()} {platform.python_version()} ({PY}: runs the benchmark, "
+        "the builds and pip)",
         f"OS:       {platform.platform()}",
         f"load:     {load} (1/5/15 min averages when the run began)",
     ]
@@ -191,6 +207,44 @@ class Archives:
             if slot not in keep:
                 shutil.rmtree(slot, ignore_errors=True)
 
+    def wheel(self) -> Path:
+        """The package's wheel, built by pip as tests/build/test_wheel.py builds it: from a copy of pilot/ (without
+        the schema copy a checkout may hold: the build makes its own) and the files the build reads."""
+        digest = hashlib.sha256(self.fingerprint.encode())
+        for name in WHEEL_SOURCES:
+            digest.update(name.encode() + b"\0" + (REPO / name).read_bytes())
+        slot = self.cache / "wheel" / digest.hexdigest()[:24]
+        found = sorted(slot.glob("pilot-*.whl"))
+        if found:
+            return found[0]
+        for other in (self.cache / "wheel").glob("*"):
+            shutil.rmtree(other, ignore_errors=True)
+        say("building the wheel")
+        with tempfile.TemporaryDirectory(prefix="pilot-bench-wheel-") as staging:
+            source = Path(staging) / "source"
+            shutil.copytree(REPO / "pilot", source / "pilot",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".DS_Store"))
+            (source / SCHEMA_COPY).unlink(missing_ok=True)
+            for name in WHEEL_SOURCES:
+                shutil.copy2(REPO / name, source / name)
+            pip("wheel", "--no-deps", "--wheel-dir", str(Path(staging) / "dist"), str(source))
+            (built,) = (Path(staging) / "dist").glob("pilot-*.whl")
+            slot.mkdir(parents=True)
+            return Path(shutil.copy2(built, slot / built.name))
+
+
+def pip(*args: str, python: Path | None = None) -> None:
+    """The running interpreter's pip; with python, it installs into that interpreter's environment (pip --python),
+    so the target venv needs no pip (nor the setuptools whose .pth a pip-made venv would import at every start)."""
+    target = ["--python", str(python)] if python else []
+    env = {k: v for k, v in tool_env().items() if k != "PYTHONDONTWRITEBYTECODE"}  # pip compiles what it installs
+    env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
+    result = subprocess.run([PY, "-m", "pip", *target, *args, "--quiet"], capture_output=True, text=True, env=env,
+                            timeout=900, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("WARNING: ")]
+        raise RuntimeError(f"pip {args[0]} failed: {' '.join(lines)[-600:] or result.stderr.strip()[-600:]}")
+
 
 def build_id(archive: Path) -> str:
     with zipfile.ZipFile(archive) as zf:
@@ -209,6 +263,8 @@ class Bench:
         self.shiv = root / "shiv"
         self.homes = 0
         self.home = self.new_home()
+        self.venv = make_venv(root / "baseline")  # the clean interpreter every Pilot command runs under
+        self.python = self.venv / "bin" / "python"
 
     def new_home(self) -> Path:
         self.homes += 1
@@ -221,9 +277,15 @@ class Bench:
     def env(self, **extra: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "SHIV_"))}
         env.update(PILOT_HOME=str(self.home / "pilot"), SHIV_ROOT=str(self.shiv), HOME=str(self.home),
-                   PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONDONTWRITEBYTECODE="1", PILOT_PYTHON=str(self.python),
+                   PATH=os.pathsep.join([str(self.venv / "bin"), os.environ.get("PATH", os.defpath)]))
         env.update(extra)
         return env
+
+    def pilot(self, pilot: Path, way: str, *args: str) -> list[str]:
+        """A Pilot command run `direct` (./pilot: the archive's own head picks the interpreter; PATH and
+        PILOT_PYTHON point it at the baseline's) or `pyz` (`python3 pilot.pyz`, the baseline's python named)."""
+        return [str(pilot), *args] if way == "direct" else [str(self.python), str(pilot), *args]
 
     def install(self, archive: Path) -> Path:
         target = self.bin / "pilot"
@@ -306,119 +368,414 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+# ----------------------------------------------------------------------------- interpreters
+
+
+def make_venv(target: Path) -> Path:
+    """A venv of the interpreter running the benchmark (the one the archives are built for), with nothing in it."""
+    subprocess.run([PY, "-m", "venv", "--without-pip", str(target)], check=True, capture_output=True, timeout=120)
+    return target
+
+
+AT_START = "import sys; print(' '.join(sorted(sys.modules)))"
+# Run with -I -S: what site itself imports to do its work, without the .pth files and the customize hooks.
+SITE_ONLY = ("import sys, site; site.addpackage = lambda *a, **k: None; "
+             "site.execsitecustomize = site.execusercustomize = lambda: None; site.main(); " + AT_START)
+ABOUT = r"""
+import json, os, platform, site, sys
+dirs = list(site.getsitepackages()) + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+pth = []
+for folder in dirs:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        continue
+    for name in names:
+        if name.endswith(".pth"):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8", errors="replace") as lines:
+                    if any(line.startswith(("import ", "import\t")) for line in lines):
+                        pth.append(os.path.join(folder, name))
+            except OSError:
+                pass
+base = getattr(sys, "_base_executable", "") or sys.executable
+print(json.dumps({"version": platform.python_implementation() + " " + platform.python_version(),
+                  "executable": sys.executable, "base": os.path.realpath(base), "venv": sys.prefix != sys.base_prefix,
+                  "pth": pth}))
+"""
+
+
+@dataclass
+class StartupImports:
+    """What an interpreter imports when it starts, beyond what site needs for itself."""
+
+    python: str
+    version: str
+    base: str
+    at_start: int
+    extras: list[str]
+    pth: list[str]  # .pth files of its site dirs with an import line
+
+    def summary(self) -> str:
+        if not self.extras:
+            return f"imports nothing at start beyond site's own ({self.at_start} modules)"
+        tops = sorted({name.partition(".")[0] for name in self.extras},
+                      key=lambda top: (top in sys.stdlib_module_names, top.lstrip("_")))
+        shown = ", ".join(tops[:8]) + (", ..." if len(tops) > 8 else "")
+        where = f"; .pth files with imports: {', '.join(self.pth)}" if self.pth else ""
+        many = "module" if len(self.extras) == 1 else "modules"
+        return f"imports {len(self.extras)} {many} at start beyond site's own ({shown}){where}"
+
+
+def startup_imports(python: Path | str, env: dict) -> StartupImports:
+    def modules(*flags: str) -> set[str]:
+        return set(subprocess.run([str(python), *flags], capture_output=True, text=True, env=env, check=True,
+                                  timeout=60).stdout.split())
+
+    about = json.loads(subprocess.run([str(python), "-c", ABOUT], capture_output=True, text=True, env=env,
+                                      check=True, timeout=60).stdout)
+    at_start = modules("-c", AT_START)
+    extras = sorted(at_start - modules("-I", "-S", "-c", SITE_ONLY))
+    return StartupImports(str(python), about["version"], about["base"], len(at_start), extras, about["pth"])
+
+
+def base_interpreter() -> str | None:
+    """The interpreter the running one is a venv of (None when it is none): the real file, which starts outside
+    any venv (a venv's bin/python is often a symlink to the same file, so paths cannot tell them apart)."""
+    if sys.prefix == sys.base_prefix:
+        return None
+    return os.path.realpath(getattr(sys, "_base_executable", "") or PY)
+
+
+def interpreters(bench: Bench, pip_python: Path | None) -> tuple[list[str], list[str]]:
+    """(header lines naming the baseline and what each interpreter imports at start, warnings)."""
+    env = bench.env()
+    baseline = startup_imports(bench.python, env)
+    lines = [f"baseline: {bench.python} ({baseline.version}): a venv made with `-m venv --without-pip` from {PY} "
+             f"(its interpreter: {baseline.base}); every Pilot command below runs under it, `./pilot` through PATH "
+             "and PILOT_PYTHON",
+             f"  start-up imports: the baseline {baseline.summary()}"]
+    warnings = []
+    if baseline.extras:
+        warnings.append(f"WARNING: the baseline interpreter {baseline.summary()}: it starts slower than a clean "
+                        "interpreter, so every ratio against its `python -c pass` looks better than it is")
+    others = [(PY, "the interpreter running the benchmark")]
+    base = base_interpreter()
+    if base is not None:
+        others.append((base, "its base interpreter"))
+    if pip_python is not None:
+        others.append((str(pip_python), "the pip-installed Pilot's venv"))
+    for python, role in others:
+        try:
+            lines.append(f"  for context, {python} ({role}) {startup_imports(python, env).summary()}")
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            lines.append(f"  for context, {python} ({role}): could not be checked ({error})")
+    return lines, warnings
+
+
+class PipPilot:
+    """The pip-installed Pilot: the wheel and build/requirements.lock installed into a fresh venv, the way a user
+    installs the package (pipx and uv give it a venv of its own the same way)."""
+
+    def __init__(self, bench: Bench) -> None:
+        wheel = bench.archives.wheel()
+        self.venv = make_venv(bench.root / "pip-venv")
+        self.python = self.venv / "bin" / "python"
+        say("installing the wheel and build/requirements.lock into a venv")
+        pip("install", "--require-hashes", "--only-binary=:all:", "--no-deps", "-r", str(RUNTIME_LOCK),
+            python=self.python)
+        pip("install", "--no-deps", str(wheel), python=self.python)
+        self.script = self.venv / "bin" / "pilot"
+        self.home = bench.root / "pip-home"  # its own PILOT_HOME: another version than the archives'
+        (self.home / "pilot").mkdir(parents=True)
+        self.wheel = wheel
+
+    def env(self, bench: Bench) -> dict:
+        return bench.env(PILOT_HOME=str(self.home / "pilot"), HOME=str(self.home))
+
+
 # ----------------------------------------------------------------------------- measurements
 
 
-def warm_starts(bench: Bench, v1: Path, rounds: int) -> list[Row]:
-    pilot = bench.install(v1)
+def archive_head(archive: Path) -> str:
+    """What comes before the zip: the line `./pilot` starts with and how many bytes precede the first member."""
+    with archive.open("rb") as stream:
+        first = stream.readline(200).rstrip(b"\n").decode("utf-8", "replace")
+    with zipfile.ZipFile(archive) as zf:
+        before = min((info.header_offset for info in zf.infolist()), default=0)
+    return f"{first!r} ({before} bytes before the zip)"
+
+
+def interpreter_of(command: list[str], env: dict) -> str:
+    """sys.executable of the Pilot a command runs, from `version --json`."""
+    result = subprocess.run([*command, "version", "--json"], capture_output=True, text=True, env=env, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    try:
+        return json.loads(result.stdout)["interpreter"]
+    except (ValueError, KeyError, TypeError):
+        return f"unknown (`version --json` exited {result.returncode})"
+
+
+def empty_zipapp(bench: Bench) -> Path:
+    """The stdlib's own zipapp of one member, a __main__.py that is `pass`."""
     empty = bench.root / "empty.pyz"
-    with zipfile.ZipFile(empty, "w") as zf:
-        zf.writestr("__main__.py", "pass\n")
-    commands = {
-        "pass": [PY, "-c", "pass"],
-        "version": [PY, str(pilot), "--version"],
-        "status": [PY, str(pilot), "status"],
-        "empty": [PY, str(empty)],
+    if not empty.exists():
+        source = bench.root / "empty-app"
+        source.mkdir(exist_ok=True)
+        (source / "__main__.py").write_text("pass\n")
+        zipapp.create_archive(source, empty)
+    return empty
+
+
+def warm_starts(bench: Bench, v1: Path, rounds: int, pip_pilot: PipPilot | None) -> list[Row]:
+    pilot = bench.install(v1)
+    empty = empty_zipapp(bench)
+    env = bench.env()
+    python = str(bench.python)
+    commands: dict[str, tuple[list[str], dict]] = {
+        "pass": ([python, "-c", "pass"], env),
+        "empty": ([python, str(empty)], env),
+        "host pass": ([PY, "-c", "pass"], env),
     }
-    for command in commands.values():  # unpack v1 and warm the page cache
-        bench.run(command)
-        bench.run(command)
+    base_python = base_interpreter()
+    if base_python is not None:
+        commands["base pass"] = ([base_python, "-c", "pass"], env)
+    pilot_args = {"--version": ["--version"], "status": ["status"], "task list": ["task", "list"]}
+    for label, args in pilot_args.items():
+        for way in ("direct", "pyz"):
+            commands[f"{way} {label}"] = (bench.pilot(pilot, way, *args), env)
+        if pip_pilot is not None:
+            commands[f"pip {label}"] = ([str(pip_pilot.script), *args], pip_pilot.env(bench))
+    for command, command_env in commands.values():  # unpack v1, make the databases, warm the page cache
+        bench.run(command, command_env)
+        bench.run(command, command_env)
+    ran_under = {way: interpreter_of(bench.pilot(pilot, way), env) for way in ("direct", "pyz")}
     times: dict[str, list[float]] = {name: [] for name in commands}
     names = list(commands)
     for index in range(rounds):
         for name in names[index % len(names):] + names[:index % len(names)]:
-            times[name].append(bench.run(commands[name]))
-    base = median(times["pass"])
-    version, status, empty_t = median(times["version"]), median(times["status"]), median(times["empty"])
-    return [
-        Row("warm `pilot --version` / `python -c pass`", ms(version), ms(base), version / base, "<= 1.5",
-            version / base <= 1.5, f"median of {rounds} interleaved runs each"),
-        Row("warm `pilot status` / `python -c pass`", ms(status), ms(base), status / base, "(report)"),
-        Row("floor: `python empty.pyz` / `python -c pass`", ms(empty_t), ms(base), empty_t / base, "(context)",
-            note="a zip holding only `__main__.py` = `pass`: what any zipapp pays before its first line runs "
-                 "(runpy, importlib.util, zipimport)"),
+            times[name].append(bench.run(*commands[name]))
+    t = {name: median(values) for name, values in times.items()}
+    base = t["pass"]
+    counted = f"median of {rounds} interleaved runs each, against the baseline's `python -c pass` ({bench.python})"
+
+    def row(name: str, key: str, goal: float | None = None, label: str = "(report)", note: str = "") -> Row:
+        ratio = t[key] / base
+        return Row(name, ms(t[key]), ms(base), ratio, f"<= {goal}" if goal is not None else label,
+                   None if goal is None else ratio <= goal, note)
+
+    wrong = [f"{way} ran under {seen}" for way, seen in ran_under.items()
+             if Path(seen).parent != bench.python.parent]
+    direct_note = (f"`./pilot` is the archive executed directly; it starts with {archive_head(pilot)}; "
+                   f"`version --json` says it ran under {ran_under['direct']}"
+                   + (f". WARNING: not the baseline's interpreter ({'; '.join(wrong)})" if wrong else ""))
+    rows = [
+        row("warm `./pilot --version` / `python -c pass`", "direct --version", 0.5, note=f"{counted}. {direct_note}"),
+        row("warm `python3 pilot.pyz --version` / `python -c pass`", "pyz --version", 1.6,
+            note="`python3` is the baseline's interpreter, named on the command line"),
     ]
+    anchors = {"--version": None, "status": 3, "task list": 3}
+    for label, goal in anchors.items():
+        if label != "--version":
+            rows.append(row(f"warm `./pilot {label}` / `python -c pass`", f"direct {label}", goal))
+            rows.append(row(f"warm `python3 pilot.pyz {label}` / `python -c pass`", f"pyz {label}"))
+        if pip_pilot is not None:
+            rows.append(row(f"  anchor: pip-installed `pilot {label}` / `python -c pass`", f"pip {label}",
+                            label="(anchor)"))
+    if pip_pilot is not None:
+        rows[-1].note = (f"the wheel ({pip_pilot.wheel.name}) and build/requirements.lock installed with pip into a "
+                         f"venv of its own ({pip_pilot.venv}, no pip or setuptools in it): its console script "
+                         "starts its venv's python, which imports from an unpacked site-packages; its own "
+                         "PILOT_HOME; `task list` on an empty database, like the archive's")
+    else:
+        rows.append(Row("  anchor: pip-installed `pilot`", note="n/a: it could not be installed (see above)"))
+    rows.append(row("floor: `python3 empty.pyz` (stdlib zipapp) / `python -c pass`", "empty", label="(context)",
+                    note="made by zipapp.create_archive from a __main__.py that is `pass`: what any zipapp pays "
+                         "before its first line runs (runpy, importlib.util, zipimport)"))
+    rows.append(row(f"context: `python -c pass` of {PY} / of the baseline", "host pass", label="(context)",
+                    note="the interpreter running the benchmark, started the same way: what a baseline with its "
+                         "start-up imports would hide"))
+    if "base pass" in t:
+        rows.append(row(f"context: `python -c pass` of {base_python} / of the baseline", "base pass",
+                        label="(context)"))
+    return rows
 
 
 def cold_start(bench: Bench, v1: Path, rounds: int) -> list[Row]:
     """The fallback: `pilot status` on an empty extraction root (unpack, then run) against a warm one."""
     pilot = bench.install(v1)
-    colds, warms = [], []
-    for _ in range(rounds):
-        bench.forget_extraction(v1)
-        colds.append(bench.run([PY, str(pilot), "status"]))
-        warms.append(bench.run([PY, str(pilot), "status"]))
-    cold, warm = median(colds), median(warms)
+    colds: dict[str, list[float]] = {"direct": [], "pyz": []}
+    warms: dict[str, list[float]] = {"direct": [], "pyz": []}
+    for index in range(rounds):
+        for way in ("direct", "pyz") if index % 2 == 0 else ("pyz", "direct"):
+            bench.forget_extraction(v1)
+            colds[way].append(bench.run(bench.pilot(pilot, way, "status")))
+            warms[way].append(bench.run(bench.pilot(pilot, way, "status")))
     with zipfile.ZipFile(v1) as zf:
         members = len(zf.namelist())
-    return [Row("cold `pilot status` (nothing unpacked yet) / warm `pilot status`", secs(cold), secs(warm),
-                cold / warm, "(report)", note=f"median of {rounds}; the cold start unpacks the "
-                f"{v1.stat().st_size / 1e6:.0f} MB archive ({members} members) in a few threads")]
+    rows = []
+    for way, shown in (("direct", "./pilot status"), ("pyz", "python3 pilot.pyz status")):
+        cold, warm = median(colds[way]), median(warms[way])
+        rows.append(Row(f"cold `{shown}` (nothing unpacked yet) / warm", secs(cold), secs(warm), cold / warm,
+                        "(report)"))
+    rows[-1].note = (f"median of {rounds} each; the cold start unpacks the {v1.stat().st_size / 1e6:.0f} MB archive "
+                     f"({members} members in its outer zip) in a few threads")
+    return rows
 
 
-def where_the_time_goes(bench: Bench, v1: Path) -> list[str]:
-    """In-process costs of running the archive, best of 20, in a fresh interpreter."""
-    code = r"""
-import sys, time, zipimport
+BREAKDOWN = r"""
+import io, json, struct, sys, time, zipfile, zipimport
 archive = sys.argv[1]
 def best(fn, n=20):
     t = []
     for _ in range(n):
         s = time.perf_counter(); fn(); t.append(time.perf_counter() - s)
     return min(t) * 1000
+class Window(io.RawIOBase):  # a stored member read in place, as a file of its own
+    def __init__(self, stream, start, size):
+        self.stream, self.start, self.size, self.pos = stream, start, size, 0
+    def readable(self): return True
+    def seekable(self): return True
+    def tell(self): return self.pos
+    def seek(self, offset, whence=0):
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+    def read(self, n=-1):
+        n = self.size - self.pos if n is None or n < 0 else max(0, min(n, self.size - self.pos))
+        self.stream.seek(self.start + self.pos)
+        data = self.stream.read(n)
+        self.pos += len(data)
+        return data
+out = {"inner": []}
+with open(archive, "rb") as stream, zipfile.ZipFile(stream) as zf:
+    infos = zf.infolist()
+    names = {info.filename for info in infos}
+    out["entries"] = len(infos)
+    out["main"] = "pyc" if "__main__.pyc" in names else "py" if "__main__.py" in names else None
+    source = zf.read("__main__.py") if "__main__.py" in names else b""
+    out["source"] = len(source)
+    for info in infos:
+        if info.filename.endswith(".zip") and info.compress_type == zipfile.ZIP_STORED:
+            stream.seek(info.header_offset)
+            local = stream.read(30)
+            start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+            def inner(start=start, size=info.file_size):
+                with zipfile.ZipFile(Window(stream, start, size)) as member:
+                    return len(member.infolist())
+            out["inner"].append([info.filename, info.file_size, inner(), best(inner)])
 def directory():
     zipimport._zip_directory_cache.clear(); zipimport.zipimporter(archive)
-z = zipimport.zipimporter(archive)
-source = z.get_source("__main__")
-import zipfile
-names = zipfile.ZipFile(archive).namelist()
-has_pyc = "__main__.pyc" in names
-load = (lambda: z.get_code("__main__")) if has_pyc else (lambda: compile(source, "__main__", "exec"))
-print(f"{len(names)}|{best(directory):.1f}|{best(load):.2f}|{len(source)}|{has_pyc}")
+try:
+    out["zipimport"] = best(directory)
+except Exception as error:
+    out["zipimport_error"] = "%s: %s" % (type(error).__name__, error)
+    out["zipfile"] = best(lambda: zipfile.ZipFile(archive).close())
+if out["main"]:
+    try:
+        z = zipimport.zipimporter(archive)
+        load = (lambda: z.get_code("__main__")) if out["main"] == "pyc" else (
+            lambda: compile(source, "__main__", "exec"))
+        out["load"] = best(load)
+    except Exception as error:
+        out["load_error"] = "%s: %s" % (type(error).__name__, error)
+print(json.dumps(out))
 """
-    out = subprocess.run([PY, "-c", code, str(v1)], capture_output=True, text=True, check=True).stdout
-    entries, directory, compiled, size, has_pyc = out.strip().split("|")
-    imports = subprocess.run([PY, "-X", "importtime", "-c", "import signal, time"], capture_output=True,
-                             text=True, check=True).stderr
-    top_level_us = sum(int(line.split("|")[1]) for line in imports.splitlines()  # cumulative, top-level lines
-                       if line.startswith("import time:") and line.rsplit("|", 1)[1] in (" signal", " time"))
-    status = subprocess.run([PY, "-X", "importtime", str(v1), "status"], capture_output=True, text=True,
-                            env=bench.env(), check=True).stderr
-    top = []
-    for line in status.splitlines():
+
+
+def top_level_imports(importtime: str) -> list[tuple[str, int]]:
+    """(module, cumulative us) of the top-level lines of -X importtime's output: the nested ones are indented."""
+    found = []
+    for line in importtime.splitlines():
         fields = line.split("|")
         if line.startswith("import time:") and len(fields) == 3 and not fields[2].startswith("  "):
             with contextlib.suppress(ValueError):
-                top.append((int(fields[1]), fields[2].strip()))
-    heaviest = ", ".join(f"{name} {us / 1000:.1f}" for us, name in sorted(top, reverse=True)[:6])
-    return [
-        f"zipimport reads the archive's central directory ({entries} entries): {directory} ms",
-        f"loading __main__ from its __main__.pyc ({int(size) // 1024} KiB of source beside it): {compiled} ms"
-        if has_pyc == "True" else
-        f"compiling __main__.py ({int(size) // 1024} KiB of source, no .pyc in the archive): {compiled} ms",
-        f"the entry module's top-level `import signal, time` (os and sys come with the interpreter): "
-        f"{top_level_us / 1000:.1f} ms",
-        f"`pilot status`, heaviest top-level imports (ms, cumulative, as -X importtime counts): {heaviest}",
-    ]
+                found.append((fields[2].strip(), int(fields[1])))
+    return found
+
+
+def where_the_time_goes(bench: Bench, v1: Path) -> list[str]:
+    """In-process costs of starting the archive, best of 20, in a fresh baseline interpreter. Each line stands on
+    its own: whatever the archive's layout (a head before the zip, an inner zip, no __main__ at all), the lines that
+    apply are printed and a step that fails says so."""
+    python = str(bench.python)
+    lines = []
+    try:
+        lines.append(f"the archive starts with {archive_head(v1)}")
+        out = json.loads(subprocess.run([python, "-c", BREAKDOWN, str(v1)], capture_output=True, text=True,
+                                        check=True, timeout=300).stdout)
+        if "zipimport" in out:
+            lines.append(f"zipimport reads the archive's central directory ({out['entries']} entries): "
+                         f"{out['zipimport']:.2f} ms")
+        else:
+            lines.append(f"zipimport cannot read the archive ({out['zipimport_error']}); zipfile reads its "
+                         f"central directory ({out['entries']} entries) in {out['zipfile']:.1f} ms")
+        for name, size, entries, took in out["inner"]:
+            lines.append(f"inner stored member {name} ({size / 1e6:.1f} MB): {entries} entries, its directory read "
+                         f"in place by zipfile in {took:.1f} ms")
+        kib = out["source"] // 1024
+        if out["main"] is None:
+            lines.append("no __main__ in the archive's zip")
+        elif "load_error" in out:
+            lines.append(f"loading __main__ through zipimport failed: {out['load_error']}")
+        elif out["main"] == "pyc":
+            lines.append(f"loading __main__ from its __main__.pyc ({kib} KiB of source beside it): "
+                         f"{out['load']:.2f} ms")
+        else:
+            lines.append(f"compiling __main__.py ({kib} KiB of source, no .pyc in the archive): {out['load']:.2f} ms")
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError, zipfile.BadZipFile) as error:
+        lines.append(f"reading the archive failed: {str(error).splitlines()[0][:300]}")
+    try:  # what the entry module imports at its top level, whatever it is: against the stdlib zipapp's floor
+        def top_level(command: list[str]) -> dict[str, int]:
+            stderr = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60,
+                                    env=bench.env()).stderr
+            return dict(top_level_imports(stderr))
+
+        floor = top_level([python, "-X", "importtime", str(empty_zipapp(bench))])
+        entry = top_level([python, "-X", "importtime", str(v1), "--version"])
+        extra = sorted(((us, name) for name, us in entry.items() if name not in floor), reverse=True)
+        listed = ", ".join(f"{name} {us / 1000:.1f}" for us, name in extra[:6]) or "nothing"
+        lines.append(f"`python3 pilot.pyz --version` imports beyond what the stdlib zipapp does (ms, cumulative): "
+                     f"{listed}; {sum(us for us, _ in extra) / 1000:.1f} ms in all")
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        lines.append(f"-X importtime of `python3 pilot.pyz --version` failed: {str(error).splitlines()[0][:300]}")
+    try:  # PYTHONPROFILEIMPORTTIME reaches the interpreter whichever way ./pilot starts it
+        pilot = bench.install(v1)
+        status = subprocess.run(bench.pilot(pilot, "direct", "status"), capture_output=True, text=True,
+                                env=bench.env(PYTHONPROFILEIMPORTTIME="1"), check=True, timeout=120).stderr
+        top = [(us, name) for name, us in top_level_imports(status)]
+        heaviest = ", ".join(f"{name} {us / 1000:.1f}" for us, name in sorted(top, reverse=True)[:6])
+        lines.append(f"`./pilot status`, heaviest top-level imports (ms, cumulative, as -X importtime counts): "
+                     f"{heaviest or 'none reported'}")
+    except (OSError, subprocess.SubprocessError) as error:
+        lines.append(f"-X importtime of `./pilot status` failed: {str(error).splitlines()[0][:300]}")
+    return lines
 
 
 def first_start_after_swap(bench: Bench, v1: Path, v2_site: Site, rounds: int) -> list[Row]:
-    firsts, warms, preextracted = [], [], []
-    for _ in range(rounds):
-        bench.new_home()
-        pilot = bench.install(v1)
-        env = bench.env(PILOT_MANIFEST_URL=v2_site.manifest_url)
-        bench.run([PY, str(pilot), "status"], env)  # v1 warm, as an installed Pilot is
-        bench.forget_extraction(v2_site.archive)  # the pre-flight must unpack, as in a real update
-        bench.run([PY, str(pilot), "self-update", "--no-restart", "--yes"], env)
-        preextracted.append((bench.shiv / f"pilot_{build_id(v2_site.archive)}" / ".pilot-complete").exists())
-        firsts.append(bench.run([PY, str(pilot), "status"], env))
-        warms.append(median([bench.run([PY, str(pilot), "status"], env) for _ in range(3)]))
-    first, warm = median(firsts), median(warms)
-    return [Row("first `pilot status` after a hot swap / warm `pilot status`", ms(first), ms(warm), first / warm,
-                "<= 1.2", first / warm <= 1.2,
-                f"{rounds} swaps 1.0.0 -> 2.0.0 (another build id); the new build's extraction existed before its "
-                f"first start in {sum(preextracted)} of {rounds} (made by the pre-flight)")]
+    """Each round swaps twice, once run directly (./pilot) and once through python, in alternating order."""
+    firsts: dict[str, list[float]] = {"direct": [], "pyz": []}
+    warms: dict[str, list[float]] = {"direct": [], "pyz": []}
+    preextracted = []
+    for index in range(rounds):
+        for way in ("direct", "pyz") if index % 2 == 0 else ("pyz", "direct"):
+            bench.new_home()
+            pilot = bench.install(v1)
+            env = bench.env(PILOT_MANIFEST_URL=v2_site.manifest_url)
+            bench.run(bench.pilot(pilot, way, "status"), env)  # v1 warm, as an installed Pilot is
+            bench.forget_extraction(v2_site.archive)  # the pre-flight must unpack, as in a real update
+            bench.run(bench.pilot(pilot, way, "self-update", "--no-restart", "--yes"), env)
+            preextracted.append((bench.shiv / f"pilot_{build_id(v2_site.archive)}" / ".pilot-complete").exists())
+            firsts[way].append(bench.run(bench.pilot(pilot, way, "status"), env))
+            warms[way].append(median([bench.run(bench.pilot(pilot, way, "status"), env) for _ in range(3)]))
+    rows = []
+    for way, shown in (("direct", "./pilot status"), ("pyz", "python3 pilot.pyz status")):
+        first, warm = median(firsts[way]), median(warms[way])
+        rows.append(Row(f"first `{shown}` after a hot swap / warm", ms(first), ms(warm), first / warm, "<= 1.2",
+                        first / warm <= 1.2))
+    rows[-1].note = (f"{rounds} swaps 1.0.0 -> 2.0.0 (another build id) each way, the self-update run the same way; "
+                     f"the new build's extraction existed before its first start in {sum(preextracted)} of "
+                     f"{len(preextracted)} (made by the pre-flight)")
+    return rows
 
 
 def self_update_runs(bench: Bench, v1: Path, site: Site, rounds: int) -> list[tuple[float, int, int]]:
@@ -427,9 +784,9 @@ def self_update_runs(bench: Bench, v1: Path, site: Site, rounds: int) -> list[tu
         bench.new_home()
         pilot = bench.install(v1)
         env = bench.env(PILOT_MANIFEST_URL=site.manifest_url)
-        bench.run([PY, str(pilot), "status"], env)
+        bench.run(bench.pilot(pilot, "pyz", "status"), env)
         bench.forget_extraction(site.archive)
-        runs.append(bench.measured([PY, str(pilot), "self-update", "--no-restart", "--yes"], env))
+        runs.append(bench.measured(bench.pilot(pilot, "pyz", "self-update", "--no-restart", "--yes"), env))
     return runs
 
 
@@ -470,8 +827,8 @@ def self_update_100(bench: Bench, v1: Path, big: Site, small: Site, rounds: int)
                     (scratch / "dl").unlink()
                     (scratch / "copy").unlink()
             elif step == "download":
-                bench.run([PY, str(bench.install(v1)), "status"])  # v1's libraries unpacked
-                downloads.append(bench.run([PY, "-c", DOWNLOAD_ONLY, big.artifact_url, str(size), sha256,
+                bench.run(bench.pilot(bench.install(v1), "pyz", "status"))  # v1's libraries unpacked
+                downloads.append(bench.run([str(bench.python), "-c", DOWNLOAD_ONLY, big.artifact_url, str(size), sha256,
                                             str(scratch / "received"), site_packages]))
                 (scratch / "received").unlink()
     update = median([u[0] for u in updates])
@@ -479,7 +836,7 @@ def self_update_100(bench: Bench, v1: Path, big: Site, small: Site, rounds: int)
     if curls:
         curl = median(curls)
         rows.append(Row(f"`pilot self-update --no-restart --yes` {size / 1e6:.0f} MB / curl -o + sha256sum + cp",
-                        secs(update), secs(curl), update / curl, "<= 1.3", update / curl <= 1.3,
+                        secs(update), secs(curl), update / curl, "<= 1.5", update / curl <= 1.5,
                         f"median of {rounds}; the update includes the pre-flight (unpacks the new archive and "
                         "imports all of it) and fsyncs; the baseline does neither"))
         sha_only = ["sh", "-c", f"curl -sS -o {scratch}/dl {shlex.quote(big.artifact_url)} && "
@@ -493,7 +850,7 @@ def self_update_100(bench: Bench, v1: Path, big: Site, small: Site, rounds: int)
     preflights = []
     for _ in range(rounds):
         bench.forget_extraction(big.archive)  # cold, as the pre-flight of a real update is
-        preflights.append(bench.run([PY, str(big.archive), "debug", "self-test"]))
+        preflights.append(bench.run(bench.pilot(big.archive, "pyz", "debug", "self-test")))
     preflight = median(preflights)
     rows.append(Row("  of which pre-flight of the 100 MB archive (unpack + self-test) / whole update",
                     secs(preflight), secs(update), preflight / update, "(context)",
@@ -533,9 +890,9 @@ def start_dashboard(bench: Bench, pilot: Path, env: dict) -> tuple[Tmux, Path]:
         stamp.unlink()
     tmux = Tmux(width=120, height=40)
     script = f"date +%s.%N > {shlex.quote(str(stamp))}; exec \"$0\" \"$@\""
-    tmux.start(["sh", "-c", script, PY, str(pilot), "start", "--dashboard"],
+    tmux.start(["sh", "-c", script, *bench.pilot(pilot, "pyz", "start", "--dashboard")],
                {k: env[k] for k in ("PILOT_HOME", "SHIV_ROOT", "HOME", "PILOT_MANIFEST_URL",
-                                    "PILOT_FIRST_CHECK_DELAY", "PATH") if k in env})
+                                    "PILOT_FIRST_CHECK_DELAY", "PATH", "PILOT_PYTHON") if k in env})
     return tmux, stamp
 
 
@@ -644,13 +1001,29 @@ def main() -> int:
     quick = args.quick
     rows: list[Row] = []
     breakdown: list[str] = []
+    baseline: list[str] = []
+    warnings: list[str] = []
     failures = 0
     with tempfile.TemporaryDirectory(prefix="pilot-bench-") as temp:
         os.environ["TMUX_TMPDIR"] = temp  # tmux's socket too
         bench = Bench(Path(temp), archives)
+        pip_pilot = None
+        try:
+            pip_pilot = PipPilot(bench)
+        except Exception as error:  # no package index, most often: its rows say n/a, the others still run
+            traceback.print_exc()
+            warnings.append(f"the pip-installed Pilot could not be installed: {str(error).splitlines()[0][:300]}")
+        try:
+            baseline, more = interpreters(bench, pip_pilot.python if pip_pilot else None)
+            warnings.extend(more)
+        except Exception as error:
+            failures += 1
+            traceback.print_exc()
+            warnings.append(f"WARNING: the interpreters' start-up imports could not be checked: {error}")
+        say(f"baseline interpreter: {bench.python}")
         sites = {name: Site(bench, name, built[name]) for name in ("v2", "big10", "big100")}
         steps = [
-            ("warm starts", lambda: warm_starts(bench, built["v1"], 10 if quick else 30)),
+            ("warm starts", lambda: warm_starts(bench, built["v1"], 10 if quick else 30, pip_pilot)),
             ("cold start", lambda: cold_start(bench, built["v1"], 2 if quick else 3)),
             ("first start after a swap", lambda: first_start_after_swap(bench, built["v1"], sites["v2"],
                                                                          2 if quick else 4)),
@@ -666,19 +1039,26 @@ def main() -> int:
                 failures += 1
                 traceback.print_exc()
                 rows.append(Row(name, note=f"FAILED: {str(error).splitlines()[0][:300]}"))
-        with contextlib.suppress(Exception):
+        try:
             breakdown = where_the_time_goes(bench, built["v1"])
+        except Exception as error:
+            traceback.print_exc()
+            breakdown = [f"failed: {str(error).splitlines()[0][:300]}"]
         for site in sites.values():
             site.close()
     print()
-    print("Pilot benchmark" + (" (--quick)" if quick else ""), time.strftime("%Y-%m-%d %H:%M:%S"))
-    for line in details:
+    print("Pilot benchmark" + (" (--quick: fewer repetitions, each row's note says how many)" if quick else ""),
+          time.strftime("%Y-%m-%d %H:%M:%S"))
+    for line in details + baseline:
+        print(line)
+    for line in warnings:
         print(line)
     print()
     print_table(rows)
     if breakdown:
         print()
-        print("Where warm starts go beyond `python -c pass` (in-process, best of 20; -X importtime inflates its own):")
+        print("Where warm starts go beyond `python -c pass` (in-process in the baseline interpreter, best of 20; "
+              "-X importtime inflates its own):")
         for line in breakdown:
             print(f"  - {line}")
     print()
