@@ -375,6 +375,9 @@ FAILPOINTS = (
     "during-migration",        # between two statements of a SQLite schema migration
 )
 FAILPOINT_ENV = "PILOT_FAILPOINT"
+# Set by an update's pre-flight for an install whose dashboard has run: the new version's self-test
+# imports the dashboard too. An environment variable, not an option: an older version ignores it.
+SELF_TEST_DASHBOARD_ENV = "PILOT_SELF_TEST_DASHBOARD"
 
 
 def failpoint(name):

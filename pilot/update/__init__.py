@@ -7,6 +7,7 @@
     confirm_start(), settle_boot(), commit_boot()
                                    a new version confirms its start, or ends before it could
     take_notice()                  how the last update ended, told once
+    note_dashboard_user()          the dashboard ran here: pre-flights test its imports too
     FileSource                     offline installs: the same checks over local files
 
 Layers, python-tuf style: `manifest`, `schema` and `verify` are pure (bytes in, dataclasses or
@@ -19,12 +20,12 @@ the rest (`pilot status` imports `state` alone).
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs ~2 ms, and `pilot status` comes through here
 if TYPE_CHECKING:
     from pilot.update.fetch import FileSource
     from pilot.update.sentinel import commit_boot, confirm_start, settle_boot
-    from pilot.update.state import take_notice, update_status
+    from pilot.update.state import note_dashboard_user, take_notice, update_status
     from pilot.update.updater import (
         CheckResult,
         Prepared,
@@ -38,11 +39,11 @@ if TYPE_CHECKING:
     )
 
 __all__ = ["CheckResult", "FileSource", "Prepared", "Settings", "Update", "UpdateOutcome", "Updater", "commit_boot",
-           "confirm_start", "open_background_updater", "open_updater", "roll_back", "settle_boot", "take_notice",
-           "update_status"]
+           "confirm_start", "note_dashboard_user", "open_background_updater", "open_updater", "roll_back",
+           "settle_boot", "take_notice", "update_status"]
 _HOMES = {name: "pilot.update.updater" for name in __all__} | {"FileSource": "pilot.update.fetch"} | {
     name: "pilot.update.sentinel" for name in ("commit_boot", "confirm_start", "settle_boot")} | {
-    name: "pilot.update.state" for name in ("take_notice", "update_status")}
+    name: "pilot.update.state" for name in ("note_dashboard_user", "take_notice", "update_status")}
 
 
 def __getattr__(name: str):

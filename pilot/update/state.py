@@ -61,6 +61,7 @@ class UpdateState:
     user_rollbacks: tuple[str, ...] = ()  # rolled back from on request: never chosen automatically again
     last: Outcome | None = None
     notice_pending: bool = False
+    dashboard_user: bool = False  # the dashboard has run here: a pre-flight imports it too
 
     @classmethod
     def from_json(cls, data: dict) -> UpdateState:
@@ -73,6 +74,7 @@ class UpdateState:
             user_rollbacks=_versions(data.get("user_rollbacks")),
             last=Outcome.from_json(data.get("last")),
             notice_pending=data.get("notice_pending") is True,
+            dashboard_user=data.get("dashboard_user") is True,
         )
 
     @property
@@ -140,6 +142,19 @@ def install_id() -> str:
 
     _change(edit)
     return made[0]
+
+
+def note_dashboard_user() -> None:
+    """The dashboard starts: from now on an update's pre-flight imports the dashboard's code as well."""
+    if load().dashboard_user:
+        return  # the usual case: one read, no lock, no write
+
+    def edit(data: dict) -> bool:
+        changed = data.get("dashboard_user") is not True
+        data["dashboard_user"] = True
+        return changed
+
+    _change(edit)
 
 
 def record(trial: dict, outcome: str, reason: str | None = None, *, notice: bool = True) -> None:

@@ -330,7 +330,7 @@ class Update:
             failpoint("after-download")
             on_step("verifying")
             updater.self_test(candidate, version=str(choice.release.version), build_id=metadata["build_id"],
-                              cancelled=cancelled)
+                              cancelled=cancelled, dashboard=state.load().dashboard_user)
             failpoint("after-preflight")
         except OSError as error:  # a full disk or quota, an I/O error: the install is as it was
             candidate.unlink(missing_ok=True)

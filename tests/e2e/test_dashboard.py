@@ -74,6 +74,8 @@ def test_hot_upgrade_in_a_real_terminal_keeps_pid_tokens_and_history(v1, v2, rel
     assert status["tokens"]["output"] == 100
     assert status["daemon_pid"] == pid
     assert pilot.status()["state"] == "committed"
+    # The dashboard ran here, so the upgrade's pre-flight imported the dashboard's code as well.
+    assert json.loads((pilot.home / "update" / "state.json").read_text())["dashboard_user"] is True
 
     terminal.send("q")
     deadline = time.monotonic() + 20

@@ -390,6 +390,15 @@ def test_preflight_gives_up_on_a_hung_candidate(tmp_path, monkeypatch):
         preflight(stand_in(tmp_path, "import time; time.sleep(30)"), version="2.0.0", build_id="abc")
 
 
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_preflight_asks_for_the_dashboard_only_when_told_and_never_passes_on_its_own_setting(
+        tmp_path, monkeypatch, dashboard):
+    monkeypatch.setenv("PILOT_SELF_TEST_DASHBOARD", "inherited")
+    body = ('assert os.environ.get("PILOT_SELF_TEST_DASHBOARD") == ' + repr("1" if dashboard else None) +
+            '\nprint(json.dumps({"version": "2.0.0", "build_id": "x"}))')
+    preflight(stand_in(tmp_path, body), version="2.0.0", build_id="x", dashboard=dashboard)
+
+
 def test_preflight_runs_the_candidate_with_this_interpreter(tmp_path):
     body = f'assert sys.executable == {sys.executable!r}\nprint(json.dumps({{"version": "2.0.0", "build_id": "x"}}))'
     preflight(stand_in(tmp_path, body), version="2.0.0", build_id="x")

@@ -57,6 +57,16 @@ def test_the_install_id_is_made_once():
     assert len(first) == 32 and state.install_id() == first == state.load().install_id
 
 
+def test_a_dashboard_user_is_noted_once_and_the_rest_of_the_state_survives():
+    state.remember_manifest(5, 1)
+    assert state.load().dashboard_user is False
+    state.note_dashboard_user()
+    written = os.stat(state_path()).st_mtime_ns
+    state.note_dashboard_user()  # every later start of the dashboard: one read, no write
+    assert os.stat(state_path()).st_mtime_ns == written
+    assert raw()["dashboard_user"] is True and state.load().highest_serial == 5
+
+
 def test_keys_a_newer_pilot_wrote_are_kept():
     write_json(state_path(), {"highest_serial": 1, "from_the_future": {"x": 1}})
     state.remember_manifest(2, 1)

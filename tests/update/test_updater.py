@@ -117,6 +117,7 @@ class World:
         self.key = key
         self.repo = MemoryRepo(key)
         self.self_tests: list[tuple[str, str]] = []
+        self.dashboard_self_tests: list[bool] = []
         self.execs: list[dict] = []
         self.self_test_error: Exception | None = None
 
@@ -137,9 +138,10 @@ class World:
         return Updater(build=self.build(version), settings=Settings(**values), fetcher=self.repo,
                        self_test=self.self_test, execute=self.execute)
 
-    def self_test(self, candidate: Path, *, version: str, build_id: str, cancelled) -> None:
+    def self_test(self, candidate: Path, *, version: str, build_id: str, cancelled, dashboard: bool) -> None:
         assert candidate.parent == self.bin and candidate.exists()
         self.self_tests.append((version, build_id))
+        self.dashboard_self_tests.append(dashboard)
         if self.self_test_error:
             raise self.self_test_error
 
@@ -192,6 +194,21 @@ def test_a_check_raises_the_serial_high_water_mark(world):
 
 
 # ------------------------------------------------------------------------------ update
+
+
+def test_the_self_test_imports_the_dashboard_only_for_an_install_whose_dashboard_has_run(world):
+    from pilot.update import note_dashboard_user
+
+    world.repo.add("2.0.0")
+    world.repo.add("3.0.0")
+    with pytest.raises(Execed):
+        update(world, "1.0.0", "2.0.0")
+    note_dashboard_user()
+    Path(trial_path()).unlink()  # as if 2.0.0 had started and committed
+    world.installed("2.0.0")
+    with pytest.raises(Execed):
+        update(world, "2.0.0")
+    assert world.dashboard_self_tests == [False, True]
 
 
 def test_an_update_swaps_in_the_new_version_keeps_the_old_as_backup_and_execs_it_as_its_trial(world):
