@@ -152,6 +152,7 @@ def load_config(env: dict[str, str] | None = None) -> Config:
 class ConfigReading:
     config: Config
     sources: dict[str, str]  # "upgrade.channel" -> default, build, file or environment (NAME)
+    file_bytes: bytes | None = None  # config.yaml exactly as read and validated; None: there was none
 
 
 def read_config(env: dict[str, str] | None = None) -> ConfigReading:
@@ -165,8 +166,9 @@ def read_config(env: dict[str, str] | None = None) -> ConfigReading:
     if build is not None and build.manifest_url:
         sources["upgrade.manifest_url"] = "build"
     path = home / "config.yaml"
-    if path.exists():
-        document = _read_yaml(path)
+    file_bytes = path.read_bytes() if path.exists() else None
+    if file_bytes is not None:
+        document = _parse_yaml(file_bytes, path)
         unknown = sorted(str(key) for key in document if key not in SECTIONS)
         if unknown:
             raise ConfigError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
@@ -177,7 +179,7 @@ def read_config(env: dict[str, str] | None = None) -> ConfigReading:
     if env.get("PILOT_MANIFEST_URL"):
         config = config.with_upgrade(manifest_url=env["PILOT_MANIFEST_URL"])
         sources["upgrade.manifest_url"] = "environment (PILOT_MANIFEST_URL)"
-    return ConfigReading(config, sources)
+    return ConfigReading(config, sources, file_bytes)
 
 
 def check_home(home: Path) -> None:
@@ -187,11 +189,11 @@ def check_home(home: Path) -> None:
         raise ConfigError(problem, hint=HOME_HINT)
 
 
-def _read_yaml(path: Path) -> dict:
+def _parse_yaml(data: bytes, path: Path) -> dict:
     import yaml
 
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.safe_load(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except (yaml.YAMLError, ValueError, RecursionError) as error:  # PyYAML constructors raise the latter two
