@@ -1,7 +1,7 @@
 """Reads and writes of Pilot's state: tasks, sessions with token usage, and the update history.
 
 Thread safety: one connection per Store, opened with `check_same_thread=False` and
-guarded by one `threading.Lock`; every method takes the lock for its whole transaction,
+guarded by one lock (a `threading.Lock`); every method takes the lock for its whole transaction,
 so the daemon's threads may share a Store. Separate processes (the daemon and a CLI
 command) each open their own Store; SQLite's locks and `busy_timeout` serialise them.
 
@@ -16,18 +16,22 @@ that a newer one extended, by ignoring the columns it does not know.
 
 from __future__ import annotations
 
+import _thread  # for threading.Lock, which it is, without importing threading (~0.7 ms)
 import contextlib
 import json
+import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 from pilot.errors import StateError
 from pilot.launcher import pilot_home
 from pilot.state.db import DB_FILENAME, SNAPSHOT_DIRNAME, backup_to_file, connect, migrate, state_errors
 from pilot.state.models import CANCELLED, Session, Task, Totals, Usage
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 LOG_TAIL_CHARS = 4000
 
@@ -76,14 +80,20 @@ def _session(row: tuple) -> Session:
 class Store:
     """Pilot's state in one SQLite connection (see the module docstring for threads and processes)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, path: Path, warnings: list[str] | None = None,
+    def __init__(self, conn: sqlite3.Connection, *, path: str | os.PathLike, warnings: list[str] | None = None,
                  clock: Callable[[], datetime] = _utc_now) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._clock = clock
         self._closed = False
-        self.path = path
+        self._path = os.fspath(path)  # a str: the commands that open a store never need pathlib
         self.warnings: list[str] = list(warnings or [])
+
+    @property
+    def path(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._path)
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -92,14 +102,14 @@ class Store:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, state_errors(f"read {self.path}"):
+        with self._lock, state_errors(f"read {self._path}"):
             self._check_open()
             yield self._conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One committed transaction, holding SQLite's write lock from its first statement."""
-        with self._lock, state_errors(f"write {self.path}"):
+        with self._lock, state_errors(f"write {self._path}"):
             self._check_open()
             self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -113,7 +123,7 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StateError(f"{self.path} was already closed")
+            raise StateError(f"{self._path} was already closed")
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close; safe to call twice.
@@ -277,13 +287,13 @@ class Store:
     def _task_in(self, conn: sqlite3.Connection, task_id: int) -> Task:
         row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
-            raise StateError(f"task {task_id} does not exist in {self.path}")
+            raise StateError(f"task {task_id} does not exist in {self._path}")
         return _task(row)
 
     def _session_of(self, conn: sqlite3.Connection, task_id: int) -> int | None:
         row = conn.execute("SELECT session_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
-            raise StateError(f"task {task_id} does not exist in {self.path}")
+            raise StateError(f"task {task_id} does not exist in {self._path}")
         return row[0]
 
     # --- sessions -----------------------------------------------------------------------------
@@ -333,19 +343,19 @@ class Store:
 
     def snapshot(self, target: Path) -> None:
         """A consistent copy of the committed state at `target`, through the backup API (atomic replace)."""
-        with self._lock, state_errors(f"snapshot {self.path} to {target}"):
+        with self._lock, state_errors(f"snapshot {self._path} to {target}"):
             self._check_open()
-            backup_to_file(self._conn, Path(target))
+            backup_to_file(self._conn, target)
 
 
 
-def open_store(home: Path | None = None, *, app_version: str) -> Store:
+def open_store(home: str | os.PathLike | None = None, *, app_version: str) -> Store:
     """Connect to `home/pilot.db` (default: PILOT_HOME), apply the rollback guard and migrations."""
-    home = Path(home) if home is not None else Path(pilot_home())
-    path = home / DB_FILENAME
+    home = os.fspath(home) if home is not None else pilot_home()
+    path = os.path.join(home, DB_FILENAME)
     conn = connect(path)
     try:
-        warnings = migrate(conn, app_version=app_version, snapshot_dir=home / SNAPSHOT_DIRNAME)
+        warnings = migrate(conn, app_version=app_version, snapshot_dir=os.path.join(home, SNAPSHOT_DIRNAME))
     except BaseException:
         conn.close()
         raise
