@@ -11,13 +11,14 @@ compiled with unchecked hashes (no mtimes inside).
 The archive keeps its zip central directory tiny, because CPython reads all of it before
 the first line of __main__ runs (2,286 entries cost 8-9 ms): it holds
 
-    __main__.py         pilot/launcher.py behind one generated `PILOT_BUILD = {...}` line
-    __main__.pyc        its bytecode for the interpreter it is built for (zipimport loads it in 0.4 ms)
+    __main__.py(c)      pilot/launcher.py, verbatim, and its bytecode for the interpreter it is built
+                        for (zipimport loads it in 0.4 ms instead of compiling 50 KiB of source)
+    pilot_build.py(c)   the build's metadata as `PILOT_BUILD = {...}`, which the launcher imports
     pilot-build.json    the same metadata, for zip tools and readers that use zipfile
     environment.json    shiv's description of the build (build id, entry point)
-    site-packages.zip   stored, not compressed: an inner zip of site-packages/ plus the entry module
-                        again (as __main__.py and __pycache__/), which the launcher unpacks through a
-                        window on the file (pilot.launcher.open_payload)
+    site-packages.zip   stored, not compressed: an inner zip of site-packages/ plus the two modules
+                        again (beside a __pycache__/), which the launcher unpacks through a window
+                        on the file (pilot.launcher.open_payload)
 
 and begins with a POSIX sh preamble (pilot.launcher.PREAMBLE) that answers --version and
 starts a warm unpacked copy without reading the zip at all; zip readers find the archive
@@ -196,49 +197,66 @@ def shiv_environment(build_id: str, epoch: int) -> bytes:
     return env.to_json().encode()
 
 
-def payload(site_packages: Path, main_py: str, main_pyc: bytes, epoch: int) -> bytes:
-    """The inner zip: what the launcher unpacks, a directory `python` can run (the sh preamble's fast path)."""
+def entry_modules(metadata: dict) -> list[tuple[str, str, bytes]]:
+    """(name, source, bytecode) of the modules that run before site-packages is on the path: the launcher,
+    verbatim, and the build's metadata as a module of its own. Kept apart, the launcher and its bytecode
+    are byte-identical between releases that do not change it, which a delta update does not fetch."""
+    from pilot.launcher import BUILD_MODULE
+
+    launcher = (REPO / "pilot" / "launcher.py").read_text()
+    # A Python literal, not JSON: JSON's null/true/false would be NameErrors.
+    build_module = f"PILOT_BUILD = {dict(sorted(metadata.items()))!r}\n"
+    return [(name, source, bytecode(source, name)) for name, source in
+            (("__main__", launcher), (BUILD_MODULE, build_module))]
+
+
+def payload(site_packages: Path, modules: list[tuple[str, str, bytes]], epoch: int) -> bytes:
+    """The inner zip: what the launcher unpacks, a directory `python` can run (the sh preamble's fast path).
+
+    Members that change least come first: a release moves the offsets of everything after a changed
+    member, and so the central directory entries a delta update must fetch."""
+    files = files_in(site_packages)
+    own = [p for p in files if p.relative_to(site_packages).parts[0] == "pilot"]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         writer = ArchiveWriter(zf, epoch)
-        writer.add("__main__.py", main_py.encode())
-        writer.add(f"__pycache__/__main__.{sys.implementation.cache_tag}.pyc", main_pyc)
-        for path in files_in(site_packages):
+        for path in [p for p in files if p not in own] + own:
             relative = path.relative_to(site_packages).as_posix()
             writer.add(f"site-packages/{relative}", path.read_bytes(), os.access(path, os.X_OK))
+        for name, source, code in modules:
+            writer.add(f"{name}.py", source.encode())
+            writer.add(f"__pycache__/{name}.{sys.implementation.cache_tag}.pyc", code)
     return buffer.getvalue()
 
 
 def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int) -> None:
     from pilot.launcher import METADATA_MEMBER, PAYLOAD_MEMBER, preamble
 
-    launcher = (REPO / "pilot" / "launcher.py").read_text()
-    # A Python literal, not JSON: JSON's null/true/false would be NameErrors in __main__.py.
-    main_py = f"PILOT_BUILD = {dict(sorted(metadata.items()))!r}\n{launcher}"
-    main_pyc = entry_module_bytecode(main_py)
+    modules = entry_modules(metadata)
     partial = target.with_name(f".{target.name}.partial")
     with partial.open("wb") as out:
         out.write(preamble(metadata).encode())
         with zipfile.ZipFile(out, "w") as zf:
             writer = ArchiveWriter(zf, epoch)
-            writer.add("__main__.py", main_py.encode())
-            writer.add("__main__.pyc", main_pyc)
+            for name, source, code in modules:  # zipimport loads NAME.pyc from the archive's root
+                writer.add(f"{name}.py", source.encode())
+                writer.add(f"{name}.pyc", code)
             writer.add(METADATA_MEMBER, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
             writer.add("environment.json", shiv_environment(metadata["build_id"], epoch))
-            writer.add(PAYLOAD_MEMBER, payload(site_packages, main_py, main_pyc, epoch), stored=True)
+            writer.add(PAYLOAD_MEMBER, payload(site_packages, modules, epoch), stored=True)
     partial.chmod(0o755)
     os.replace(partial, target)
 
 
-def entry_module_bytecode(source: str) -> bytes:
-    """__main__.pyc for the interpreter the archive is built for, which zipimport loads instead of compiling
-    __main__.py on every start (~5 ms). Unchecked-hash: no mtime inside, so the build stays reproducible.
-    Another interpreter refuses its magic number and compiles __main__.py: that is how it can still say
-    "wrong interpreter"."""
+def bytecode(source: str, name: str) -> bytes:
+    """NAME.pyc for the interpreter the archive is built for, which zipimport loads instead of compiling the
+    source on every start (the launcher: ~5 ms). Unchecked-hash: no mtime inside, so the build stays
+    reproducible. Another interpreter refuses its magic number and compiles the source: that is how it
+    can still say "wrong interpreter"."""
     with tempfile.TemporaryDirectory(prefix="pilot-main-") as scratch:
-        source_path, pyc = Path(scratch) / "__main__.py", Path(scratch) / "__main__.pyc"
+        source_path, pyc = Path(scratch) / f"{name}.py", Path(scratch) / f"{name}.pyc"
         source_path.write_text(source)
-        py_compile.compile(str(source_path), cfile=str(pyc), dfile="__main__.py", doraise=True,
+        py_compile.compile(str(source_path), cfile=str(pyc), dfile=f"{name}.py", doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         return pyc.read_bytes()
 

@@ -3,9 +3,10 @@
 It runs before any of Pilot's application code is imported, so it uses the standard
 library only and old-Python syntax: it must be able to say "wrong interpreter" on any
 Python 3, and a new version that is broken at import time must not be able to disable
-its own rollback. The build prepends a `PILOT_BUILD = {...}` line; the application reads
-it back through `pilot.buildinfo`, never from the archive file, which an update may have
-replaced since this process started.
+its own rollback. The build's metadata is the module `pilot_build` beside it (`PILOT_BUILD =
+{...}`), imported at the start into this module; the application reads it back through
+`pilot.buildinfo`, never from the archive file, which an update may have replaced since
+this process started.
 
 The boot guard. Before an update swaps the new archive in it writes a trial record
 (update/trial.json: from/to versions and build ids, install and backup paths, and either
@@ -126,6 +127,7 @@ def extraction_dir(build_id):
 METADATA_MEMBER = "pilot-build.json"  # the build metadata, readable by any zip tool
 METADATA_CAP = 64 * 1024
 PAYLOAD_MEMBER = "site-packages.zip"  # stored: an inner zip of what is unpacked (see build/build.py)
+BUILD_MODULE = "pilot_build"  # beside __main__ in the archive and in its unpacked copy: PILOT_BUILD = {...}
 ARCHIVE_ENV = "PILOT_ARCHIVE"  # set by the sh preamble when it starts the unpacked copy
 
 
@@ -1259,6 +1261,25 @@ def main(build, archive):
     return guard_boot(build, lambda: start_application(build, archive), archive, may_claim=runs_app)
 
 
+def load_build(main_file, archive):
+    """The build's metadata from the module beside __main__; None when it cannot be read (a damaged copy)."""
+    here = os.path.dirname(os.path.abspath(main_file))
+    if here not in sys.path:  # e.g. under -P: the archive or the copy is where the module is
+        sys.path.insert(0, here)
+    try:
+        return __import__(BUILD_MODULE).PILOT_BUILD
+    except (ImportError, AttributeError, SyntaxError):
+        if archive is not None and archive != here:  # a damaged unpacked copy: the archive unpacks it again
+            try:  # noqa: SIM105 (contextlib.suppress is not in Python 2, where this must still parse and run)
+                os.unlink(os.path.join(here, COMPLETE_FILE))
+            except OSError:
+                pass
+            os.execv(sys.executable, [sys.executable, archive] + sys.argv[1:])
+        say("pilot: %s is damaged (its %s module is missing); download it again" % (here, BUILD_MODULE))
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     PILOT_ARCHIVE = started_from(__file__)  # pilot.buildinfo reads it
-    sys.exit(main(PILOT_BUILD, PILOT_ARCHIVE))  # noqa: F821 (set by the build)
+    PILOT_BUILD = load_build(__file__, PILOT_ARCHIVE)  # and this
+    sys.exit(main(PILOT_BUILD, PILOT_ARCHIVE))

@@ -365,6 +365,19 @@ def test_a_damaged_copy_found_by_a_direct_start_is_unpacked_again(installed):
 
 
 @pytest.mark.slow
+def test_a_copy_that_lost_its_build_module_hands_over_to_the_archive_which_unpacks_it_again(installed):
+    assert installed.run("status").returncode == 0
+    for name in ("pilot_build.py", f"__pycache__/pilot_build.{sys.implementation.cache_tag}.pyc"):
+        (installed.copy / name).unlink()
+    installed.routes()
+    result = installed.run("status")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert installed.routes() == ["unpacked"]  # then, by exec, the archive itself
+    assert (installed.copy / "pilot_build.py").is_file()
+    assert installed.run("status").returncode == 0 and installed.routes() == ["unpacked"]
+
+
+@pytest.mark.slow
 def test_an_open_trial_or_a_missing_marker_goes_through_the_archive(installed):
     assert installed.run("status").returncode == 0
     installed.routes()

@@ -23,7 +23,8 @@ from tests.support.pythons import PYENV_ROOT, other_interpreters
 
 PYTHON_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 SHEBANG = b"#!/bin/sh\n"  # the preamble: not the path of the interpreter that built it
-OUTER_MEMBERS = ["__main__.py", "__main__.pyc", "pilot-build.json", "environment.json", "site-packages.zip"]
+OUTER_MEMBERS = ["__main__.py", "__main__.pyc", "pilot_build.py", "pilot_build.pyc", "pilot-build.json",
+                 "environment.json", "site-packages.zip"]
 VERSION = "1.0.0"
 
 
@@ -53,7 +54,7 @@ def inputs_of(archive: Path) -> tuple:
     with payload(archive) as zf:
         sources = {n: zf.read(n) for n in zf.namelist() if n.startswith("site-packages/pilot/") and n.endswith(".py")}
     with zipfile.ZipFile(archive) as zf:
-        launcher = zf.read("__main__.py").split(b"\n", 1)[1]
+        launcher = zf.read("__main__.py")
     return metadata_of(archive)["source_commit"], sources, launcher
 
 
@@ -89,6 +90,7 @@ def test_the_archive_carries_its_build_metadata_and_trusted_key(archive, release
     with zipfile.ZipFile(archive) as zf:
         outer = [info.filename for info in zf.infolist()]
         main_py, main_pyc = zf.read("__main__.py").decode(), zf.read("__main__.pyc")
+        build_py, build_pyc = zf.read("pilot_build.py").decode(), zf.read("pilot_build.pyc")
         environment = json.loads(zf.read("environment.json"))
     with payload(archive) as inner:
         members = {info.filename: info for info in inner.infolist()}
@@ -98,16 +100,26 @@ def test_the_archive_carries_its_build_metadata_and_trusted_key(archive, release
         for name in site_packages:
             digest.update(name.removeprefix("site-packages/").encode() + b"\0")
             digest.update(hashlib.sha256(inner.read(name)).digest())
-        # The unpacked copy is a directory `python` can run: the entry module, source and bytecode.
+        # The unpacked copy is a directory `python` can run: the entry modules, source and bytecode.
+        tag = sys.implementation.cache_tag
         assert inner.read("__main__.py").decode() == main_py
-        assert inner.read(f"__pycache__/__main__.{sys.implementation.cache_tag}.pyc") == main_pyc
+        assert inner.read(f"__pycache__/__main__.{tag}.pyc") == main_pyc
+        assert (inner.read("pilot_build.py").decode(), inner.read(f"__pycache__/pilot_build.{tag}.pyc")) == (
+            build_py, build_pyc)
+        order = [name for name in members if name.startswith("site-packages/")]
 
     # A tiny central directory: CPython reads every entry of it before __main__ runs.
     assert outer == OUTER_MEMBERS
-    # The entry module's first line is a Python literal holding the same metadata.
-    first_line = main_py.splitlines()[0]
-    assert first_line.startswith("PILOT_BUILD = ")
-    assert ast.literal_eval(first_line.removeprefix("PILOT_BUILD = ")) == meta
+    # The entry module is the launcher, verbatim; the metadata is a module of its own, a Python literal.
+    assert main_py == (REPO / "pilot" / "launcher.py").read_text()
+    assert build_py.startswith("PILOT_BUILD = ") and build_py.count("\n") == 1
+    assert ast.literal_eval(build_py.removeprefix("PILOT_BUILD = ")) == meta
+    # What changes between releases comes last, so that fewer offsets move: the dependencies, then
+    # Pilot's own package, then the entry modules.
+    first_own = next(i for i, name in enumerate(order) if name.startswith("site-packages/pilot/"))
+    assert all(name.startswith("site-packages/pilot/") for name in order[first_own:])
+    assert list(members)[-4:] == ["__main__.py", f"__pycache__/__main__.{tag}.pyc", "pilot_build.py",
+                                  f"__pycache__/pilot_build.{tag}.pyc"]
     # The unpacked copy is shared by build id: it hashes what site-packages holds and the metadata beside it.
     assert environment["build_id"] == meta["build_id"] == digest.hexdigest()
     assert environment["entry_point"] == "pilot.cli:main"
@@ -117,12 +129,12 @@ def test_the_archive_carries_its_build_metadata_and_trusted_key(archive, release
     # Pilot keeps its sources (its tracebacks show lines), and every package keeps its METADATA and licences.
     own = [n for n in members if n.startswith("site-packages/pilot/")]
     assert not [n for n in own if n.endswith(".pyc") and "__pycache__/" not in n]
-    assert not [n for n in members if n.endswith(".py") and n not in own and n != "__main__.py"]
+    assert not [n for n in members if n.endswith(".py") and n not in own and "/" in n]
     assert "site-packages/rich/console.pyc" in members
     assert not [n for n in members if n.endswith((".pyi", "/py.typed", "/RECORD", "/INSTALLER", "/WHEEL"))]
     assert [n for n in members if re.fullmatch(r"site-packages/rich-[^/]+\.dist-info/METADATA", n)]
     assert [n for n in members if n.startswith("site-packages/cryptography-") and "/licenses/" in n]
-    assert len(members) == len(site_packages) + 2
+    assert len(members) == len(site_packages) + 4
 
 
 def test_two_versions_of_the_same_code_have_two_build_ids(v1, archives):
@@ -131,13 +143,14 @@ def test_two_versions_of_the_same_code_have_two_build_ids(v1, archives):
     assert metadata_of(other)["build_id"] != metadata_of(v1)["build_id"]
 
 
-def test_the_entry_module_is_precompiled_for_its_interpreter_and_kept_as_source_for_others(v1):
-    """zipimport loads __main__.pyc instead of compiling 40 KiB of source on every start; another
-    interpreter rejects its magic number and compiles __main__.py (the wrong-interpreter line)."""
+@pytest.mark.parametrize("module", ["__main__", "pilot_build"])
+def test_the_entry_modules_are_precompiled_for_their_interpreter_and_kept_as_source_for_others(v1, module):
+    """zipimport loads __main__.pyc instead of compiling 50 KiB of source on every start; another
+    interpreter rejects its magic number and compiles the source (the wrong-interpreter line)."""
     import importlib.util
 
     with zipfile.ZipFile(v1) as zf:
-        source, pyc = zf.read("__main__.py"), zf.read("__main__.pyc")
+        source, pyc = zf.read(f"{module}.py"), zf.read(f"{module}.pyc")
     assert pyc[:4] == importlib.util.MAGIC_NUMBER
     assert int.from_bytes(pyc[4:8], "little") == 0b01  # hash-based, unchecked: no mtime, reproducible
     assert pyc[8:16] == importlib.util.source_hash(source)
