@@ -913,20 +913,15 @@ def ensure_extracted(archive, build, verify=False):
 def extract(archive, build_id, directory, verify=False):
     """Unpack site-packages into directory unless a complete copy is there already; True if it unpacked.
 
-    Cold path only. One process at a time per build (a blocking flock: the others wait, then
-    find the marker and reuse the copy). The copy is made in a hidden staging directory, the
-    marker is written into it last, and it is renamed into place; a damaged copy is first
-    renamed aside, so a process still running from it finds the complete one at the same path."""
-    import fcntl
+    Cold path only. One process at a time per build (extraction_lock: the others wait, then
+    find the marker and reuse the copy). The copy is made in a hidden staging directory and
+    put in place by place_extraction."""
     import shutil
     import zipfile
 
-    root, name = os.path.split(directory)
-    os.makedirs(root, exist_ok=True)
-    staging, trash = os.path.join(root, ".%s.partial" % name), os.path.join(root, ".%s.old" % name)
-    lock = os.open(os.path.join(root, ".%s.lock" % name), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    staging = os.path.join(*_beside(directory, ".%s.partial"))
+    lock = extraction_lock(directory)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         with open(archive, "rb") as stream, zipfile.ZipFile(stream) as outer:  # one open file throughout:
             if read_build_metadata(outer).get("build_id") != build_id:       # an update may replace the path
                 raise ArchiveReplaced("pilot: %s is no longer the archive this process started from "
@@ -937,16 +932,46 @@ def extract(archive, build_id, directory, verify=False):
                     return False
                 shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
                 unpack(zf, members, staging)
-        with open(os.path.join(staging, COMPLETE_FILE), "w") as marker:
-            marker.write(build_id + "\n")
-        if os.path.lexists(directory):
-            shutil.rmtree(trash, ignore_errors=True)
-            os.rename(directory, trash)
-        os.rename(staging, directory)
-        shutil.rmtree(trash, ignore_errors=True)
+        place_extraction(staging, directory, build_id)
         return True
     finally:
         os.close(lock)  # closing releases the lock
+
+
+def _beside(directory, pattern):
+    root, name = os.path.split(directory)
+    return root, pattern % name
+
+
+def extraction_lock(directory):
+    """Wait for and take the lock of one build's extraction (a descriptor: closing it releases the lock)."""
+    import fcntl
+
+    root, lock_name = _beside(directory, ".%s.lock")
+    os.makedirs(root, exist_ok=True)
+    lock = os.open(os.path.join(root, lock_name), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(lock)
+        raise
+    return lock
+
+
+def place_extraction(staging, directory, build_id):
+    """Make a finished staging copy the extraction, under extraction_lock: the marker is written into it last,
+    and a damaged copy is renamed aside first, so a process still running from it finds the complete one
+    at the same path."""
+    import shutil
+
+    with open(os.path.join(staging, COMPLETE_FILE), "w") as marker:
+        marker.write(build_id + "\n")
+    trash = os.path.join(*_beside(directory, ".%s.old"))
+    if os.path.lexists(directory):
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(directory, trash)
+    os.rename(staging, directory)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 class ArchiveReplaced(Exception):

@@ -102,8 +102,9 @@ def never() -> bool:
 
 
 def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress: Progress | None = None,
-            cancelled: Cancelled = never) -> None:
-    """Write the stream to target, hashing as it goes; never more than the signed size."""
+            cancelled: Cancelled = never, written: Callable[[int], None] | None = None) -> None:
+    """Write the stream to target, hashing as it goes; never more than the signed size.
+    `written(n)` after each chunk is on disk (an early unpack follows the file)."""
     digest = hashlib.sha256()
     received = 0
     with target.open("wb") as out:
@@ -115,6 +116,9 @@ def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress:
                 raise VerificationError(f"the download is larger than the {artifact.size} bytes the manifest signs")
             digest.update(chunk)
             out.write(chunk)
+            if written:
+                out.flush()
+                written(received)
             if progress:
                 progress(received, artifact.size)
         out.flush()

@@ -43,7 +43,7 @@ from pilot.launcher import (
     update_dir,
     user_rollback,
 )
-from pilot.update import install, sentinel, state
+from pilot.update import early, install, sentinel, state
 from pilot.update.fetch import Fetcher, FileSource
 from pilot.update.manifest import Choice, Manifest, check_artifact_url, choose_update, parse_version, release_root
 from pilot.update.restart import exec_archive
@@ -57,6 +57,7 @@ AFTER_RESTART_ARGV = ("self-update", "--after-restart")
 DEADLINE_ENV = "PILOT_UPDATE_DEADLINE"  # seconds one fetch may take in all (retries, redirects, body)
 DEFAULT_DEADLINE = 300.0
 FIRST_CHECK_ENV = "PILOT_FIRST_CHECK_DELAY"
+EARLY_UNPACK_ENV = "PILOT_UNPACK_DURING_DOWNLOAD"
 Step = Callable[[str], None]
 Cancelled = install.Cancelled
 Progress = install.Progress
@@ -76,6 +77,7 @@ class Settings:
     boot_timeout: float
     fetch_deadline: float
     first_check_delay: float | None  # the checker's first delay (PILOT_FIRST_CHECK_DELAY), None: random
+    unpack_during_download: str = "auto"  # PILOT_UNPACK_DURING_DOWNLOAD: auto | always | never (pilot.update.early)
 
     @classmethod
     def read(cls, config: Config, env: Mapping[str, str], *, manifest_url: str | None = None,
@@ -89,10 +91,13 @@ class Settings:
         url = manifest_url or config.upgrade.manifest_url
         if url is not None:
             check_manifest_url(url)
+        unpack = env.get(EARLY_UNPACK_ENV, "").strip().lower() or "auto"
+        if unpack not in early.MODES:
+            raise ConfigError(f"{EARLY_UNPACK_ENV}: {unpack!r} is not one of {', '.join(early.MODES)}")
         return cls(manifest_url=url, channel=channel or config.upgrade.channel,
                    boot_timeout=seconds(BOOT_TIMEOUT_ENV, BOOT_TIMEOUT_SECONDS),
                    fetch_deadline=seconds(DEADLINE_ENV, DEFAULT_DEADLINE),
-                   first_check_delay=seconds(FIRST_CHECK_ENV, None))
+                   first_check_delay=seconds(FIRST_CHECK_ENV, None), unpack_during_download=unpack)
 
 
 def check_manifest_url(url: str) -> None:
@@ -323,6 +328,7 @@ class Update:
         if str(choice.release.version) == updater.build.version:
             raise UpdateError(f"pilot {updater.build.version} is already installed")
         install.sweep_stale_temps(paths)  # what an update killed earlier left beside the install
+        early.sweep_staging()  # and in the extraction root
         candidate = install.new_temp(paths.install.parent)
         try:
             on_step("downloading")
@@ -346,9 +352,16 @@ class Update:
         root = self.updater.release_root
         if root is not None:
             check_artifact_url(artifact.url, root)
-        install.receive(self.updater.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact,
-                        progress, cancelled)
-        return install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
+        unpacking = early.EarlyUnpack(candidate, artifact.size, self.updater.settings.unpack_during_download)
+        try:
+            install.receive(self.updater.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact,
+                            progress, cancelled, written=unpacking.written)
+            metadata = install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
+        except BaseException:
+            unpacking.abandon()  # what it unpacked was never verified: gone with the download
+            raise
+        unpacking.finish(metadata["build_id"])  # the hash matched: its copy becomes the build's extraction
+        return metadata
 
     def apply(self, prepared: Prepared, *, restart: bool = True, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV,
               on_step: Step = quiet, cancelled: Cancelled = install.never) -> str:
