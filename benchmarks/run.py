@@ -68,8 +68,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pilot.launcher import read_build_metadata  # noqa: E402 (the entry module: standard library only)
+from pilot.update import early  # noqa: E402 (its threshold, for a note)
 from tests.support.archives import run_build, source_fingerprint  # noqa: E402 (stdlib-only helpers)
-from tests.support.server import StaticServer  # noqa: E402
+from tests.support.server import StaticServer, throttle  # noqa: E402
 from tests.support.tmux import Tmux  # noqa: E402
 
 RELEASE_TOOL = REPO / "release-tools" / "release.py"
@@ -869,6 +870,44 @@ def self_update_100(bench: Bench, v1: Path, big: Site, small: Site, rounds: int)
     return rows
 
 
+SLOW_LINK = 8 * 1024 * 1024  # bytes per second: a fast home connection, well below loopback
+
+
+def unpack_during_download(bench: Bench, v1: Path, v2: Path, rounds: int) -> list[Row]:
+    """The same update with the new archive unpacked while it downloads or after it (the pre-flight),
+    on loopback and over a throttled link: the first shows why `auto` leaves it off there."""
+    rows = []
+    slow = Site(bench, "slow", v2)
+    fast = Site(bench, "fast", v2)
+    throttle(slow.server, SLOW_LINK)
+    try:
+        for site, link in ((fast, "loopback"), (slow, f"a {SLOW_LINK // (1024 * 1024)} MB/s link")):
+            times: dict[str, list[float]] = {"never": [], "always": [], "auto": []}
+            for index in range(rounds):
+                modes = list(times) if index % 2 == 0 else list(reversed(times))
+                for mode in modes:
+                    bench.new_home()
+                    pilot = bench.install(v1)
+                    env = bench.env(PILOT_MANIFEST_URL=site.manifest_url, PILOT_UNPACK_DURING_DOWNLOAD=mode)
+                    bench.run(bench.pilot(pilot, "pyz", "status"), env)
+                    bench.forget_extraction(v2)
+                    times[mode].append(bench.run(bench.pilot(pilot, "pyz", "self-update", "--no-restart", "--yes"),
+                                                 env))
+            never, always, auto = (median(times[mode]) for mode in ("never", "always", "auto"))
+            rows.append(Row(f"self-update of {v2.stat().st_size / 1e6:.0f} MB over {link}: unpacking during the "
+                            "download / after it", secs(always), secs(never), always / never, "(report)",
+                            note=f"median of {rounds} each, interleaved; PILOT_UNPACK_DURING_DOWNLOAD=always vs "
+                                 "never"))
+            rows.append(Row(f"  the default (auto) over {link} / the better of the two", secs(auto),
+                            secs(min(always, never)), auto / min(always, never), "<= 1.05",
+                            auto / min(always, never) <= 1.05, "auto unpacks during the download only when the "
+                            f"first MiB arrives slower than {early.AUTO_BELOW_BYTES_PER_SECOND // (1024 * 1024)} MB/s"))
+    finally:
+        slow.close()
+        fast.close()
+    return rows
+
+
 # ----------------------------------------------------------------------------- dashboard
 
 
@@ -1029,6 +1068,8 @@ def main() -> int:
                                                                          2 if quick else 4)),
             ("self-update of 100 MB", lambda: self_update_100(bench, built["v1"], sites["big100"], sites["big10"],
                                                               1 if quick else 3)),
+            ("unpacking during the download", lambda: unpack_during_download(bench, built["v1"], built["v2"],
+                                                                              2 if quick else 5)),
             ("dashboard", lambda: dashboard(bench, built["v1"], sites["v2"], 1 if quick else 2, 1 if quick else 2)),
         ]
         for name, step in steps:

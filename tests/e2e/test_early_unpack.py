@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from pilot import launcher
+from tests.support.server import throttle
 
 pytestmark = pytest.mark.slow
-
-
-def trickle(server, bytes_per_second: int) -> None:
-    """Serve the archives at a real network's pace (the manifest at full speed)."""
-
-    def override(handler) -> bool:
-        if not handler.path.endswith(".pyz"):
-            return False
-        data = (server.root / handler.path.lstrip("/")).read_bytes()
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        step = bytes_per_second // 20
-        for start in range(0, len(data), step):
-            handler.wfile.write(data[start:start + step])
-            time.sleep(0.05)
-        return True
-
-    server.override = override
 
 
 def new_build_unpacked(shiv: Path, archive: Path) -> bool:
@@ -43,7 +24,7 @@ def new_build_unpacked(shiv: Path, archive: Path) -> bool:
 def test_over_a_slow_link_the_new_build_is_unpacked_before_the_pre_flight(
         v1, v2, release_site, install_factory, server, tmp_path, mode, unpacked):
     release_site.publish(v2)
-    trickle(server, 8 * 1024 * 1024)
+    throttle(server, 8 * 1024 * 1024)
     pilot = install_factory(v1)
     shiv = tmp_path / "shiv"
     env = {"SHIV_ROOT": str(shiv), "PILOT_UNPACK_DURING_DOWNLOAD": mode, "PILOT_FAILPOINT": "after-download"}

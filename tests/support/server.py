@@ -45,3 +45,24 @@ class StaticServer(ThreadingHTTPServer):
     def __exit__(self, *exc) -> None:
         self.shutdown()
         self.server_close()
+
+
+def throttle(server: StaticServer, bytes_per_second: int, suffix: str = ".pyz") -> None:
+    """Serve the files ending in suffix at a real network's pace (in steps of a twentieth of a second);
+    everything else, the manifest first, at full speed."""
+    import time
+
+    def override(handler: SimpleHTTPRequestHandler) -> bool:
+        if not handler.path.endswith(suffix):
+            return False
+        data = (server.root / handler.path.lstrip("/")).read_bytes()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        step = max(1, bytes_per_second // 20)
+        for start in range(0, len(data), step):
+            handler.wfile.write(data[start:start + step])
+            time.sleep(0.05)
+        return True
+
+    server.override = override
