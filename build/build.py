@@ -4,9 +4,11 @@
 
 Prints the archive's path as the last line of stdout. Two builds of the same commit
 with the same inputs are byte-identical: dependencies come from the hash-pinned
-build/requirements.lock, every timestamp is SOURCE_DATE_EPOCH (default: the commit
-time), permissions are normalised, nothing names the build machine, and .pyc files are
-compiled with unchecked hashes (no mtimes inside).
+build/requirements.lock, every zip member carries the zip epoch (1980-01-01) and the build
+time in shiv's environment.json is SOURCE_DATE_EPOCH (default: the commit time), permissions
+are normalised, nothing names the build machine, and .pyc files are compiled with unchecked
+hashes (no mtimes inside). Between two releases, another commit, a member that did not
+change is then byte-identical too, which is what a delta update reuses.
 
 The archive keeps its zip central directory tiny, because CPython reads all of it before
 the first line of __main__ runs (2,286 entries cost 8-9 ms): it holds
@@ -172,9 +174,11 @@ def trusted_keys(paths: list[Path]) -> list[dict]:
 class ArchiveWriter:
     """Writes zip members with fixed timestamps and normalised permissions."""
 
-    def __init__(self, zf: zipfile.ZipFile, epoch: int) -> None:
+    def __init__(self, zf: zipfile.ZipFile) -> None:
         self.zf = zf
-        self.date_time = time.gmtime(max(epoch, FALLBACK_EPOCH))[:6]
+        # Every member carries the zip epoch, whatever the commit's time: a member's bytes then depend
+        # on its content alone, so the next release, another commit, can reuse them (delta updates).
+        self.date_time = time.gmtime(FALLBACK_EPOCH)[:6]
 
     def add(self, name: str, data: bytes, executable: bool = False, stored: bool = False) -> None:
         info = zipfile.ZipInfo(name, date_time=self.date_time)
@@ -210,7 +214,7 @@ def entry_modules(metadata: dict) -> list[tuple[str, str, bytes]]:
             (("__main__", launcher), (BUILD_MODULE, build_module))]
 
 
-def payload(site_packages: Path, modules: list[tuple[str, str, bytes]], epoch: int) -> bytes:
+def payload(site_packages: Path, modules: list[tuple[str, str, bytes]]) -> bytes:
     """The inner zip: what the launcher unpacks, a directory `python` can run (the sh preamble's fast path).
 
     Members that change least come first: a release moves the offsets of everything after a changed
@@ -219,7 +223,7 @@ def payload(site_packages: Path, modules: list[tuple[str, str, bytes]], epoch: i
     own = [p for p in files if p.relative_to(site_packages).parts[0] == "pilot"]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        writer = ArchiveWriter(zf, epoch)
+        writer = ArchiveWriter(zf)
         for path in [p for p in files if p not in own] + own:
             relative = path.relative_to(site_packages).as_posix()
             writer.add(f"site-packages/{relative}", path.read_bytes(), os.access(path, os.X_OK))
@@ -237,13 +241,13 @@ def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int)
     with partial.open("wb") as out:
         out.write(preamble(metadata).encode())
         with zipfile.ZipFile(out, "w") as zf:
-            writer = ArchiveWriter(zf, epoch)
+            writer = ArchiveWriter(zf)
             for name, source, code in modules:  # zipimport loads NAME.pyc from the archive's root
                 writer.add(f"{name}.py", source.encode())
                 writer.add(f"{name}.pyc", code)
             writer.add(METADATA_MEMBER, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
             writer.add("environment.json", shiv_environment(metadata["build_id"], epoch))
-            writer.add(PAYLOAD_MEMBER, payload(site_packages, modules, epoch), stored=True)
+            writer.add(PAYLOAD_MEMBER, payload(site_packages, modules), stored=True)
     partial.chmod(0o755)
     os.replace(partial, target)
 
