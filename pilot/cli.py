@@ -309,7 +309,8 @@ def add_self_update(commands: Commands) -> None:
     p.add_argument("--no-restart", action="store_true", help="install; the next command starts the new version")
     p.add_argument("--from-file", metavar="PYZ", help="install this archive (offline); needs --manifest")
     p.add_argument("--manifest", metavar="DIR_OR_FILE", help="manifest for --from-file (file or tree)")
-    p.add_argument("--json", action="store_true", help="with --check or --status: print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON: the check, the status, or how the update went "
+                   "(version, and the download: method, bytes_downloaded, bytes_reused)")
     leaf(p, "pilot.commands.self_update:run")
 
 

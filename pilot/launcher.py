@@ -333,6 +333,8 @@ def record_outcome(state, trial, outcome, reason=None, notice=True):
         "state": outcome, "from_version": trial["from_version"], "to_version": trial["to_version"],
         "at": now_iso(), "reason": reason, "install_path": trial["install_path"], "backup_path": trial["backup_path"],
     }
+    if trial.get("download"):  # how the new archive came (pilot.update.delta.Report), for `--after-restart --json`
+        state["last"]["download"] = trial["download"]
     state["notice_pending"] = notice
     if outcome == "rolled_back":
         state["bad_versions"] = _with(state.get("bad_versions"), trial["to_version"])
@@ -779,6 +781,7 @@ def status_report(running_version=None):
         "bad_versions": list(state.get("bad_versions") or []),
         "user_rollbacks": list(state.get("user_rollbacks") or []),
         "rollback_pid": None if trial else last.get("rollback_pid"),
+        "download": source.get("download"),
     }
 
 

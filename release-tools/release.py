@@ -221,9 +221,22 @@ def artifact_relpath(version: str, python_tag: str, platform_tag: str) -> str:
     return f"releases/{version}/{artifact_name(version, python_tag, platform_tag)}"
 
 
+def delta_index_files(artifact: Path, relpath: str) -> list[tuple[str, bytes]]:
+    """[(the listing's relpath, bytes), (the index's relpath, bytes)] for delta updates (pilot.update.delta)."""
+    from pilot.update.delta import INDEX_SUFFIX, LISTING_SUFFIX, build_index
+    from pilot.update.pieces import NotAZip
+
+    try:
+        index, listing = build_index(artifact, Path(relpath).name + LISTING_SUFFIX)
+    except NotAZip as error:
+        raise ReleaseError(f"{artifact}: cannot index it for delta updates ({error})") from None
+    return [(relpath + LISTING_SUFFIX, listing), (relpath + INDEX_SUFFIX, index)]
+
+
 def publish(args: argparse.Namespace) -> None:
     from packaging.version import Version
 
+    from pilot.update.delta import COALESCE_GAP, INDEX_SUFFIX
     from pilot.update.manifest import parse_version
 
     metas = [(path, read_artifact_metadata(path)) for path in args.artifacts]
@@ -243,12 +256,16 @@ def publish(args: argparse.Namespace) -> None:
             raise ReleaseError(f"version {version} is not higher than {latest}, the {args.channel} channel's latest")
     document = new_document(previous, args.channel, args.expires_in)
     base_url = args.base_url.rstrip("/")
-    artifacts = []
+    artifacts, indexes = [], {}
     for path, meta in metas:
         relpath = artifact_relpath(version, meta["python_tag"], meta["platform_tag"])
+        indexes[relpath] = delta_index_files(path, relpath)
+        index = indexes[relpath][-1][1]  # the index (the listing comes first)
         artifacts.append({
             "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{base_url}/{relpath}",
             "size": path.stat().st_size, "sha256": sha256_of(path), "build_id": meta["build_id"],
+            "delta_index": {"url": f"{base_url}/{relpath}{INDEX_SUFFIX}", "size": len(index),
+                            "sha256": hashlib.sha256(index).hexdigest(), "chunk_size": COALESCE_GAP},
         })
     release = {"version": version, "released_at": document["issued_at"], "artifacts": artifacts}
     if args.notes:
@@ -257,8 +274,10 @@ def publish(args: argparse.Namespace) -> None:
     check_against_schema(document)  # before any file of the tree changes
     load_signing_keys(args.key)  # so is a key that cannot sign
     for path, meta in metas:
-        write_atomically(args.root / artifact_relpath(version, meta["python_tag"], meta["platform_tag"]),
-                         path.read_bytes())
+        relpath = artifact_relpath(version, meta["python_tag"], meta["platform_tag"])
+        write_atomically(args.root / relpath, path.read_bytes())
+        for name, data in indexes[relpath]:  # beside it, before the manifest that signs them
+            write_atomically(args.root / name, data)
     sign_and_write(args.root, args.channel, document, args.key)
     print(f"published {version} to {args.channel} (serial {document['serial']}, {len(artifacts)} artifact(s), "
           f"expires {document['expires_at']})")
@@ -397,6 +416,30 @@ def check_artifact(root: Path, version: str, artifact) -> None:
         raise ReleaseError(f"{relpath}: the archive says version {embedded.get('version')!r}, the manifest {version}")
     if artifact.build_id and embedded.get("build_id") != artifact.build_id:
         raise ReleaseError(f"{relpath}: the archive's build id differs from the signed one")
+    if artifact.delta_index is not None:
+        check_delta_index(root, relpath, artifact)
+
+
+def check_delta_index(root: Path, relpath: str, artifact) -> None:
+    """The index a client would fetch: as signed, about this artifact, and with the listing it names."""
+    from pilot.update.delta import INDEX_SUFFIX, Unavailable, parse_index
+
+    spec = artifact.delta_index
+    if spec.url != artifact.url + INDEX_SUFFIX:
+        raise ReleaseError(f"{relpath}: its delta index URL {spec.url} is not beside it")
+    try:
+        data = (root / (relpath + INDEX_SUFFIX)).read_bytes()
+        if (len(data), hashlib.sha256(data).hexdigest()) != (spec.size, spec.sha256):
+            raise ReleaseError(f"{relpath}{INDEX_SUFFIX}: differs from the signed size and sha256")
+        index = parse_index(data, size=artifact.size, sha256=artifact.sha256,
+                            resolve=lambda name: str(root / Path(relpath).parent / name))
+        listing = Path(index.listing_url).stat().st_size
+    except OSError as error:
+        raise ReleaseError(f"{relpath}: its delta index: {error.strerror}: {error.filename}") from None
+    except Unavailable as error:
+        raise ReleaseError(f"{relpath}{INDEX_SUFFIX}: {error.message}") from None
+    if listing != index.listing_size:
+        raise ReleaseError(f"{relpath}: its delta listing has {listing} bytes, the index says {index.listing_size}")
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pilot.update import FileSource, open_updater, roll_back, take_notice, updat
 def run(args: argparse.Namespace) -> int:
     handle_stop_signals()  # SIGTERM/SIGHUP end an update like Ctrl-C: one line, nothing left beside the install
     if args.after_restart:
-        return after_restart()
+        return after_restart(args.json)
     if args.status:
         return show_status(args.json)
     if args.rollback:
@@ -91,11 +91,19 @@ def update(updater, args: argparse.Namespace) -> int:
         ask(f"Update pilot {version} to {result.version}?", args.yes)
         print(f"updating pilot {version} -> {result.version}", file=sys.stderr)
 
+    def note(text: str) -> None:  # how the download went: "downloaded 21 KB of 14.6 MB (delta)"
+        print(f"pilot: {text}", file=sys.stderr, flush=True)
+
+    resume = ("self-update", "--after-restart", *(["--json"] if args.json else []))
     with download_progress("downloading") as progress:
         outcome = updater.update(args.to, confirm=confirm, progress=progress, restart=not args.no_restart,
-                                 on_step=announce_step)
+                                 on_step=announce_step, on_note=note, resume_argv=resume)
     result = outcome.result
-    if outcome.done == "up_to_date":
+    if args.json:
+        print(json.dumps({"done": outcome.done, "from_version": version,
+                          "version": str(result.version or result.current), "install_path": str(updater.paths.install),
+                          "download": outcome.download.as_json() if outcome.download else None}, indent=2))
+    elif outcome.done == "up_to_date":
         print(f"pilot {version} is up to date (latest on {result.manifest.channel}: {result.latest})")
         report_skipped(result)
     elif outcome.done == "already_installed":
@@ -121,13 +129,19 @@ def ask(question: str, assume_yes: bool) -> None:
         raise UsageError("update cancelled")
 
 
-def after_restart() -> int:
+def after_restart(as_json: bool = False) -> int:
     """The first command a new version runs after self-update's exec. The CLI has committed its boot
     already (once the arguments were parsed), so a line that cannot be written changes nothing."""
     build = current_build()
     version = build.version if build else "?"
     take_notice()  # told now, as it happened
     last = update_status()
+    if as_json:
+        updated = last["state"] == "committed" and last["to_version"] == version
+        print(json.dumps({"done": "updated" if updated else last["state"], "from_version": last["from_version"],
+                          "version": version, "install_path": last["install_path"],
+                          "download": last.get("download"), "reason": last["reason"]}, indent=2))
+        return 0 if last["state"] != "rolled_back" else UpdateError.exit_code
     if last["state"] == "rolled_back":
         print(f"pilot: rolled back to {version}: {last['reason']}", file=sys.stderr)
         return UpdateError.exit_code

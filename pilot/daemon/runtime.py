@@ -213,7 +213,8 @@ class Runtime:
         prepared = None
         try:
             if update is not None:
-                prepared = update.prepare(self.available, progress=on_progress, on_step=on_step, cancelled=stop)
+                prepared = update.prepare(self.available, progress=on_progress, on_step=on_step, cancelled=stop,
+                                          on_note=on_step)  # "downloaded 21 KB of 14.6 MB (delta)", in the dashboard
             self._drain(on_step, ask_to_keep_waiting, stop)
         except BaseException:
             if prepared is not None:

@@ -65,6 +65,10 @@ class Fetcher(Protocol):
     def stream(self, url: str, *, size: int, chunk_size: int = 1 << 16) -> Iterator[bytes]: ...
 
 
+class RangesUnsupported(DownloadError):
+    """The server ignores byte ranges (a 200), refuses them (416, 501) or answers another range."""
+
+
 class _Transient(DownloadError):
     """A failure worth retrying; `retry_after` is the server's requested delay, if any."""
 
@@ -267,6 +271,32 @@ class HttpFetcher:
 
         return self._retrying(budget, attempt)
 
+    def fetch_range(self, url: str, *, start: int, length: int) -> bytes:
+        """Exactly the bytes [start, start + length) of url, by one single-range request.
+
+        RangesUnsupported when the server answers anything but that range (a 200 is closed unread)."""
+        if start < 0 or length <= 0:
+            raise ValueError("start must be >= 0 and length > 0")
+        target = _parse(url)
+        budget = _Budget(self, target)
+        wanted = f"bytes {start}-{start + length - 1}/"
+
+        def attempt() -> bytes:
+            resp, final = self._open(budget, target, {"Range": f"bytes={start}-{start + length - 1}"},
+                                     allow_304=False, ranged=True)
+            try:
+                if resp.status != 206 or not (resp.headers.get("Content-Range") or "").startswith(wanted):
+                    raise RangesUnsupported(f"{show_url(final.url)} does not serve byte ranges "
+                                            f"(HTTP {resp.status} to a Range request)")
+                data = self._read_capped(budget, resp, final, length)
+                if len(data) != length:
+                    raise DownloadError(f"{show_url(final.url)} ended after {len(data)} of {length} bytes of a range")
+                return data
+            finally:
+                _dispose(resp)
+
+        return self._retrying(budget, attempt)
+
     def stream(self, url: str, *, size: int, chunk_size: int = 1 << 16) -> Iterator[bytes]:
         """Yield exactly `size` bytes in chunks of at most `chunk_size`, or raise DownloadError."""
         if size < 0 or chunk_size <= 0:
@@ -363,23 +393,26 @@ class HttpFetcher:
                 self._sleep(delay)
 
     def _open(self, budget: _Budget, target: _Target, extra: dict[str, str],
-              *, allow_304: bool) -> tuple[urllib3.BaseHTTPResponse, _Target]:
+              *, allow_304: bool, ranged: bool = False) -> tuple[urllib3.BaseHTTPResponse, _Target]:
         """Follow up to MAX_REDIRECTS checked redirects; return a 200 (or 304) response and its URL."""
         allowed = self.allowed_hosts if self.allowed_hosts is not None else frozenset({target.host})
         for _ in range(MAX_REDIRECTS + 1):
             resp = self._request(budget, target, extra)
             if resp.status not in _REDIRECT_STATUSES:
-                return self._check_status(resp, target, allow_304), target
+                return self._check_status(resp, target, allow_304, ranged), target
             location = resp.headers.get("Location")
             _dispose(resp)
             target = _redirect(target, location, resp.status, allowed)
         raise DownloadError(f"too many redirects (more than {MAX_REDIRECTS}) from {show_url(budget.target.url)}")
 
     def _check_status(self, resp: urllib3.BaseHTTPResponse, target: _Target,
-                      allow_304: bool) -> urllib3.BaseHTTPResponse:
+                      allow_304: bool, ranged: bool = False) -> urllib3.BaseHTTPResponse:
         status = resp.status
-        if status == 200 or (status == 304 and allow_304):
+        if status == 200 or (status == 304 and allow_304) or (status == 206 and ranged):
             return resp
+        if ranged and status in (416, 501):  # no retry: the answer would be the same
+            _dispose(resp)
+            raise RangesUnsupported(f"{show_url(target.url)} refuses byte ranges (HTTP {status})")
         retry_after = _retry_after(resp.headers.get("Retry-After"))  # capped at a day, not at max_retry_after
         _dispose(resp)
         message = f"HTTP {status} for {show_url(target.url)}"

@@ -42,11 +42,13 @@ class Trial:
     to_build_id: str
     install_path: Path
     backup_path: Path
+    download: dict | None = None  # pilot.update.delta.Report.as_json(): kept in the outcome
 
     def record(self) -> dict:
         return {"from_version": self.from_version, "to_version": self.to_version,
                 "from_build_id": self.from_build_id, "to_build_id": self.to_build_id,
-                "install_path": str(self.install_path), "backup_path": str(self.backup_path)}
+                "install_path": str(self.install_path), "backup_path": str(self.backup_path),
+                **({"download": self.download} if self.download else {})}
 
 
 def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None, timeout: float | None = None) -> dict:

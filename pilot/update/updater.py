@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,17 @@ from packaging.version import Version
 
 from pilot.buildinfo import BuildInfo, current_build, install_method
 from pilot.config import Config, load_config, parse_duration
-from pilot.errors import ConfigError, InstallError, PilotError, StateError, UpdateError, UsageError
+from pilot.errors import (
+    ConfigError,
+    DownloadError,
+    InstallError,
+    PilotError,
+    StateError,
+    UpdateCancelled,
+    UpdateError,
+    UsageError,
+    VerificationError,
+)
 from pilot.launcher import (
     BOOT_PROTOCOL,
     BOOT_TIMEOUT_ENV,
@@ -43,11 +54,20 @@ from pilot.launcher import (
     update_dir,
     user_rollback,
 )
-from pilot.update import early, install, sentinel, state
+from pilot.update import delta, early, install, sentinel, state
 from pilot.update.fetch import Fetcher, FileSource
-from pilot.update.manifest import Choice, Manifest, check_artifact_url, choose_update, parse_version, release_root
+from pilot.update.manifest import (
+    Artifact,
+    Choice,
+    DeltaIndex,
+    Manifest,
+    check_artifact_url,
+    choose_update,
+    parse_version,
+    release_root,
+)
 from pilot.update.restart import exec_archive
-from pilot.update.verify import KeySet, keyset_path, verify_manifest
+from pilot.update.verify import KeySet, check_digest, keyset_path, verify_manifest
 
 MANIFEST_CAP = 1024 * 1024
 SIGNATURES_CAP = 64 * 1024
@@ -58,6 +78,8 @@ DEADLINE_ENV = "PILOT_UPDATE_DEADLINE"  # seconds one fetch may take in all (ret
 DEFAULT_DEADLINE = 300.0
 FIRST_CHECK_ENV = "PILOT_FIRST_CHECK_DELAY"
 EARLY_UNPACK_ENV = "PILOT_UNPACK_DURING_DOWNLOAD"
+DELTA_ENV = "PILOT_DELTA"
+DELTA_MODES = ("auto", "never")
 Step = Callable[[str], None]
 Cancelled = install.Cancelled
 Progress = install.Progress
@@ -78,6 +100,7 @@ class Settings:
     fetch_deadline: float
     first_check_delay: float | None  # the checker's first delay (PILOT_FIRST_CHECK_DELAY), None: random
     unpack_during_download: str = "auto"  # PILOT_UNPACK_DURING_DOWNLOAD: auto | always | never (pilot.update.early)
+    delta: str = "auto"  # PILOT_DELTA: auto (when the release has an index) | never (pilot.update.delta)
 
     @classmethod
     def read(cls, config: Config, env: Mapping[str, str], *, manifest_url: str | None = None,
@@ -91,13 +114,17 @@ class Settings:
         url = manifest_url or config.upgrade.manifest_url
         if url is not None:
             check_manifest_url(url)
-        unpack = env.get(EARLY_UNPACK_ENV, "").strip().lower() or "auto"
-        if unpack not in early.MODES:
-            raise ConfigError(f"{EARLY_UNPACK_ENV}: {unpack!r} is not one of {', '.join(early.MODES)}")
+        def choice(name: str, allowed: tuple[str, ...]) -> str:
+            value = env.get(name, "").strip().lower() or allowed[0]
+            if value not in allowed:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+            return value
+
         return cls(manifest_url=url, channel=channel or config.upgrade.channel,
                    boot_timeout=seconds(BOOT_TIMEOUT_ENV, BOOT_TIMEOUT_SECONDS),
                    fetch_deadline=seconds(DEADLINE_ENV, DEFAULT_DEADLINE),
-                   first_check_delay=seconds(FIRST_CHECK_ENV, None), unpack_during_download=unpack)
+                   first_check_delay=seconds(FIRST_CHECK_ENV, None),
+                   unpack_during_download=choice(EARLY_UNPACK_ENV, early.MODES), delta=choice(DELTA_ENV, DELTA_MODES))
 
 
 def check_manifest_url(url: str) -> None:
@@ -144,6 +171,7 @@ class Prepared:
     candidate: Path
     build_id: str
     boot_protocol: int
+    download: delta.Report | None = None  # how it came: by delta or whole, bytes fetched and reused
 
     def discard(self) -> None:
         self.candidate.unlink(missing_ok=True)  # a no-op once swap_in moved it into place
@@ -273,7 +301,8 @@ class Updater:
 
     def update(self, target: Version | str | None = None, *,
                confirm: Callable[[CheckResult], None] = lambda r: None, progress: Progress | None = None,
-               on_step: Step = quiet, restart: bool = True, cancelled: Cancelled = install.never) -> UpdateOutcome:
+               on_step: Step = quiet, restart: bool = True, cancelled: Cancelled = install.never,
+               on_note: Step = quiet, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV) -> UpdateOutcome:
         """What `pilot self-update` does: check, then prepare and apply the chosen release.
 
         Offline (a FileSource) the target is the given archive's own version, unless one is named."""
@@ -286,9 +315,11 @@ class Updater:
             if str(result.choice.release.version) == self.build.version:
                 return UpdateOutcome("already_installed", result)
             confirm(result)
-            prepared = update.prepare(result.choice, progress=progress, on_step=on_step, cancelled=cancelled)
-            done = update.apply(prepared, restart=restart, on_step=on_step, cancelled=cancelled)
-            return UpdateOutcome(done, result)
+            prepared = update.prepare(result.choice, progress=progress, on_step=on_step, cancelled=cancelled,
+                                      on_note=on_note)
+            done = update.apply(prepared, restart=restart, on_step=on_step, cancelled=cancelled,
+                                resume_argv=resume_argv)
+            return UpdateOutcome(done, result, prepared.download)
 
     def restart_into_installed(self, argv: tuple[str, ...], *, cancelled: Cancelled = install.never) -> None:
         """Exec the archive another process installed (the daemon is older than it). Returns only on a stop."""
@@ -303,6 +334,7 @@ class Updater:
 class UpdateOutcome:
     done: str  # up_to_date, already_installed, installed (the next command starts it), stopped
     result: CheckResult
+    download: delta.Report | None = None
 
 
 @dataclass
@@ -322,7 +354,7 @@ class Update:
         self.lock.release()
 
     def prepare(self, choice: Choice, *, progress: Progress | None = None, on_step: Step = quiet,
-                cancelled: Cancelled = install.never) -> Prepared:
+                cancelled: Cancelled = install.never, on_note: Step = quiet) -> Prepared:
         """Download, verify and self-test the new archive beside the install; nothing is swapped yet."""
         updater, paths = self.updater, self.updater.paths
         if str(choice.release.version) == updater.build.version:
@@ -332,7 +364,8 @@ class Update:
         candidate = install.new_temp(paths.install.parent)
         try:
             on_step("downloading")
-            metadata = self._download(choice, candidate, progress, cancelled)
+            metadata, report = self._download(choice, candidate, progress, cancelled)
+            on_note(report.line() if report.note is None else f"{report.line()}: {report.note}")
             failpoint("after-download")
             on_step("verifying")
             updater.self_test(candidate, version=str(choice.release.version), build_id=metadata["build_id"],
@@ -345,23 +378,83 @@ class Update:
         except BaseException:
             candidate.unlink(missing_ok=True)
             raise
-        return Prepared(choice, candidate, metadata["build_id"], int(metadata.get("boot_protocol", 1)))
+        return Prepared(choice, candidate, metadata["build_id"], int(metadata.get("boot_protocol", 1)), report)
 
-    def _download(self, choice: Choice, candidate: Path, progress: Progress | None, cancelled: Cancelled) -> dict:
+    def _download(self, choice: Choice, candidate: Path, progress: Progress | None,
+                  cancelled: Cancelled) -> tuple[dict, delta.Report]:
+        """The new archive into candidate: by delta when its index allows, else whole; checked either way."""
         artifact = choice.artifact
         root = self.updater.release_root
         if root is not None:
             check_artifact_url(artifact.url, root)
-        unpacking = early.EarlyUnpack(candidate, artifact.size, self.updater.settings.unpack_during_download)
+        report = self._delta(artifact, candidate, progress, cancelled)
+        mode = "never" if report.method == "delta" else self.updater.settings.unpack_during_download
+        unpacking = early.EarlyUnpack(candidate, artifact.size, mode)
         try:
-            install.receive(self.updater.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact,
-                            progress, cancelled, written=unpacking.written)
+            if report.method != "delta":
+                install.receive(self.updater.fetcher.stream(artifact.url, size=artifact.size), candidate, artifact,
+                                progress, cancelled, written=unpacking.written)
             metadata = install.check_metadata(candidate, version=str(choice.release.version), artifact=artifact)
         except BaseException:
             unpacking.abandon()  # what it unpacked was never verified: gone with the download
             raise
         unpacking.finish(metadata["build_id"])  # the hash matched: its copy becomes the build's extraction
-        return metadata
+        return metadata, report
+
+    def _delta(self, artifact: Artifact, candidate: Path, progress: Progress | None,
+               cancelled: Cancelled) -> delta.Report:
+        """A delta download into candidate (method "delta"), or a "full" report saying why it was not used."""
+        fetcher, spec = self.updater.fetcher, artifact.delta_index
+        whole = delta.Report("full", artifact.size, 0, artifact.size)
+        if spec is None or not hasattr(fetcher, "fetch_range") or self.updater.settings.delta == "never":
+            return whole
+        try:
+            return self._assemble(artifact, spec, candidate, progress, cancelled)
+        except (delta.Unavailable, DownloadError, VerificationError) as why:
+            return whole._replace(note=f"no delta ({why.message}), so the whole archive")
+        except OSError as error:  # the installed archive unreadable, say: the whole download may still work
+            return whole._replace(note=f"no delta ({error.strerror or error}), so the whole archive")
+
+    def _assemble(self, artifact: Artifact, spec: DeltaIndex, candidate: Path, progress: Progress | None,
+                  cancelled: Cancelled) -> delta.Report:
+        fetcher, root = self.updater.fetcher, self.updater.release_root
+        if root is not None:
+            check_artifact_url(spec.url, root)
+        response = fetcher.fetch(spec.url, max_bytes=spec.size)
+        check_digest(len(response.data), hashlib.sha256(response.data).hexdigest(), size=spec.size,
+                     sha256=spec.sha256, what="the delta index")
+        index = delta.parse_index(response.data, size=artifact.size, sha256=artifact.sha256,
+                                  resolve=lambda name: urllib.parse.urljoin(spec.url, name))
+        if root is not None:
+            check_artifact_url(index.listing_url, root)
+        listing = [0]
+
+        def fetch_listing(start: int, length: int) -> bytes:
+            listing[0] += length
+            return fetcher.fetch_range(index.listing_url, start=start, length=length)
+
+        def fetched(count: int) -> None:
+            if cancelled():
+                raise UpdateCancelled("the update was cancelled during the download; nothing changed")
+            if progress:
+                progress(count, wanted)
+
+        with self.updater.paths.install.open("rb") as installed:
+            def read(offset: int, length: int) -> bytes:
+                return os.pread(installed.fileno(), length, offset)
+
+            size = os.fstat(installed.fileno()).st_size
+            steps = delta.plan(index, delta.installed_pieces(read, size), fetch_listing)
+            wanted = sum(end - start for start, end in delta.remote_ranges(steps))
+            if wanted > delta.MAX_FETCHED_FRACTION * artifact.size:
+                raise delta.Unavailable(f"it would fetch {wanted * 100 // artifact.size}% of the archive")
+            with candidate.open("wb") as out:
+                got, reused = delta.assemble(
+                    steps, out, read_installed=read, sha256=artifact.sha256, progress=fetched,
+                    fetch_artifact=lambda start, length: fetcher.fetch_range(artifact.url, start=start, length=length))
+                out.flush()
+                os.fsync(out.fileno())
+        return delta.Report("delta", len(response.data) + listing[0] + got, reused, artifact.size)
 
     def apply(self, prepared: Prepared, *, restart: bool = True, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV,
               on_step: Step = quiet, cancelled: Cancelled = install.never) -> str:
@@ -391,7 +484,7 @@ class Update:
         trial = sentinel.Trial(
             from_version=build.version, to_version=str(prepared.choice.release.version),
             from_build_id=build.build_id, to_build_id=prepared.build_id, install_path=updater.paths.install,
-            backup_path=updater.paths.backup,
+            backup_path=updater.paths.backup, download=prepared.download.as_json() if prepared.download else None,
         )
         on_step("installing")
         record: dict | None = None

@@ -153,8 +153,11 @@ def test_an_upgrade_logs_each_new_step_once_and_how_it_failed(runtime, caplog):
         def installed_version(self):
             return runtime.version
 
-    def prepare(choice, progress, on_step, cancelled):
-        for step in ("downloading", "downloading", "verifying", "self-test"):
+    def prepare(choice, progress, on_step, cancelled, on_note):
+        for step in ("downloading", "downloading"):
+            on_step(step)
+        on_note("downloaded 21 KB of 14.6 MB (delta)")
+        for step in ("verifying", "self-test"):
             on_step(step)
         raise UpdateError("the new archive failed its self-test")
 
@@ -162,9 +165,11 @@ def test_an_upgrade_logs_each_new_step_once_and_how_it_failed(runtime, caplog):
     with pytest.raises(UpdateError):
         runtime.prepare_upgrade(on_step=seen.append, on_progress=lambda *_: None, ask_to_keep_waiting=lambda n: True,
                                 cancelled=lambda: False)
-    assert seen == ["downloading", "downloading", "verifying", "self-test"]  # the caller sees every one
+    # the caller (the dashboard) sees every one, and how the download went
+    assert seen == ["downloading", "downloading", "downloaded 21 KB of 14.6 MB (delta)", "verifying", "self-test"]
     assert [r.getMessage() for r in caplog.records] == [
-        "upgrade to 2.0.0: downloading", "upgrade to 2.0.0: verifying", "upgrade to 2.0.0: self-test",
+        "upgrade to 2.0.0: downloading", "upgrade to 2.0.0: downloaded 21 KB of 14.6 MB (delta)",
+        "upgrade to 2.0.0: verifying", "upgrade to 2.0.0: self-test",
         f"upgrade to 2.0.0 failed, still running {runtime.version}: the new archive failed its self-test"]
 
 

@@ -210,8 +210,10 @@ def test_publish_writes_a_signed_manifest_and_the_artifact_and_verify_passes(sit
 
     meta = json.loads(zipfile.ZipFile(v100).read("pilot-build.json"))
     relpath = f"releases/1.0.0/{v100.name}"
-    assert sorted(tree(site)) == ["releases/1.0.0/" + v100.name, "stable/manifest.json", "stable/manifest.json.sig"]
+    assert sorted(tree(site)) == [relpath, relpath + ".index", relpath + ".pieces", "stable/manifest.json",
+                                  "stable/manifest.json.sig"]
     assert (site / relpath).read_bytes() == v100.read_bytes()
+    index = (site / (relpath + ".index")).read_bytes()
 
     document = published(site)
     assert (document["product"], document["channel"], document["serial"]) == ("pilot", "stable", 1)
@@ -221,7 +223,12 @@ def test_publish_writes_a_signed_manifest_and_the_artifact_and_verify_passes(sit
         "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{BASE_URL}/{relpath}",
         "size": v100.stat().st_size, "sha256": hashlib.sha256(v100.read_bytes()).hexdigest(),
         "build_id": meta["build_id"],
+        # The delta index beside it, signed here: what a client fetches to update by delta.
+        "delta_index": {"url": f"{BASE_URL}/{relpath}.index", "size": len(index),
+                        "sha256": hashlib.sha256(index).hexdigest(), "chunk_size": 4096},
     }]
+    assert json.loads(index)["pieces"] == {"url": v100.name + ".pieces",
+                                           "size": (site / (relpath + ".pieces")).stat().st_size}
 
     # The archive's own embedded trust anchor accepts the manifest, exactly as a client would check it.
     build = BuildInfo.from_dict(meta, v100)
