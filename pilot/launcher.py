@@ -321,6 +321,12 @@ def now_iso():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def notice_pending():
+    """Whether update/state.json holds an outcome nobody was told of yet: one stat, and a small read only
+    after an update. Every command asks; the update engine is imported only when there is something to say."""
+    return os.path.exists(state_path()) and (read_json(state_path()) or {}).get("notice_pending") is True
+
+
 def record_outcome(state, trial, outcome, reason=None, notice=True):
     """Fold how an update ended into the update state (pure: returns the new state).
 

@@ -57,8 +57,6 @@ def list_tasks(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from pathlib import Path  # for pilot.daemon.lock, which imports it anyway
-
     from pilot.daemon.lock import running_daemon
     from pilot.launcher import pilot_home, status_report
 
@@ -72,7 +70,7 @@ def status(args: argparse.Namespace) -> int:
     # What pilot.update.update_status() answers (the entry module's own report), without importing the
     # update engine (dataclasses and typing: ~10 ms); open_store() has checked PILOT_HOME already.
     last = status_report(version)
-    daemon = running_daemon(Path(pilot_home()))
+    daemon = running_daemon(pilot_home())
     info = {
         "version": version,
         "daemon_pid": daemon[0] if daemon else None,

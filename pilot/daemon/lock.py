@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import fcntl
 import os
-from pathlib import Path
 
 from pilot.errors import StateError
+
+TYPE_CHECKING = False  # not `from typing import ...`, nor pathlib at run time: `pilot status` imports this
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _daemon_lock: list[int] = []
 
 
-def hold_daemon_lock(home: Path, version: str) -> None:
+def hold_daemon_lock(home: Path | str, version: str) -> None:
     """One daemon per PILOT_HOME. The descriptor closes at exec, so the new version takes the lock again.
 
     The lock file says who holds it: "<pid> <version>" (`pilot status` tells a daemon older than the install)."""
-    home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.makedirs(home, exist_ok=True)
+    fd = os.open(os.path.join(home, "daemon.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -33,10 +36,10 @@ def hold_daemon_lock(home: Path, version: str) -> None:
     _daemon_lock.append(fd)
 
 
-def running_daemon(home: Path) -> tuple[int, str | None] | None:
+def running_daemon(home: Path | str) -> tuple[int, str | None] | None:
     """(pid, version) of the daemon holding the lock, or None when none runs (pid -1 if unreadable)."""
     try:
-        fd = os.open(home / "daemon.lock", os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(os.path.join(home, "daemon.lock"), os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
