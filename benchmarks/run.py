@@ -70,6 +70,8 @@ sys.path.insert(0, str(REPO))
 from pilot.launcher import read_build_metadata  # noqa: E402 (the entry module: standard library only)
 from pilot.update import early  # noqa: E402 (its threshold, for a note)
 from tests.support.archives import run_build, source_fingerprint  # noqa: E402 (stdlib-only helpers)
+from tests.support.nginx import Nginx, nginx_available  # noqa: E402
+from tests.support.ranges import RangeServer  # noqa: E402
 from tests.support.server import StaticServer, throttle  # noqa: E402
 from tests.support.tmux import Tmux  # noqa: E402
 
@@ -180,9 +182,10 @@ class Archives:
                   "key": hashlib.sha256(self.public.read_bytes()).hexdigest()}
         return self.cache / "archives" / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
 
-    def build(self, version: str, *, ballast_mb: int = 0, probe: str = "") -> Path:
-        """probe: a small module that changes the build id; ballast_mb: incompressible data laid over site-packages."""
-        overlay = {"ballast_mb": ballast_mb, "probe": probe}
+    def build(self, version: str, *, ballast_mb: int = 0, probe: str = "", compresslevel: int = 6) -> Path:
+        """probe: a small module that changes the build id; ballast_mb: incompressible data laid over site-packages;
+        compresslevel: another deflate level than 6 changes every member (a release sharing nothing)."""
+        overlay = {"ballast_mb": ballast_mb, "probe": probe, **({"level": compresslevel} if compresslevel != 6 else {})}
         slot = self.slot(version, overlay)
         done = slot / "archive.txt"
         if done.exists() and Path(done.read_text().strip()).exists():
@@ -198,7 +201,8 @@ class Archives:
                 if ballast_mb:  # random.Random(0): the same bytes every run, so the build is reproducible
                     (overlay_dir / "pilot" / "_ballast.bin").write_bytes(random.Random(0).randbytes(ballast_mb * MB))
             say(f"building {version}" + (f" with {ballast_mb} MB of ballast" if ballast_mb else ""))
-            path = run_build(version, slot / "dist", trusted_keys=[self.public], overlay=overlay_dir, env=tool_env())
+            path = run_build(version, slot / "dist", trusted_keys=[self.public], overlay=overlay_dir, env=tool_env(),
+                             compresslevel=compresslevel)
         done.write_text(str(path))
         return path
 
@@ -279,6 +283,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PILOT_", "SHIV_"))}
         env.update(PILOT_HOME=str(self.home / "pilot"), SHIV_ROOT=str(self.shiv), HOME=str(self.home),
                    PYTHONDONTWRITEBYTECODE="1", PILOT_PYTHON=str(self.python),
+                   PILOT_DELTA="never",  # the rows of whole downloads; delta_updates sets auto
                    PATH=os.pathsep.join([str(self.venv / "bin"), os.environ.get("PATH", os.defpath)]))
         env.update(extra)
         return env
@@ -870,6 +875,71 @@ def self_update_100(bench: Bench, v1: Path, big: Site, small: Site, rounds: int)
     return rows
 
 
+class RangeSite:
+    """A release tree served by a server that answers Range requests, nginx when the machine has it."""
+
+    def __init__(self, bench: Bench, name: str, archive: Path) -> None:
+        self.root = bench.root / f"site-{name}"
+        self.root.mkdir()
+        self.server = Nginx(self.root).__enter__() if nginx_available() else RangeServer(self.root).__enter__()
+        self.kind = "nginx" if isinstance(self.server, Nginx) else "tests/support/ranges.py"
+        release_tool("publish", "--root", str(self.root), "--channel", "stable", "--base-url", self.server.url,
+                     "--key", str(bench.archives.private), str(archive))
+        self.size = archive.stat().st_size
+        self.manifest_url = f"{self.server.url}/stable/manifest.json"
+
+    def body_bytes(self) -> int:
+        served = self.server.requests() if isinstance(self.server, Nginx) else self.server.served
+        return sum(entry.body_bytes for entry in served)
+
+    def close(self) -> None:
+        self.server.__exit__(None, None, None)
+
+
+def delta_updates(bench: Bench, v1: Path, one_module: Path, everything: Path, rounds: int) -> list[Row]:
+    """Bytes on the wire and wall time of an update by delta, against the same update downloading the whole
+    archive (PILOT_DELTA=never), for a release adding one module and one whose every member differs."""
+    rows = []
+    for label, archive in (("adds one module", one_module), ("changes every member", everything)):
+        site = RangeSite(bench, label.split()[0], archive)
+        try:
+            times: dict[str, list[float]] = {"auto": [], "never": []}
+            wire: list[int] = []
+            for index in range(rounds):
+                for mode in (["auto", "never"] if index % 2 == 0 else ["never", "auto"]):
+                    bench.new_home()
+                    pilot = bench.install(v1)
+                    env = bench.env(PILOT_MANIFEST_URL=site.manifest_url, PILOT_DELTA=mode)
+                    bench.run(bench.pilot(pilot, "pyz", "status"), env)
+                    if isinstance(site.server, Nginx):
+                        time.sleep(0.05)  # nginx logs just after it answers
+                    before = site.body_bytes()
+                    times[mode].append(bench.run(bench.pilot(pilot, "pyz", "self-update", "--no-restart", "--yes"),
+                                                 env))
+                    if isinstance(site.server, Nginx):
+                        time.sleep(0.05)
+                    if mode == "auto":
+                        wire.append(site.body_bytes() - before)
+            sent, auto, never = median(wire), median(times["auto"]), median(times["never"])
+            if label == "adds one module":
+                rows.append(Row(f"delta update, a release that {label}: bytes on the wire", f"{sent / 1000:.1f} KB",
+                                f"{site.size / 1e6:.1f} MB", sent / site.size, "<= 32 KB", sent <= 32 * 1024,
+                                f"median of {rounds}; every body byte {site.kind} sent for the update: manifest, "
+                                "signature, index, listing ranges and the pieces"))
+                rows.append(Row("  its wall time / the same update downloading the whole archive", secs(auto),
+                                secs(never), auto / never, "<= 1.0", auto / never <= 1.0,
+                                f"median of {rounds} each, interleaved, on loopback (PILOT_DELTA=never for the whole "
+                                "download)"))
+            else:
+                rows.append(Row(f"delta update, a release that {label}: bytes on the wire / the archive",
+                                f"{sent / 1e6:.2f} MB", f"{site.size / 1e6:.2f} MB", sent / site.size, "<= 1.05",
+                                sent / site.size <= 1.05, "it fetches the index, finds more than half to fetch and "
+                                "downloads the whole archive (built with another deflate level: no member in common)"))
+        finally:
+            site.close()
+    return rows
+
+
 SLOW_LINK = 8 * 1024 * 1024  # bytes per second: a fast home connection, well below loopback
 
 
@@ -1030,6 +1100,7 @@ def main() -> int:
     args.cache.mkdir(parents=True, exist_ok=True)
     archives = Archives(args.cache)
     recipes = {"v1": ("1.0.0", {}), "v2": ("2.0.0", {"probe": "2.0.0"}),
+               "everything": ("2.0.0", {"probe": "2.0.0", "compresslevel": 5}),
                "big10": ("2.0.0", {"ballast_mb": 10}), "big100": ("2.0.0", {"ballast_mb": 100})}
     with ThreadPoolExecutor(max_workers=2) as pool:  # two cores: two builds at a time
         futures = {name: pool.submit(archives.build, version, **extra) for name, (version, extra) in recipes.items()}
@@ -1068,6 +1139,8 @@ def main() -> int:
                                                                          2 if quick else 4)),
             ("self-update of 100 MB", lambda: self_update_100(bench, built["v1"], sites["big100"], sites["big10"],
                                                               1 if quick else 3)),
+            ("delta updates", lambda: delta_updates(bench, built["v1"], built["v2"], built["everything"],
+                                                    2 if quick else 5)),
             ("unpacking during the download", lambda: unpack_during_download(bench, built["v1"], built["v2"],
                                                                               2 if quick else 5)),
             ("dashboard", lambda: dashboard(bench, built["v1"], sites["v2"], 1 if quick else 2, 1 if quick else 2)),

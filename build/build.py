@@ -68,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threshold", type=int, default=1, help="signatures required on a manifest (default 1)")
     parser.add_argument("--manifest-url", help="the default manifest URL the archive checks for updates")
     parser.add_argument("--overlay", type=Path, help=argparse.SUPPRESS)  # tests: files laid over site-packages
+    # tests and benchmarks: another deflate level changes every member's bytes (a release sharing nothing)
+    parser.add_argument("--compresslevel", type=int, default=6, choices=range(1, 10), help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -174,8 +176,9 @@ def trusted_keys(paths: list[Path]) -> list[dict]:
 class ArchiveWriter:
     """Writes zip members with fixed timestamps and normalised permissions."""
 
-    def __init__(self, zf: zipfile.ZipFile) -> None:
+    def __init__(self, zf: zipfile.ZipFile, level: int = 6) -> None:
         self.zf = zf
+        self.level = level  # 6: 9 costs twice the time for 1% smaller
         # Every member carries the zip epoch, whatever the commit's time: a member's bytes then depend
         # on its content alone, so the next release, another commit, can reuse them (delta updates).
         self.date_time = time.gmtime(FALLBACK_EPOCH)[:6]
@@ -185,7 +188,7 @@ class ArchiveWriter:
         info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
         info.create_system = 3  # unix, whatever the build machine
         info.external_attr = (0o100755 if executable else 0o100644) << 16
-        self.zf.writestr(info, data, compresslevel=None if stored else 6)  # 9: twice the time for 1% smaller
+        self.zf.writestr(info, data, compresslevel=None if stored else self.level)
 
 
 def shiv_environment(build_id: str, epoch: int) -> bytes:
@@ -214,7 +217,7 @@ def entry_modules(metadata: dict) -> list[tuple[str, str, bytes]]:
             (("__main__", launcher), (BUILD_MODULE, build_module))]
 
 
-def payload(site_packages: Path, modules: list[tuple[str, str, bytes]]) -> bytes:
+def payload(site_packages: Path, modules: list[tuple[str, str, bytes]], level: int) -> bytes:
     """The inner zip: what the launcher unpacks, a directory `python` can run (the sh preamble's fast path).
 
     Members that change least come first: a release moves the offsets of everything after a changed
@@ -223,7 +226,7 @@ def payload(site_packages: Path, modules: list[tuple[str, str, bytes]]) -> bytes
     own = [p for p in files if p.relative_to(site_packages).parts[0] == "pilot"]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
-        writer = ArchiveWriter(zf)
+        writer = ArchiveWriter(zf, level)
         for path in [p for p in files if p not in own] + own:
             relative = path.relative_to(site_packages).as_posix()
             writer.add(f"site-packages/{relative}", path.read_bytes(), os.access(path, os.X_OK))
@@ -233,7 +236,7 @@ def payload(site_packages: Path, modules: list[tuple[str, str, bytes]]) -> bytes
     return buffer.getvalue()
 
 
-def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int) -> None:
+def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int, level: int = 6) -> None:
     from pilot.launcher import METADATA_MEMBER, PAYLOAD_MEMBER, preamble
 
     modules = entry_modules(metadata)
@@ -241,13 +244,13 @@ def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int)
     with partial.open("wb") as out:
         out.write(preamble(metadata).encode())
         with zipfile.ZipFile(out, "w") as zf:
-            writer = ArchiveWriter(zf)
+            writer = ArchiveWriter(zf, level)
             for name, source, code in modules:  # zipimport loads NAME.pyc from the archive's root
                 writer.add(f"{name}.py", source.encode())
                 writer.add(f"{name}.pyc", code)
             writer.add(METADATA_MEMBER, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
             writer.add("environment.json", shiv_environment(metadata["build_id"], epoch))
-            writer.add(PAYLOAD_MEMBER, payload(site_packages, modules), stored=True)
+            writer.add(PAYLOAD_MEMBER, payload(site_packages, modules, level), stored=True)
     partial.chmod(0o755)
     os.replace(partial, target)
 
@@ -297,7 +300,7 @@ def build(args: argparse.Namespace) -> Path:
         metadata["build_id"] = content_id(site_packages, metadata)
         args.out.mkdir(parents=True, exist_ok=True)
         target = args.out / artifact_name(version, metadata["python_tag"], metadata["platform_tag"])
-        write_archive(target, site_packages, metadata, epoch)
+        write_archive(target, site_packages, metadata, epoch, args.compresslevel)
     return target.resolve()
 
 

@@ -47,9 +47,9 @@ def source_fingerprint() -> str:
 
 
 def run_build(version: str, out: Path, *, trusted_keys: Iterable[Path] = (), threshold: int = 1,
-              overlay: Path | None = None, env: dict | None = None) -> Path:
+              overlay: Path | None = None, env: dict | None = None, compresslevel: int = 6) -> Path:
     command = [sys.executable, str(BUILD_SCRIPT), "--version", version, "--out", str(out),
-               "--threshold", str(threshold)]
+               "--threshold", str(threshold), "--compresslevel", str(compresslevel)]
     for key in trusted_keys:
         command += ["--trusted-key", str(key)]
     if overlay is not None:
@@ -69,12 +69,14 @@ class ArchiveFactory:
         self.fingerprint = source_fingerprint()
 
     def build(self, version: str, overlay: dict[str, str] | None = None, *,
-              trusted_keys: list[Path] | None = None, threshold: int | None = None) -> Path:
+              trusted_keys: list[Path] | None = None, threshold: int | None = None, compresslevel: int = 6) -> Path:
+        """compresslevel: another one than the default 6 changes every member (a release sharing nothing)."""
         keys = self.trusted_keys if trusted_keys is None else trusted_keys
         threshold = self.threshold if threshold is None else threshold
         recipe = {
             "source": self.fingerprint, "version": version, "overlay": overlay or {}, "threshold": threshold,
             "keys": [hashlib.sha256(k.read_bytes()).hexdigest() for k in keys],
+            **({"compresslevel": compresslevel} if compresslevel != 6 else {}),
         }
         slot = CACHE / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
         done = slot / "archive.txt"
@@ -89,6 +91,7 @@ class ArchiveFactory:
             for name, text in overlay.items():
                 (overlay_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 (overlay_dir / name).write_text(text)
-        path = run_build(version, slot / "dist", trusted_keys=keys, threshold=threshold, overlay=overlay_dir)
+        path = run_build(version, slot / "dist", trusted_keys=keys, threshold=threshold, overlay=overlay_dir,
+                         compresslevel=compresslevel)
         done.write_text(str(path))
         return path
