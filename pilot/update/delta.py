@@ -27,13 +27,14 @@ import binascii
 import hashlib
 import itertools
 import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from pilot.errors import PilotError
-from pilot.update.pieces import NotAZip, Piece, archive_pieces, groups
+from pilot.errors import UpdateError
+from pilot.update.pieces import NotAZip, Piece, Zip, archive_layout, groups, rebuild_directory
 
 INDEX_FORMAT = 1
 RECORD = struct.Struct(">Q32s")
@@ -43,12 +44,14 @@ COALESCE_GAP = 4096  # the manifest's delta_index.chunk_size: fetch a gap this s
 LISTING_GAP = 8 * RECORD.size  # the listing's groups are small: merge only near neighbours
 MAX_FETCHED_FRACTION = 0.5  # beyond this a delta saves too little for its extra requests
 MAX_RANGE_BYTES = 8 * 1024 * 1024  # one request's body, held in memory while it is checked
-MAX_GROUPS = 100_000
+MAX_GROUPS = 50_000  # with MAX_ZIPS, what bounds an index: INDEX_CAP
+MAX_ZIPS = 8
+INDEX_CAP = 4 * 1024 * 1024  # a signed index larger than this is not one of Pilot's (~3 KB): never fetched
 INDEX_SUFFIX = ".index"
 LISTING_SUFFIX = ".pieces"
 
 
-class Unavailable(PilotError):
+class Unavailable(UpdateError):
     """The delta cannot be used: the reason, for the one line said before the whole download."""
 
 
@@ -64,6 +67,7 @@ class Index(NamedTuple):
     listing_size: int
     counts: tuple[int, ...]
     hashes: tuple[bytes, ...]
+    zips: tuple[Zip, ...] = ()  # where the central directories are: rebuilt from the members, not fetched
 
 
 class Report(NamedTuple):
@@ -100,7 +104,8 @@ def records_of(read_at: Callable[[int, int], bytes], pieces: list[Piece]) -> lis
 def build_index(artifact: Path, listing_name: str) -> tuple[bytes, bytes]:
     """(the index, the listing) of an artifact; listing_name is the listing's file name beside it."""
     data = artifact.read_bytes()
-    pieces = archive_pieces(lambda offset, length: data[offset:offset + length], len(data))
+    layout = archive_layout(lambda offset, length: data[offset:offset + length], len(data))
+    pieces = layout.pieces
     records = records_of(lambda offset, length: data[offset:offset + length], pieces)
     by_piece = dict(zip(pieces, records, strict=True))
     grouped = groups(pieces, GROUP_MIN_PIECES, GROUP_MAX_PIECES)
@@ -111,6 +116,7 @@ def build_index(artifact: Path, listing_name: str) -> tuple[bytes, bytes]:
         "pieces": {"url": listing_name, "size": len(listing)},
         "counts": [len(group) for group in grouped],
         "hashes": base64.b64encode(b"".join(_group_hash([by_piece[p] for p in g]) for g in grouped)).decode(),
+        "zips": [list(z) for z in layout.zips],
     }
     return json.dumps(index, separators=(",", ":")).encode(), listing
 
@@ -130,6 +136,7 @@ def parse_index(data: bytes, *, size: int, sha256: str, resolve: Callable[[str],
         artifact, listing = document["artifact"], document["pieces"]
         counts = tuple(document["counts"])
         hashes = base64.b64decode(document["hashes"], validate=True)
+        zips = tuple(Zip(*z) for z in document.get("zips", ()))
         fields = (document["format"], artifact["size"], artifact["sha256"], listing["url"], listing["size"])
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
         raise Unavailable(f"the delta index is not readable ({type(error).__name__})") from None
@@ -144,8 +151,11 @@ def parse_index(data: bytes, *, size: int, sha256: str, resolve: Callable[[str],
         raise Unavailable("the delta index has groups of impossible sizes")
     if len(hashes) != 32 * len(counts) or listing_size != RECORD.size * sum(counts) or sum(counts) > size:
         raise Unavailable("the delta index does not add up")
+    if len(zips) > MAX_ZIPS or not all(all(type(v) is int for v in z) and 0 <= z.base <= z.first <= z.directory
+                                        < z.end <= size for z in zips):
+        raise Unavailable("the delta index places a zip outside the artifact")
     return Index(size, sha256, resolve(listing_url), listing_size, counts,
-                 tuple(hashes[i:i + 32] for i in range(0, len(hashes), 32)))
+                 tuple(hashes[i:i + 32] for i in range(0, len(hashes), 32)), zips)
 
 
 def parse_group(data: bytes, expected: bytes, count: int) -> list[Record]:
@@ -161,17 +171,20 @@ def parse_group(data: bytes, expected: bytes, count: int) -> list[Record]:
 
 
 class Installed(NamedTuple):
-    """The installed archive in pieces: where each sha256 is, and each group hash's records."""
+    """The installed archive in pieces: where each sha256 is, each group hash's records, and what its
+    central directories say of each member (to rebuild the new archive's)."""
 
     pieces: dict[bytes, tuple[int, int]]  # sha256 -> (offset, length)
     groups: dict[bytes, list[Record]]
+    attributes: dict[str, tuple[bytes, int]]
 
 
 def installed_pieces(read_at: Callable[[int, int], bytes], size: int) -> Installed:
     try:
-        pieces = archive_pieces(read_at, size)
-    except (NotAZip, ValueError) as error:
+        layout = archive_layout(read_at, size)
+    except (NotAZip, ValueError, struct.error) as error:
         raise Unavailable(f"the installed archive cannot be split ({error})") from None
+    pieces = layout.pieces
     records = records_of(read_at, pieces)
     by_piece = dict(zip(pieces, records, strict=True))
     located = {r.sha256: (p.offset, p.length) for p, r in by_piece.items()}
@@ -179,7 +192,7 @@ def installed_pieces(read_at: Callable[[int, int], bytes], size: int) -> Install
     for group in groups(pieces, GROUP_MIN_PIECES, GROUP_MAX_PIECES):
         group_records = [by_piece[p] for p in group]
         grouped[_group_hash(group_records)] = group_records
-    return Installed(located, grouped)
+    return Installed(located, grouped, layout.attributes)
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -235,14 +248,55 @@ def remote_ranges(steps: list[Step]) -> list[tuple[int, int]]:
 # --- assembling --------------------------------------------------------------------------------
 
 
-def assemble(steps: list[Step], out, *, read_installed: Callable[[int, int], bytes],
-             fetch_artifact: Callable[[int, int], bytes], sha256: str,
-             progress: Callable[[int], None] = lambda n: None) -> tuple[int, int]:
-    """Write the new archive to out, piece by piece, each checked; (bytes fetched, bytes reused)."""
+class Counts(NamedTuple):
+    fetched: int  # bytes fetched from the artifact (with the small gaps between merged ranges)
+    reused: int  # bytes copied from the installed archive, or rebuilt from what was in place
+
+
+def assemble(steps: list[Step], fd: int, *, zips: tuple[Zip, ...], attributes: dict[str, tuple[bytes, int]],
+             read_installed: Callable[[int, int], bytes], fetch_artifact: Callable[[int, int], bytes], sha256: str,
+             progress: Callable[[int], None] = lambda n: None) -> Counts:
+    """Write the new archive into fd (a file of its own), each piece checked against its signed hash:
+
+      1. every piece from the installed archive, and every other piece outside the central directories
+         fetched by range (neighbours merged);
+      2. the central directories rebuilt from the members now in place (they differ between releases by
+         the offsets a changed member moved), and whatever piece of them does not match fetched;
+      3. the whole file checked against the artifact's signed sha256."""
+    def in_directory(step: Step) -> bool:
+        return any(z.directory <= step.offset < z.end for z in zips)
+
+    counts = Counts(0, 0)
+    counts = _place([s for s in steps if s.source is not None or not in_directory(s)], fd, counts,
+                    read_installed, fetch_artifact, progress)
+    missing = []
+    for zip_ in zips:
+        rebuilt = rebuild_directory(lambda offset, length: os.pread(fd, length, offset), zip_, attributes) or b""
+        for step in steps:
+            if step.source is None and zip_.directory <= step.offset < zip_.end:
+                data = rebuilt[step.offset - zip_.directory:step.offset - zip_.directory + step.record.length]
+                if hashlib.sha256(data).digest() == step.record.sha256:
+                    os.pwrite(fd, data, step.offset)
+                    counts = counts._replace(reused=counts.reused + len(data))
+                else:
+                    missing.append(step)
+    counts = _place(missing, fd, counts, read_installed, fetch_artifact, progress)
     digest = hashlib.sha256()
-    ranges = iter(remote_ranges(steps))
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    if digest.hexdigest() != sha256:
+        raise Unavailable("the assembled archive does not match the signed sha256")
+    return counts
+
+
+def _place(steps: list[Step], fd: int, counts: Counts, read_installed: Callable[[int, int], bytes],
+           fetch_artifact: Callable[[int, int], bytes], progress: Callable[[int], None]) -> Counts:
+    remote = [s for s in steps if s.source is None]
+    ranges = iter(_coalesce([(s.offset, s.offset + s.record.length) for s in remote], gap=COALESCE_GAP))
     current: tuple[int, bytes] | None = None  # (start, data) of the range being consumed
-    fetched = reused = 0
+    fetched, reused = counts
     for step in steps:
         length = step.record.length
         if step.source is not None:
@@ -258,8 +312,5 @@ def assemble(steps: list[Step], out, *, read_installed: Callable[[int, int], byt
         if hashlib.sha256(data).digest() != step.record.sha256:
             where = "the installed archive changed" if step.source is not None else "the server sent a wrong byte"
             raise Unavailable(f"a piece does not match its signed hash ({where})")
-        digest.update(data)
-        out.write(data)
-    if digest.hexdigest() != sha256:
-        raise Unavailable("the assembled archive does not match the signed sha256")
-    return fetched, reused
+        os.pwrite(fd, data, step.offset)
+    return Counts(fetched, reused)

@@ -275,12 +275,13 @@ def release_root(manifest_url: str) -> str | None:
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
 
 
-def check_artifact_url(url: str, root: str) -> None:
-    """Refuse an artifact URL outside the release root: another scheme, host or port, credentials,
-    `.`/`..` segments (also percent-encoded), encoded or back slashes, or a path not under the root's."""
+def check_artifact_url(url: str, root: str, what: str = "the artifact URL") -> None:
+    """Refuse an artifact URL (or a delta index's, `what`) outside the release root: another scheme, host or
+    port, credentials, `.`/`..` segments (also percent-encoded), encoded or back slashes, or a path not under
+    the root's."""
     problem = _escape_problem(url, root)
     if problem:
-        raise ManifestError(f"the artifact URL {quote_untrusted(url, 120)} {problem}",
+        raise ManifestError(f"{what} {quote_untrusted(url, 120)} {problem}",
                             hint=f"artifacts must be served under {root}")
 
 

@@ -38,18 +38,42 @@ class Piece(NamedTuple):
     name: str  # what it is ("preamble", a member name, "cd:" + a member name, "eocd"): only for grouping
 
 
+class Zip(NamedTuple):
+    """Where one zip of the archive lies: what its offsets count from (zipfile counts from the file's start
+    even with a preamble in front), its first member, its central directory, and its end."""
+
+    base: int
+    first: int
+    directory: int
+    end: int
+
+
+class Layout(NamedTuple):
+    pieces: list[Piece]
+    zips: list[Zip]  # the archive and its stored payload
+    attributes: dict[str, tuple[bytes, int]]  # member name -> (its "version made by", its external attributes)
+
+
 class NotAZip(ValueError):
     """The bytes are not laid out as a zip this module can split (the caller falls back to whole files)."""
 
 
 def archive_pieces(read_at: ReadAt, size: int) -> list[Piece]:
     """The pieces of a whole archive file of `size` bytes, in order, covering it exactly."""
+    return archive_layout(read_at, size).pieces
+
+
+def archive_layout(read_at: ReadAt, size: int) -> Layout:
+    """The pieces, where each zip lies, and what the central directories say of each member."""
+    layout = Layout([], [], {})
     cuts = {0: "preamble"}
-    _zip_cuts(read_at, 0, size, cuts, prefix="")
-    return _pieces(cuts, size)
+    _zip_cuts(read_at, 0, size, cuts, prefix="", layout=layout)
+    layout.pieces.extend(_pieces(cuts, size))
+    layout.zips.sort()
+    return layout
 
 
-def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], prefix: str) -> None:
+def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], prefix: str, layout: Layout) -> None:
     """Record where each structure of the zip in [start, start + size) begins, and what it is."""
     eocd = _find_eocd(read_at, start, size)
     fields = _EOCD.unpack(read_at(eocd, _EOCD.size))
@@ -58,6 +82,7 @@ def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], pref
     shift = directory - directory_offset - start  # bytes in front of the zip (the preamble), as zipfile finds
     if directory < start or shift < 0:
         raise NotAZip("the central directory lies outside the zip")
+    members: list[int] = []
     cuts[eocd] = f"{prefix}eocd"
     data = read_at(directory, directory_size)
     position = 0
@@ -69,6 +94,7 @@ def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], pref
         method, compressed, name_length, extra_length, comment_length, local = (
             field[4], field[8], field[10], field[11], field[12], field[16])
         name = data[position + _CENTRAL.size:position + _CENTRAL.size + name_length].decode("utf-8", "replace")
+        layout.attributes.setdefault(name, (data[position + 4:position + 6], field[15]))
         if group_key(name) != previous_key:  # one piece per package's entries: they change together
             cuts[directory + position] = f"{prefix}cd:{name}"
             previous_key = group_key(name)
@@ -76,16 +102,18 @@ def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], pref
         if not start <= header < directory:
             raise NotAZip(f"member {name!r} lies outside the zip")
         cuts[header] = f"{prefix}{name}"
+        members.append(header)
         if prefix == "" and name == PAYLOAD_MEMBER and method == 0:  # the stored inner zip: its members too
             local_fields = _LOCAL.unpack(read_at(header, _LOCAL.size))
             inner = header + _LOCAL.size + local_fields[9] + local_fields[10]
             if inner + compressed > directory:
                 raise NotAZip("the payload runs past the central directory")
-            _zip_cuts(read_at, inner, compressed, cuts, prefix=f"{PAYLOAD_MEMBER}/")
+            _zip_cuts(read_at, inner, compressed, cuts, prefix=f"{PAYLOAD_MEMBER}/", layout=layout)
             cuts.setdefault(inner, f"{PAYLOAD_MEMBER}/")  # the payload's own data begins: its first member
         position += _CENTRAL.size + name_length + extra_length + comment_length
     if position != directory_size:
         raise NotAZip("the central directory's size does not add up")
+    layout.zips.append(Zip(start + shift, min(members, default=directory), directory, eocd + _EOCD.size + fields[7]))
 
 
 def _find_eocd(read_at: ReadAt, start: int, size: int) -> int:
@@ -125,3 +153,34 @@ def groups(pieces: list[Piece], min_pieces: int, max_pieces: int) -> list[list[P
         key = this
         found[-1].append(piece)
     return found
+
+
+# --- central directories rebuilt from the members -------------------------------------------------
+
+
+def rebuild_directory(read_at: ReadAt, zip_: Zip, attributes: dict[str, tuple[bytes, int]]) -> bytes | None:
+    """The central directory and end record of the zip at zip_, made from its members' local headers the way
+    zipfile writes them, with each member's "version made by" and attributes taken from attributes (what
+    the installed archive says of a member of that name; a new one gets the most common of those). None
+    when the members do not lie one after another up to the directory. The caller checks the result
+    against the signed hashes: a directory this cannot rebuild exactly is fetched instead."""
+    usual = max(set(attributes.values()), key=list(attributes.values()).count, default=(b"\x14\x03", 0o100644 << 16))
+    entries = []
+    position = zip_.first
+    while position < zip_.directory:
+        header = read_at(position, _LOCAL.size)
+        fields = _LOCAL.unpack(header)
+        if fields[0] != LOCAL_SIGNATURE or fields[2] & 0x8:  # not a member, or sizes after the data
+            return None
+        name_and_extra = read_at(position + _LOCAL.size, fields[9] + fields[10])
+        name = name_and_extra[:fields[9]].decode("utf-8", "replace")
+        made_by, external = attributes.get(name, usual)
+        entries.append(CENTRAL_SIGNATURE + made_by + header[4:30] + struct.pack("<3HLL", 0, 0, 0, external,
+                                                                                 position - zip_.base)
+                       + name_and_extra)
+        position += _LOCAL.size + fields[9] + fields[10] + fields[7]
+    if position != zip_.directory:
+        return None
+    directory = b"".join(entries)
+    end = _EOCD.pack(EOCD_SIGNATURE, 0, 0, len(entries), len(entries), len(directory), zip_.directory - zip_.base, 0)
+    return directory + end

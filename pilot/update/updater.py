@@ -31,14 +31,12 @@ from pilot.buildinfo import BuildInfo, current_build, install_method
 from pilot.config import Config, load_config, parse_duration
 from pilot.errors import (
     ConfigError,
-    DownloadError,
     InstallError,
     PilotError,
     StateError,
     UpdateCancelled,
     UpdateError,
     UsageError,
-    VerificationError,
 )
 from pilot.launcher import (
     BOOT_PROTOCOL,
@@ -408,30 +406,38 @@ class Update:
         whole = delta.Report("full", artifact.size, 0, artifact.size)
         if spec is None or not hasattr(fetcher, "fetch_range") or self.updater.settings.delta == "never":
             return whole
+        spent = [0]  # what an attempt fetched: a whole download after it counts it too
         try:
-            return self._assemble(artifact, spec, candidate, progress, cancelled)
-        except (delta.Unavailable, DownloadError, VerificationError) as why:
-            return whole._replace(note=f"no delta ({why.message}), so the whole archive")
-        except OSError as error:  # the installed archive unreadable, say: the whole download may still work
-            return whole._replace(note=f"no delta ({error.strerror or error}), so the whole archive")
+            return self._assemble(artifact, spec, candidate, progress, cancelled, spent)
+        except UpdateCancelled:
+            raise
+        except UpdateError as why:  # delta.Unavailable, or a refused URL, download or hash: the whole file may do
+            note = why.message
+        except OSError as error:  # the installed archive unreadable, say
+            note = error.strerror or str(error)
+        return whole._replace(bytes_downloaded=artifact.size + spent[0],
+                              note=f"no delta ({note}), so the whole archive")
 
     def _assemble(self, artifact: Artifact, spec: DeltaIndex, candidate: Path, progress: Progress | None,
-                  cancelled: Cancelled) -> delta.Report:
+                  cancelled: Cancelled, spent: list[int]) -> delta.Report:
         fetcher, root = self.updater.fetcher, self.updater.release_root
         if root is not None:
-            check_artifact_url(spec.url, root)
+            check_artifact_url(spec.url, root, "the delta index URL")
+        if spec.size > delta.INDEX_CAP:
+            raise delta.Unavailable(f"the signed delta index is {spec.size} bytes, more than any of Pilot's")
         response = fetcher.fetch(spec.url, max_bytes=spec.size)
+        spent[0] += len(response.data)
         check_digest(len(response.data), hashlib.sha256(response.data).hexdigest(), size=spec.size,
                      sha256=spec.sha256, what="the delta index")
         index = delta.parse_index(response.data, size=artifact.size, sha256=artifact.sha256,
                                   resolve=lambda name: urllib.parse.urljoin(spec.url, name))
         if root is not None:
-            check_artifact_url(index.listing_url, root)
-        listing = [0]
+            check_artifact_url(index.listing_url, root, "the delta listing URL")
 
-        def fetch_listing(start: int, length: int) -> bytes:
-            listing[0] += length
-            return fetcher.fetch_range(index.listing_url, start=start, length=length)
+        def fetch_range(url: str, start: int, length: int) -> bytes:
+            data = fetcher.fetch_range(url, start=start, length=length)
+            spent[0] += len(data)
+            return data
 
         def fetched(count: int) -> None:
             if cancelled():
@@ -444,17 +450,19 @@ class Update:
                 return os.pread(installed.fileno(), length, offset)
 
             size = os.fstat(installed.fileno()).st_size
-            steps = delta.plan(index, delta.installed_pieces(read, size), fetch_listing)
+            installed_pieces = delta.installed_pieces(read, size)
+            steps = delta.plan(index, installed_pieces,
+                               lambda start, length: fetch_range(index.listing_url, start, length))
             wanted = sum(end - start for start, end in delta.remote_ranges(steps))
             if wanted > delta.MAX_FETCHED_FRACTION * artifact.size:
                 raise delta.Unavailable(f"it would fetch {wanted * 100 // artifact.size}% of the archive")
-            with candidate.open("wb") as out:
-                got, reused = delta.assemble(
-                    steps, out, read_installed=read, sha256=artifact.sha256, progress=fetched,
-                    fetch_artifact=lambda start, length: fetcher.fetch_range(artifact.url, start=start, length=length))
-                out.flush()
+            with candidate.open("w+b") as out:  # read back: the directories are rebuilt from it, then it is hashed
+                counts = delta.assemble(
+                    steps, out.fileno(), zips=index.zips, attributes=installed_pieces.attributes,
+                    read_installed=read, sha256=artifact.sha256, progress=fetched,
+                    fetch_artifact=lambda start, length: fetch_range(artifact.url, start, length))
                 os.fsync(out.fileno())
-        return delta.Report("delta", len(response.data) + listing[0] + got, reused, artifact.size)
+        return delta.Report("delta", spent[0], counts.reused, artifact.size)
 
     def apply(self, prepared: Prepared, *, restart: bool = True, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV,
               on_step: Step = quiet, cancelled: Cancelled = install.never) -> str:

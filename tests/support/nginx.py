@@ -85,7 +85,8 @@ def _quote(path: Path) -> str:
 class Nginx:
     """nginx serving `root` as static files at `.url` (http://127.0.0.1:PORT) while the `with` block runs.
 
-    `server_config` is added to the server block as is, e.g. "max_ranges 1;" or "etag off;"."""
+    `server_config` is added to the server block as is, e.g. "location / { max_ranges 0; }" or "etag off;"
+    (max_ranges itself is set already at the server level)."""
 
     START_TIMEOUT = 10.0
     PORT_ATTEMPTS = 5  # the port is chosen free, then bound by nginx: someone may take it in between

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,12 +49,15 @@ def installed(archive: Path) -> tuple[delta.Installed, bytes]:
 
 
 def update(published: Published, old: bytes, pieces: delta.Installed, index: delta.Index | None = None,
-           fetch_artifact=None) -> bytes:
-    steps = delta.plan(index or published.parse(), pieces, published.fetch_listing)
-    out = io.BytesIO()
-    delta.assemble(steps, out, read_installed=lambda offset, length: old[offset:offset + length],
-                   fetch_artifact=fetch_artifact or published.fetch_artifact, sha256=published.sha256)
-    return out.getvalue()
+           fetch_artifact=None, read_installed=None) -> bytes:
+    index = index or published.parse()
+    steps = delta.plan(index, pieces, published.fetch_listing)
+    with tempfile.TemporaryFile() as out:
+        delta.assemble(steps, out.fileno(), zips=index.zips, attributes=pieces.attributes,
+                       read_installed=read_installed or (lambda offset, length: old[offset:offset + length]),
+                       fetch_artifact=fetch_artifact or published.fetch_artifact, sha256=published.sha256)
+        out.seek(0)
+        return out.read()
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +127,12 @@ def forged(published: Published, **changes) -> bytes:
     ({"counts": [0]}, "impossible sizes"),
     ({"hashes": "not base64!"}, "not readable"),
     ({"hashes": ""}, "does not add up"),
+    ({"zips": [[0, 0, 10, 10 ** 12]]}, "outside the artifact"),
+    ({"zips": [[0, 50, 10, 20]]}, "outside the artifact"),  # the directory before the first member
+    ({"zips": [[0, 0, 1, 2]] * 9}, "outside the artifact"),
 ], ids=["another release", "another size", "newer format", "listing elsewhere", "listing too short",
-        "huge group", "empty group", "garbled hashes", "no hashes"])
+        "huge group", "empty group", "garbled hashes", "no hashes", "zip past the end", "zip backwards",
+        "too many zips"])
 def test_a_forged_index_is_refused(published, changes, message):
     with pytest.raises(delta.Unavailable, match=message):
         published.parse(forged(published, **changes))
@@ -179,10 +186,22 @@ def test_an_installed_archive_that_changed_under_the_client_is_refused(fresh, v1
     pieces, old = installed(v1)
     changed = bytearray(old)
     changed[len(changed) // 2] ^= 0x01  # after the client hashed its pieces
-    steps = delta.plan(fresh.parse(), pieces, fresh.fetch_listing)
     with pytest.raises(delta.Unavailable, match="installed archive changed"):
-        delta.assemble(steps, io.BytesIO(), read_installed=lambda o, n: bytes(changed[o:o + n]),
-                       fetch_artifact=fresh.fetch_artifact, sha256=fresh.sha256)
+        update(fresh, old, pieces, read_installed=lambda o, n: bytes(changed[o:o + n]))
+
+
+def test_the_central_directories_are_rebuilt_not_fetched(archives, v1, tmp_path):
+    """A bigger module changed early in Pilot's package moves the offsets of every member after it, so most
+    of the payload's central directory differs: rebuilt from the members in place, none of it is fetched."""
+    source = (Path(__file__).resolve().parents[2] / "pilot" / "notify.py").read_text()
+    changed = Published(archives.build("2.0.0", overlay={"pilot/notify.py": source + "\nEXTRA = 1\n"}))
+    pieces, old = installed(v1)
+    assert update(changed, old, pieces) == changed.data
+    with_rebuild = dict(changed.fetched)
+    changed.fetched = {"listing": 0, "artifact": 0}
+    assert update(changed, old, pieces, index=changed.parse()._replace(zips=())) == changed.data
+    assert changed.fetched["artifact"] - with_rebuild["artifact"] > 5000  # the directory bytes it spared
+    assert len(changed.index) + with_rebuild["listing"] + with_rebuild["artifact"] < 32 * 1024
 
 
 def test_a_group_hash_is_the_sha256_of_its_records(published):
