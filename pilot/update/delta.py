@@ -4,7 +4,8 @@ An artifact's index is two static files beside it, written by `release.py publis
 
   ARTIFACT.index   JSON, small, its URL, size and sha256 signed in the manifest (delta_index):
                    {"format": 1, "artifact": {"size": N, "sha256": H}, "pieces": {"url": U, "size": M},
-                    "counts": [pieces in each group, ...], "hashes": base64 of each group's sha256}
+                    "counts": [pieces in each group, ...], "hashes": base64 of each group's sha256,
+                    "zips": [[base, first member, central directory, end], ...] (the archive, its payload)}
   ARTIFACT.pieces  the listing: for each piece (pilot.update.pieces) its length (8 bytes, big-endian) and
                    sha256 (32 bytes), in file order; a group's records are the sha256 its hash covers.
 
@@ -12,8 +13,10 @@ The client groups its installed archive the same way. A group of the new archive
 costs nothing; any other costs its records, fetched by range from the listing and checked against
 the signed group hash. Each piece is then copied from the installed archive when its sha256 is found
 there, or fetched by range from the artifact (neighbours less than chunk_size apart in one request,
-one range per request: GitHub answers multi-range requests with 501), and checked against its sha256;
-the whole assembled file must have the artifact's signed sha256. Any surprise (a server that ignores
+one range per request: GitHub answers multi-range requests with 501), and checked against its sha256.
+The central directories, which a changed member's new size shifts, are rebuilt from the members once
+they are in place, and only what does not match is fetched. The whole assembled file must have the
+artifact's signed sha256. Any surprise (a server that ignores
 or refuses ranges, a wrong byte, a delta that would fetch more than half the artifact) raises
 Unavailable, and the updater downloads the whole archive instead, saying why.
 
