@@ -182,9 +182,10 @@ def read_json(path):
     return value if isinstance(value, dict) else None
 
 
-def atomic_write(path, data, mode=0o644):
+def atomic_write(path, data, mode=0o644, durable=True):
     """Write bytes durably and atomically: a private temp file in the same directory (a rename across
-    filesystems is not atomic), fsync, rename over path, fsync the directory. Readers see old or new, never part."""
+    filesystems is not atomic), fsync, rename over path, fsync the directory. Readers see old or new, never part.
+    durable=False skips the fsyncs (a few ms each here): for a hint that may be lost, never be torn."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     partial = os.path.join(directory, ".%s.%d.partial" % (os.path.basename(path), os.getpid()))
@@ -194,7 +195,8 @@ def atomic_write(path, data, mode=0o644):
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
         os.close(fd)
         fd = None
         os.replace(partial, path)
@@ -203,7 +205,8 @@ def atomic_write(path, data, mode=0o644):
             os.close(fd)
         remove_file(partial)
         raise
-    fsync_directory(directory)
+    if durable:
+        fsync_directory(directory)
 
 
 def write_json(path, value, mode=0o644):
@@ -1245,8 +1248,8 @@ def remember_interpreter(build):
                 return
     except (OSError, ValueError):
         pass
-    try:
-        atomic_write(path, (sys.executable + "\n").encode("utf-8"))
+    try:  # a hint, lost at worst with a power cut: not worth two fsyncs on the first start after an update
+        atomic_write(path, (sys.executable + "\n").encode("utf-8"), durable=False)
     except (OSError, UnicodeError):
         return  # a read-only home, a full disk: the preamble looks on PATH instead
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pilot.errors import UpdateError
+from pilot.launcher import PAYLOAD_MEMBER
 from pilot.update.pieces import NotAZip, Piece, Zip, archive_layout, groups, rebuild_directory
 
 INDEX_FORMAT = 1
@@ -244,6 +245,16 @@ def _coalesce(ranges: list[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
     return [(start, end) for start, end in merged]
 
 
+def copied_members(steps: list[Step], read_new: Callable[[int, int], bytes], size: int) -> frozenset[str]:
+    """The payload members of the assembled archive whose bytes were copied from the installed one, by name:
+    their unpacked files can be reused (pilot.update.early.reuse_extraction)."""
+    copied = {step.offset for step in steps if step.source is not None}
+    prefix = PAYLOAD_MEMBER + "/"
+    return frozenset(piece.name[len(prefix):] for piece in archive_layout(read_new, size).pieces
+                     if piece.offset in copied and piece.name.startswith(prefix)
+                     and not piece.name.startswith(prefix + "cd:") and piece.name not in (prefix, prefix + "eocd"))
+
+
 def remote_ranges(steps: list[Step]) -> list[tuple[int, int]]:
     return _coalesce([(s.offset, s.offset + s.record.length) for s in steps if s.source is None], gap=COALESCE_GAP)
 
@@ -289,31 +300,43 @@ def assemble(steps: list[Step], fd: int, *, zips: tuple[Zip, ...], attributes: d
     while chunk := os.pread(fd, 1 << 20, offset):
         digest.update(chunk)
         offset += len(chunk)
-    if digest.hexdigest() != sha256:
-        raise Unavailable("the assembled archive does not match the signed sha256")
+    if digest.hexdigest() != sha256:  # a copied piece was not what the installed archive held when hashed
+        raise Unavailable("the assembled archive does not match the signed sha256 (the installed archive changed?)")
     return counts
 
 
 def _place(steps: list[Step], fd: int, counts: Counts, read_installed: Callable[[int, int], bytes],
            fetch_artifact: Callable[[int, int], bytes], progress: Callable[[int], None]) -> Counts:
+    """Copy the pieces the installed archive has (neighbours there and here in one read and write: the
+    whole-file hash checks them), fetch and check the others."""
+    fetched, reused = counts
     remote = [s for s in steps if s.source is None]
     ranges = iter(_coalesce([(s.offset, s.offset + s.record.length) for s in remote], gap=COALESCE_GAP))
     current: tuple[int, bytes] | None = None  # (start, data) of the range being consumed
-    fetched, reused = counts
-    for step in steps:
+    for source, target, length in _runs([s for s in steps if s.source is not None]):
+        for at in range(0, length, MAX_RANGE_BYTES):
+            os.pwrite(fd, read_installed(source + at, min(MAX_RANGE_BYTES, length - at)), target + at)
+        reused += length
+    for step in remote:
         length = step.record.length
-        if step.source is not None:
-            data = read_installed(step.source, length)
-            reused += length
-        else:
-            if current is None or step.offset + length > current[0] + len(current[1]):
-                start, end = next(ranges)
-                current = (start, fetch_artifact(start, end - start))
-                fetched += end - start
-                progress(fetched)
-            data = current[1][step.offset - current[0]:step.offset - current[0] + length]
+        if current is None or step.offset + length > current[0] + len(current[1]):
+            start, end = next(ranges)
+            current = (start, fetch_artifact(start, end - start))
+            fetched += end - start
+            progress(fetched)
+        data = current[1][step.offset - current[0]:step.offset - current[0] + length]
         if hashlib.sha256(data).digest() != step.record.sha256:
-            where = "the installed archive changed" if step.source is not None else "the server sent a wrong byte"
-            raise Unavailable(f"a piece does not match its signed hash ({where})")
+            raise Unavailable("a piece does not match its signed hash (the server sent a wrong byte)")
         os.pwrite(fd, data, step.offset)
     return Counts(fetched, reused)
+
+
+def _runs(steps: list[Step]) -> list[tuple[int, int, int]]:
+    """(source, target, length) of the copies: pieces next to each other in both archives merge."""
+    runs: list[list[int]] = []
+    for step in steps:
+        if runs and runs[-1][0] + runs[-1][2] == step.source and runs[-1][1] + runs[-1][2] == step.offset:
+            runs[-1][2] += step.record.length
+        else:
+            runs.append([step.source, step.offset, step.record.length])
+    return [(source, target, length) for source, target, length in runs]

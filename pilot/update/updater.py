@@ -385,7 +385,7 @@ class Update:
         root = self.updater.release_root
         if root is not None:
             check_artifact_url(artifact.url, root)
-        report = self._delta(artifact, candidate, progress, cancelled)
+        report, same = self._delta(artifact, candidate, progress, cancelled)
         mode = "never" if report.method == "delta" else self.updater.settings.unpack_during_download
         unpacking = early.EarlyUnpack(candidate, artifact.size, mode)
         try:
@@ -397,15 +397,17 @@ class Update:
             unpacking.abandon()  # what it unpacked was never verified: gone with the download
             raise
         unpacking.finish(metadata["build_id"])  # the hash matched: its copy becomes the build's extraction
+        early.reuse_extraction(candidate, metadata["build_id"], self.updater.build.build_id, same)
         return metadata, report
 
     def _delta(self, artifact: Artifact, candidate: Path, progress: Progress | None,
-               cancelled: Cancelled) -> delta.Report:
-        """A delta download into candidate (method "delta"), or a "full" report saying why it was not used."""
+               cancelled: Cancelled) -> tuple[delta.Report, frozenset[str]]:
+        """A delta download into candidate (method "delta") and the payload members it copied from the
+        installed archive, or a "full" report saying why it was not used."""
         fetcher, spec = self.updater.fetcher, artifact.delta_index
         whole = delta.Report("full", artifact.size, 0, artifact.size)
         if spec is None or not hasattr(fetcher, "fetch_range") or self.updater.settings.delta == "never":
-            return whole
+            return whole, frozenset()
         spent = [0]  # what an attempt fetched: a whole download after it counts it too
         try:
             return self._assemble(artifact, spec, candidate, progress, cancelled, spent)
@@ -416,10 +418,10 @@ class Update:
         except OSError as error:  # the installed archive unreadable, say
             note = error.strerror or str(error)
         return whole._replace(bytes_downloaded=artifact.size + spent[0],
-                              note=f"no delta ({note}), so the whole archive")
+                              note=f"no delta ({note}), so the whole archive"), frozenset()
 
     def _assemble(self, artifact: Artifact, spec: DeltaIndex, candidate: Path, progress: Progress | None,
-                  cancelled: Cancelled, spent: list[int]) -> delta.Report:
+                  cancelled: Cancelled, spent: list[int]) -> tuple[delta.Report, frozenset[str]]:
         fetcher, root = self.updater.fetcher, self.updater.release_root
         if root is not None:
             check_artifact_url(spec.url, root, "the delta index URL")
@@ -462,7 +464,9 @@ class Update:
                     read_installed=read, sha256=artifact.sha256, progress=fetched,
                     fetch_artifact=lambda start, length: fetch_range(artifact.url, start, length))
                 os.fsync(out.fileno())
-        return delta.Report("delta", spent[0], counts.reused, artifact.size)
+                same = delta.copied_members(steps, lambda offset, length: os.pread(out.fileno(), length, offset),
+                                            artifact.size)
+        return delta.Report("delta", spent[0], counts.reused, artifact.size), same
 
     def apply(self, prepared: Prepared, *, restart: bool = True, resume_argv: tuple[str, ...] = AFTER_RESTART_ARGV,
               on_step: Step = quiet, cancelled: Cancelled = install.never) -> str:

@@ -195,6 +195,19 @@ def test_nothing_in_the_archive_names_the_build_machine(archive):
 
 
 @pytest.mark.slow
+def test_zip_tools_read_the_archive_despite_its_preamble(archive, tmp_path):
+    """The preamble sits in front of the zip, whose offsets count from the file's start: unzip reads it
+    without complaint, as zipfile and zipimport do."""
+    if shutil.which("unzip") is None:
+        pytest.skip("no unzip on this machine")
+    shown = run("unzip", "-p", archive, "pilot-build.json")
+    assert shown.returncode == 0 and json.loads(shown.stdout) == metadata_of(archive), shown.stderr
+    tested = run("unzip", "-t", archive)
+    assert tested.returncode == 0 and "No errors detected" in tested.stdout, tested.stdout + tested.stderr
+    assert "extra bytes" not in tested.stdout + tested.stderr
+
+
+@pytest.mark.slow
 def test_the_archive_carries_the_published_schema_byte_for_byte(archive):
     with payload(archive) as zf:
         packaged = zf.read("site-packages/pilot/update/manifest.schema.json")

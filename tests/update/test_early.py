@@ -104,10 +104,12 @@ def test_a_copy_of_another_build_than_the_verified_one_is_never_put_in_place(v1,
     (0.01, "always", True),
 ])
 def test_auto_unpacks_early_only_when_the_network_is_the_bottleneck(tmp_path, received_in, mode, runs):
-    now = [0.0]
+    now = [5.0]  # the connection took its time: it does not count
     unpack = EarlyUnpack(tmp_path / "candidate", 10 * 1024 * 1024, mode, clock=lambda: now[0])
-    now[0] = received_in
-    unpack.written(early.AUTO_SAMPLE_BYTES)
+    now[0] = 6.0
+    unpack.written(64 * 1024)  # the first chunk: from here the rate counts
+    now[0] += received_in
+    unpack.written(64 * 1024 + early.AUTO_SAMPLE_BYTES)
     assert unpack.running is runs
     unpack.abandon()
 
@@ -163,3 +165,35 @@ def test_staging_copies_of_dead_updaters_are_swept_and_live_ones_kept(tmp_path):
     removed = early.sweep_staging(tmp_path)
     assert [p.name.rpartition("-")[2] for p in removed] == [dead]
     assert len(list(tmp_path.iterdir())) == 2
+
+
+# --- after a delta: the installed build's files, linked ------------------------------------------
+
+
+def same_members(old: Path, new: Path) -> frozenset[str]:
+    from tests.support.archives import payload
+
+    with payload(old) as a, payload(new) as b:
+        theirs = {(i.filename, i.CRC, i.file_size) for i in a.infolist()}
+        return frozenset(i.filename for i in b.infolist() if (i.filename, i.CRC, i.file_size) in theirs)
+
+
+def test_after_a_delta_the_new_copy_links_the_installed_builds_files(v1, v2, tmp_path, shiv_root):
+    old_id, new_id = build_id_of(v1), build_id_of(v2)
+    launcher.extract(str(v1), old_id, launcher.extraction_dir(old_id))
+    same = same_members(v1, v2)
+    assert len(same) > 1000
+    assert early.reuse_extraction(v2, new_id, old_id, same) is True
+    directory = Path(launcher.extraction_dir(new_id))
+    assert launcher.extraction_complete(str(directory), new_id) and leftovers(shiv_root) == []
+    reference = tmp_path / "reference" / f"pilot_{new_id}"
+    launcher.extract(str(v2), new_id, str(reference))
+    assert tree(directory) == tree(reference)  # what the launcher would have unpacked, byte for byte
+    linked = [p for p in directory.rglob("*") if p.is_file() and p.stat().st_nlink > 1]
+    assert len(linked) >= len(same) - 10  # the same members are links to the installed build's files
+    assert not (directory / "pilot_build.py").stat().st_nlink > 1  # what differs was unpacked
+
+
+def test_without_a_complete_installed_copy_nothing_is_reused(v1, v2, shiv_root):
+    assert early.reuse_extraction(v2, build_id_of(v2), build_id_of(v1), same_members(v1, v2)) is False
+    assert not Path(launcher.extraction_dir(build_id_of(v2))).exists() and leftovers(shiv_root) == []
