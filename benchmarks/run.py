@@ -745,7 +745,9 @@ def where_the_time_goes(bench: Bench, v1: Path) -> list[str]:
     except (OSError, ValueError, subprocess.SubprocessError) as error:
         lines.append(f"-X importtime of `python3 pilot.pyz --version` failed: {str(error).splitlines()[0][:300]}")
     try:  # PYTHONPROFILEIMPORTTIME reaches the interpreter whichever way ./pilot starts it
+        bench.new_home()  # a home as the warm rows use it: no config.yaml (the dashboard rows write one)
         pilot = bench.install(v1)
+        bench.run(bench.pilot(pilot, "direct", "status"))  # warm: unpacked, its database made
         status = subprocess.run(bench.pilot(pilot, "direct", "status"), capture_output=True, text=True,
                                 env=bench.env(PYTHONPROFILEIMPORTTIME="1"), check=True, timeout=120).stderr
         top = [(us, name) for name, us in top_level_imports(status)]

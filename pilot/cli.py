@@ -16,7 +16,7 @@ import sys
 
 from pilot import __version__
 from pilot.errors import EXIT_ERROR, EXIT_USAGE, PilotError
-from pilot.launcher import is_unwritable_output, notice_pending, say, trial_path
+from pilot.launcher import is_unwritable_output, rollback_untold, say, trial_path
 
 EPILOG = """\
 exit codes:
@@ -332,7 +332,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def announce_rollback() -> None:
-    if not notice_pending():  # a stat, or a small read after an update: not the update engine's imports
+    if not rollback_untold():  # a stat, or a small read after an update: not the update engine's imports
         return
     from pilot.update import take_notice
 

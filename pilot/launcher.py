@@ -324,10 +324,14 @@ def now_iso():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def notice_pending():
-    """Whether update/state.json holds an outcome nobody was told of yet: one stat, and a small read only
-    after an update. Every command asks; the update engine is imported only when there is something to say."""
-    return os.path.exists(state_path()) and (read_json(state_path()) or {}).get("notice_pending") is True
+def rollback_untold():
+    """Whether update/state.json holds a rollback nobody was told of yet: one stat, and a small read only
+    after an update. Every command asks; the update engine is imported only when there is one to tell.
+    An upgrade's notice stays for the dashboard, which shows it (a command has nothing to say about it)."""
+    if not os.path.exists(state_path()):
+        return False
+    state = read_json(state_path()) or {}
+    return state.get("notice_pending") is True and (state.get("last") or {}).get("state") == "rolled_back"
 
 
 def record_outcome(state, trial, outcome, reason=None, notice=True):

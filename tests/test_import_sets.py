@@ -27,7 +27,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "dataclasses": "imports inspect (~7 ms with ast, dis, tokenize): pilot.state.models.Record is the cheap value",
+    "dataclasses": "imports inspect (~7 ms with ast, dis, tokenize): pilot.records.Record is the cheap value",
     "inspect": "~5 ms of imports (ast, dis, tokenize, linecache)",
     "typing": "~2 ms; annotations are strings here, and `TYPE_CHECKING = False` stands in for typing's",
     "shutil": "~2 ms with bz2, lzma and fnmatch; argparse's reason, the terminal width: pilot.cli.terminal_width",
@@ -48,8 +48,8 @@ FORBIDDEN = {
 CORE = ("pilot", "pilot.buildinfo", "pilot.cli", "pilot.errors", "pilot.launcher")
 CORE_STDLIB = ("__future__", "argparse", "errno", "locale")
 # The store and the configuration check of the task commands and status.
-STORE = ("pilot.commands", "pilot.commands.config_cache", "pilot.commands.tasks", "pilot.state", "pilot.state.db",
-         "pilot.state.models", "pilot.state.store")
+STORE = ("pilot.commands", "pilot.commands.config_cache", "pilot.commands.tasks", "pilot.records", "pilot.state",
+         "pilot.state.db", "pilot.state.models", "pilot.state.store")
 STORE_STDLIB = ("_blake2", "datetime", "json", "sqlite3")
 STATUS = (*STORE, "pilot.daemon", "pilot.daemon.lock")
 
@@ -169,6 +169,26 @@ def test_a_hot_command_imports_exactly_its_list(command, home, interpreter):
         f"{'; no longer imports ' + ', '.join(missing) if missing else ''}. Each import on this path costs every "
         "run: import it where it is used instead, or, when it belongs here, change EXPECTED in "
         "tests/test_import_sets.py (Pilot's modules by name, the standard library's by the root Pilot imports).")
+
+
+# The first start after `self-update --no-restart` settles the new version's trial: the update engine's front
+# door, the sentinel and the state, built on pilot.records, but still none of the forbidden modules.
+FIRST_START = ("pilot.update", "pilot.update.sentinel", "pilot.update.state")
+
+
+def test_the_first_start_after_an_update_settles_its_trial_without_the_heavy_modules(interpreter, tmp_path):
+    home = tmp_path / "home"
+    (home / "update").mkdir(parents=True)
+    interpreter.modules("run", "task", "add", "first", "--", "true", home=home)
+    (home / "update" / "trial.json").write_text('{"from_version": "1.0.0", "to_version": "2.0.0", "pid": null}\n')
+    loaded, tree = interpreter.modules("run", "status", home=home)
+    ours = loaded - interpreter.baseline
+    forbidden = sorted(f"{importer_of(tree, m)}: {forbidden_reason(m)}" for m in ours
+                       if forbidden_reason(m) and not m.startswith(FIRST_START))
+    assert not forbidden, "the first start after an update imports what it must not:\n  " + "\n  ".join(forbidden)
+    pilot_modules, stdlib_roots = EXPECTED["status"]
+    expected = set(pilot_modules) | set(FIRST_START) | interpreter.closure(stdlib_roots)
+    assert sorted(ours - expected) == [] and sorted(expected - ours) == []
 
 
 def test_the_config_cache_keeps_yaml_off_the_path_only_while_the_file_is_unchanged(interpreter, tmp_path):

@@ -11,12 +11,9 @@ pilot.launcher and docs/SECURITY.md.
 from __future__ import annotations
 
 import os
-import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from pilot.buildinfo import BuildInfo, current_build
+from pilot.buildinfo import current_build
 from pilot.launcher import (
     UpdateLock,
     boot_timeout,
@@ -31,27 +28,25 @@ from pilot.launcher import (
 )
 from pilot.update import state
 
-__all__ = ["Trial", "commit_boot", "confirm_start", "open_trial", "open_trial_record", "settle_boot", "void_trial"]
+TYPE_CHECKING = False  # the first start after an update commits here: no typing, dataclasses or pathlib on it
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pilot.buildinfo import BuildInfo
+
+__all__ = ["commit_boot", "confirm_start", "open_trial", "open_trial_record", "settle_boot", "trial", "void_trial"]
 
 
-@dataclass(frozen=True)
-class Trial:
-    from_version: str
-    to_version: str
-    from_build_id: str
-    to_build_id: str
-    install_path: Path
-    backup_path: Path
-    download: dict | None = None  # pilot.update.delta.Report.as_json(): kept in the outcome
-
-    def record(self) -> dict:
-        return {"from_version": self.from_version, "to_version": self.to_version,
-                "from_build_id": self.from_build_id, "to_build_id": self.to_build_id,
-                "install_path": str(self.install_path), "backup_path": str(self.backup_path),
-                **({"download": self.download} if self.download else {})}
+def trial(*, from_version: str, to_version: str, from_build_id: str, to_build_id: str, install_path: Path | str,
+          backup_path: Path | str, download: dict | None = None) -> dict:
+    """What a trial record says of the update (open_trial adds who boots it); download: how the archive
+    came (pilot.update.delta.Report.as_json()), kept in the outcome."""
+    return {"from_version": from_version, "to_version": to_version, "from_build_id": from_build_id,
+            "to_build_id": to_build_id, "install_path": str(install_path), "backup_path": str(backup_path),
+            **({"download": download} if download else {})}
 
 
-def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None, timeout: float | None = None) -> dict:
+def open_trial(trial: dict, *, exec_argv: tuple[str, ...] | None, timeout: float | None = None) -> dict:
     """Record the trial before the swap, so a crash from here on is caught by the boot guard.
 
     With `exec_argv` this process is about to exec the new version with those arguments: it is
@@ -59,7 +54,7 @@ def open_trial(trial: Trial, *, exec_argv: tuple[str, ...] | None, timeout: floa
     command, which claims the trial then. `timeout`: seconds the exec'd boot has to confirm (default
     PILOT_BOOT_TIMEOUT). Call under UpdateLock."""
     now = time.time()
-    record = {**trial.record(), "started_at": now, "opened_by": os.getpid(),
+    record = {**trial, "started_at": now, "opened_by": os.getpid(),
               "booted": False, "pid": None, "deadline": None, "resume_argv": []}
     if exec_argv is not None:
         record.update(pid=os.getpid(), deadline=now + (timeout or boot_timeout()), resume_argv=list(exec_argv))
@@ -89,6 +84,8 @@ def commit_boot(build: BuildInfo | None = None) -> dict | None:
     record = _own_trial(build or current_build())
     if record is None:
         return None
+    import signal  # here: a first start that has no trial to commit never needs it
+
     signal.alarm(0)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     failpoint("boot-before-commit")
@@ -123,6 +120,8 @@ def settle_boot(ending: str, detail: str) -> None:
         return
     exec_d = record.get("opened_by", record["pid"]) == record["pid"]
     if ending in ("interrupted", "output") or (ending in ("refused", "exited") and not exec_d):
+        import signal
+
         signal.alarm(0)
         release_trial(record)
         return

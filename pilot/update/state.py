@@ -11,7 +11,6 @@ under the update lock, and keeps keys it does not know (a newer Pilot may have w
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pilot.launcher import (
     HOME_HINT,
@@ -24,13 +23,13 @@ from pilot.launcher import (
     status_report,
     write_json,
 )
+from pilot.records import Record
 
 __all__ = ["Outcome", "UpdateState", "install_id", "load", "record", "remember_manifest", "take_notice",
            "update_status"]
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(Record):
     """How the last update ended (`last` in the file)."""
 
     state: str  # committed, installed, rolled_back, rolled_back_by_user, failed
@@ -52,8 +51,7 @@ class Outcome:
         return cls(state=data["state"], rollback_pid=pid if type(pid) is int else None, **text)
 
 
-@dataclass(frozen=True)
-class UpdateState:
+class UpdateState(Record):
     highest_serial: int = 0
     highest_keyset_version: int = 1
     install_id: str | None = None

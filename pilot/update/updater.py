@@ -493,7 +493,7 @@ class Update:
     def _swap(self, prepared: Prepared, exec_argv: tuple[str, ...] | None, on_step: Step) -> dict:
         """Open the trial and put the new archive in place, keeping the installed one as the backup."""
         updater, build = self.updater, self.updater.build
-        trial = sentinel.Trial(
+        trial = sentinel.trial(
             from_version=build.version, to_version=str(prepared.choice.release.version),
             from_build_id=build.build_id, to_build_id=prepared.build_id, install_path=updater.paths.install,
             backup_path=updater.paths.backup, download=prepared.download.as_json() if prepared.download else None,

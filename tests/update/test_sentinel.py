@@ -24,7 +24,7 @@ def build(build_id: str = "new-build", version: str = "2.0.0") -> BuildInfo:
                      manifest_url=None)
 
 
-TRIAL = sentinel.Trial(
+TRIAL = sentinel.trial(
     from_version="1.0.0", to_version="2.0.0", from_build_id="old-build", to_build_id="new-build",
     install_path=Path("/opt/pilot/pilot"), backup_path=Path("/opt/pilot/pilot.backup"),
 )
@@ -102,8 +102,8 @@ def test_every_command_but_start_confirms_its_start_once_parsed(running_new, com
 
 
 def test_a_committed_version_is_neither_bad_nor_declined_any_more():
-    state.record({**TRIAL.record()}, "rolled_back", "it hung")
-    state.record({**TRIAL.record(), "from_version": "2.0.0", "to_version": "1.0.0"}, "rolled_back_by_user")
+    state.record({**TRIAL}, "rolled_back", "it hung")
+    state.record({**TRIAL, "from_version": "2.0.0", "to_version": "1.0.0"}, "rolled_back_by_user")
     assert state.load().skipped_versions == ("2.0.0",)
     sentinel.open_trial(TRIAL, exec_argv=ARGV)
     sentinel.commit_boot(build())

@@ -143,7 +143,7 @@ def writers_of_the_state_file() -> set[str]:
 
 
 def test_exactly_one_application_module_and_the_entry_module_touch_the_state_file():
-    """Every command asks the entry module whether a notice waits (launcher.notice_pending); nothing else reads
-    or writes the file."""
+    """Every command asks the entry module whether a rollback is untold (launcher.rollback_untold); nothing else
+    reads or writes the file."""
     assert writers_of_the_state_file() == {"pilot/launcher.py", "pilot/update/state.py"}
-    assert "notice_pending()" in (REPO / "pilot" / "cli.py").read_text()
+    assert "rollback_untold()" in (REPO / "pilot" / "cli.py").read_text()
