@@ -245,9 +245,9 @@ def write_archive(target: Path, site_packages: Path, metadata: dict, epoch: int,
         out.write(preamble(metadata).encode())
         with zipfile.ZipFile(out, "w") as zf:
             writer = ArchiveWriter(zf, level)
-            for name, source, code in modules:  # zipimport loads NAME.pyc from the archive's root
-                writer.add(f"{name}.py", source.encode())
-                writer.add(f"{name}.pyc", code)
+            for name, source, code in modules:  # zipimport loads NAME.pyc from the archive's root,
+                writer.add(f"{name}.py", source.encode())  # stored: inflating it would import zlib first
+                writer.add(f"{name}.pyc", code, stored=True)
             writer.add(METADATA_MEMBER, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
             writer.add("environment.json", shiv_environment(metadata["build_id"], epoch))
             writer.add(PAYLOAD_MEMBER, payload(site_packages, modules, level), stored=True)

@@ -14,7 +14,8 @@ from pilot.launcher import platform_tag, python_tag
 
 SOURCE_VERSION = "0.1.0.dev0"
 
-__all__ = ["BuildInfo", "current_build", "current_version", "install_method", "platform_tag", "python_tag"]
+__all__ = ["BuildInfo", "current_build", "current_build_id", "current_version", "install_method", "platform_tag",
+           "python_tag"]
 
 
 class TrustedKey(namedtuple("TrustedKey", "keyid public")):
@@ -67,6 +68,13 @@ def current_build() -> BuildInfo | None:
     # run from the archive itself, __main__ is the archive's __main__.py.
     archive = Path(getattr(main, "PILOT_ARCHIVE", None) or os.path.dirname(os.path.abspath(main.__file__)))
     return BuildInfo.from_dict(data, archive)
+
+
+def current_build_id() -> str | None:
+    """The running archive's build id, or None outside an archive: what the boot sentinel compares, without
+    making a BuildInfo (pathlib) on the first start after an update."""
+    data = build_data()
+    return data["build_id"] if data is not None else None
 
 
 def current_version() -> str:

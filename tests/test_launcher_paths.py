@@ -176,3 +176,13 @@ def test_an_archive_of_another_build_is_never_unpacked_under_this_build_id(v1, s
         launcher.extract(str(v1), "an-older-build", str(directory), verify=True)
     assert not directory.exists()
     assert not any(p.name.endswith((".partial", ".old")) for p in shiv_root.iterdir())
+
+
+def test_the_application_shares_the_entry_module_instead_of_loading_a_second_copy(v1, shiv_root):
+    """pilot.launcher is the archive's __main__ (the same source): one copy, one set of boot state."""
+    assert run(v1, "status").returncode == 0
+    result = run(v1, "status", flags=("-X", "importtime"))
+    assert result.returncode == 0, result.stderr
+    loaded = [line for line in result.stderr.splitlines() if line.rstrip().endswith("| pilot.launcher")
+              or line.rstrip().endswith(" pilot.launcher")]
+    assert loaded == [], loaded

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 
-from pilot.buildinfo import current_build
+from pilot.buildinfo import current_build_id
 from pilot.launcher import (
     UpdateLock,
     boot_timeout,
@@ -69,19 +69,19 @@ def void_trial(record: dict) -> None:
             remove_file(trial_path())
 
 
-def _own_trial(build: BuildInfo | None) -> dict | None:
+def _own_trial(build_id: str | None) -> dict | None:
     """The open trial if this process is the trial boot of this build."""
-    if build is None or not os.path.exists(trial_path()):
+    if build_id is None or not os.path.exists(trial_path()):
         return None
     record = read_json(trial_path())
-    if record is None or record.get("pid") != os.getpid() or record.get("to_build_id") != build.build_id:
+    if record is None or record.get("pid") != os.getpid() or record.get("to_build_id") != build_id:
         return None
     return record
 
 
 def commit_boot(build: BuildInfo | None = None) -> dict | None:
     """Confirm that this process, the trial boot, has started. Returns the committed trial, or None if none was ours."""
-    record = _own_trial(build or current_build())
+    record = _own_trial(build.build_id if build is not None else current_build_id())
     if record is None:
         return None
     import signal  # here: a first start that has no trial to commit never needs it
@@ -115,7 +115,7 @@ def settle_boot(ending: str, detail: str) -> None:
     version's failure. A failure's line is kept for the boot guard, which rolls back with it."""
     if not os.path.exists(trial_path()):
         return
-    record = _own_trial(current_build())
+    record = _own_trial(current_build_id())
     if record is None:
         return
     exec_d = record.get("opened_by", record["pid"]) == record["pid"]

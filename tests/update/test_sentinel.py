@@ -33,7 +33,7 @@ TRIAL = sentinel.trial(
 @pytest.fixture
 def running_new(monkeypatch):
     """This test process plays the new version's boot (what current_build() would say inside the archive)."""
-    monkeypatch.setattr(sentinel, "current_build", lambda: build())
+    monkeypatch.setattr(sentinel, "current_build_id", lambda: build().build_id)
 
 
 def test_a_trial_for_an_exec_names_this_process_and_a_deadline(monkeypatch):
