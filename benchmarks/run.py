@@ -1164,6 +1164,9 @@ def main() -> int:
             breakdown = [f"failed: {str(error).splitlines()[0][:300]}"]
         for site in sites.values():
             site.close()
+        # A dashboard that did not quit with its pane (tmux.close() kills the pane, not always its process)
+        # would outlive the temp dir and take CPU from the next run.
+        subprocess.run(["pkill", "-KILL", "-f", temp], check=False)
     print()
     print("Pilot benchmark" + (" (--quick: fewer repetitions, each row's note says how many)" if quick else ""),
           time.strftime("%Y-%m-%d %H:%M:%S"))
