@@ -342,7 +342,7 @@ def reuse_extraction(archive: Path, build_id: str, installed_build_id: str, same
             unpack(zf, rest, staging)
         place_extraction(staging, directory, build_id)
         return True
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError, zipfile.BadZipFile, Abandoned):
         shutil.rmtree(staging, ignore_errors=True)
         return False
     finally:
