@@ -1063,6 +1063,15 @@ class _Window(object):
         pass  # the descriptor belongs to the caller
 
 
+def member_path(root, name):
+    """Where member `name` goes under root; ValueError for a name that would land elsewhere (absolute,
+    `..`, a back slash, an empty segment). The one check for every unpacking: here and pilot.update.early."""
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or ".." in parts or "" in parts[:-1]:
+        raise ValueError("unsafe member name in the archive: %r" % (name,))
+    return os.path.join(root, *parts)
+
+
 def unpack(zf, members, target):
     """Write the members under target with their modes, biggest first, in a few threads.
 
@@ -1072,8 +1081,7 @@ def unpack(zf, members, target):
     import threading
 
     for info in members:
-        if info.filename.startswith("/") or ".." in info.filename.split("/"):
-            raise ValueError("unsafe member name in the archive: %r" % info.filename)
+        member_path(target, info.filename)
     for parent in sorted(set(os.path.dirname(info.filename) for info in members)):
         os.makedirs(os.path.join(target, parent), exist_ok=True)
     pending = sorted(members, key=lambda info: info.file_size)  # pop() takes the biggest first

@@ -186,7 +186,7 @@ class Installed(NamedTuple):
 def installed_pieces(read_at: Callable[[int, int], bytes], size: int) -> Installed:
     try:
         layout = archive_layout(read_at, size)
-    except (NotAZip, ValueError, struct.error) as error:
+    except (NotAZip, ValueError) as error:
         raise Unavailable(f"the installed archive cannot be split ({error})") from None
     pieces = layout.pieces
     records = records_of(read_at, pieces)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import threading
 import time
 import zlib
@@ -39,11 +38,13 @@ from pilot.launcher import (
     extraction_dir,
     extraction_lock,
     extraction_root,
+    member_path,
     open_payload,
     pid_alive,
     place_extraction,
     unpack,
 )
+from pilot.update.pieces import CENTRAL_HEADER, CENTRAL_SIGNATURE, LOCAL_HEADER, LOCAL_SIGNATURE
 
 MODES = ("auto", "always", "never")
 AUTO_BELOW_BYTES_PER_SECOND = 16 * 1024 * 1024  # unpacking here keeps up with ~25 MB/s of archive on one core
@@ -54,10 +55,6 @@ READ_BYTES = 1024 * 1024
 STAGING_PREFIX = ".pilot_"
 STAGING_SUFFIX = ".early-"
 
-LOCAL = b"PK\x03\x04"
-CENTRAL = b"PK\x01\x02"
-_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature, version, flags, method, time, date, crc, sizes, lengths
-_CENTRAL_HEADER = struct.Struct("<4s6H3L5H2L")
 
 
 class Abandoned(Exception):
@@ -117,15 +114,7 @@ class EarlyUnpack:
         if self.error is not None or not self.finished or self.build_id != build_id:
             self.abandon()
             return False
-        directory = extraction_dir(build_id)
-        lock = extraction_lock(directory)
-        try:
-            if extraction_complete(directory, build_id):
-                shutil.rmtree(self.staging, ignore_errors=True)
-            else:
-                place_extraction(self.staging, directory, build_id)
-        finally:
-            os.close(lock)
+        _put_in_place(self.staging, build_id)
         self.staging = None
         return True
 
@@ -160,7 +149,7 @@ class EarlyUnpack:
 
     def _unpack_archive(self) -> None:
         reader = self._reader
-        reader.skip_to(LOCAL)  # the sh preamble in front of the zip
+        reader.skip_to(LOCAL_SIGNATURE)  # the sh preamble in front of the zip
         while True:
             member = reader.local_header()
             if member is None:
@@ -187,7 +176,7 @@ class EarlyUnpack:
 
     def _unpack_payload(self, start: int, size: int) -> None:
         reader = self._reader
-        self.staging = os.path.join(extraction_root(), f"{STAGING_PREFIX}{self.build_id}{STAGING_SUFFIX}{os.getpid()}")
+        self.staging = _staging(self.build_id)
         shutil.rmtree(self.staging, ignore_errors=True)
         os.makedirs(self.staging)
         budget = EXPANSION_CAP * self.size
@@ -226,10 +215,10 @@ class EarlyUnpack:
     def _apply_modes(self, directory: bytes) -> None:
         """The permissions are in the payload's central directory only (its end, now read)."""
         offset = 0
-        while directory[offset:offset + 4] == CENTRAL:
-            fields = _CENTRAL_HEADER.unpack_from(directory, offset)
+        while directory[offset:offset + 4] == CENTRAL_SIGNATURE:
+            fields = CENTRAL_HEADER.unpack_from(directory, offset)
             name_length, extra_length, comment_length, external = fields[10], fields[11], fields[12], fields[15]
-            start = offset + _CENTRAL_HEADER.size
+            start = offset + CENTRAL_HEADER.size
             name = directory[start:start + name_length].decode("utf-8")
             mode = (external >> 16) & 0o7777
             if mode and not name.endswith("/"):
@@ -286,11 +275,11 @@ class _Follower:
         None where the members end (the central directory, or `end`)."""
         if end is not None and self.position >= end:
             return None
-        fields = _LOCAL_HEADER.unpack(self.read(_LOCAL_HEADER.size))
+        fields = LOCAL_HEADER.unpack(self.read(LOCAL_HEADER.size))
         signature, flags, method, compressed, length, name_length, extra_length = (
             fields[0], fields[2], fields[3], fields[7], fields[8], fields[9], fields[10])
-        if signature != LOCAL:
-            self.position -= _LOCAL_HEADER.size
+        if signature != LOCAL_SIGNATURE:
+            self.position -= LOCAL_HEADER.size
             return None
         if flags & 0x8 or compressed == 0xFFFFFFFF:  # sizes after the data, or zip64: not what Pilot builds
             raise Abandoned("a member's sizes are not in its header")
@@ -312,10 +301,29 @@ def _inflate_all(data: bytes, method: int, length: int) -> bytes:
 
 
 def _safe_path(root: str, name: str) -> str:
-    parts = name.split("/")
-    if name.startswith("/") or "\\" in name or any(part in ("..", "") for part in parts[:-1]) or ".." in parts:
-        raise Abandoned(f"unsafe member name {name!r}")
-    return os.path.join(root, *parts) + ("/" if name.endswith("/") else "")
+    try:
+        return member_path(root, name)  # a directory's name ends in "/", and so does its path
+    except ValueError as error:
+        raise Abandoned(str(error)) from None
+
+
+def _staging(build_id: str) -> str:
+    """This process's private copy of build_id in the making (sweep_staging removes it if the process dies)."""
+    return os.path.join(extraction_root(), f"{STAGING_PREFIX}{build_id}{STAGING_SUFFIX}{os.getpid()}")
+
+
+def _put_in_place(staging: str, build_id: str) -> None:
+    """Under the extraction lock, as the launcher does: the finished copy becomes the build's extraction,
+    unless another process completed one meanwhile (then the copy is dropped)."""
+    directory = extraction_dir(build_id)
+    lock = extraction_lock(directory)
+    try:
+        if extraction_complete(directory, build_id):
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            place_extraction(staging, directory, build_id)
+    finally:
+        os.close(lock)
 
 
 def reuse_extraction(archive: Path, build_id: str, installed_build_id: str, same: frozenset[str]) -> bool:
@@ -329,24 +337,20 @@ def reuse_extraction(archive: Path, build_id: str, installed_build_id: str, same
     old = extraction_dir(installed_build_id)
     if not same or not extraction_complete(old, installed_build_id):
         return False
-    directory = extraction_dir(build_id)
-    staging = os.path.join(extraction_root(), f"{STAGING_PREFIX}{build_id}{STAGING_SUFFIX}{os.getpid()}")
-    lock = extraction_lock(directory)
+    if extraction_complete(extraction_dir(build_id), build_id):
+        return True
+    staging = _staging(build_id)
     try:
-        if extraction_complete(directory, build_id):
-            return True
         shutil.rmtree(staging, ignore_errors=True)
         with open(archive, "rb") as stream, zipfile.ZipFile(stream) as outer, open_payload(outer, stream) as zf:
             members = [info for info in zf.infolist() if not info.is_dir()]
             rest = [info for info in members if not (info.filename in same and _link(old, staging, info))]
             unpack(zf, rest, staging)
-        place_extraction(staging, directory, build_id)
+        _put_in_place(staging, build_id)
         return True
     except (OSError, ValueError, zipfile.BadZipFile, Abandoned):
         shutil.rmtree(staging, ignore_errors=True)
         return False
-    finally:
-        os.close(lock)
 
 
 def _link(old: str, staging: str, info) -> bool:

@@ -23,8 +23,8 @@ from pilot.launcher import PAYLOAD_MEMBER
 ReadAt = Callable[[int, int], bytes]
 
 _EOCD = struct.Struct("<4s4H2LH")  # signature, disks, entries here, entries, directory size, offset, comment
-_CENTRAL = struct.Struct("<4s6H3L5H2L")
-_LOCAL = struct.Struct("<4s5H3L2H")
+CENTRAL_HEADER = struct.Struct("<4s6H3L5H2L")
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 EOCD_SIGNATURE = b"PK\x05\x06"
 CENTRAL_SIGNATURE = b"PK\x01\x02"
 LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -67,7 +67,10 @@ def archive_layout(read_at: ReadAt, size: int) -> Layout:
     """The pieces, where each zip lies, and what the central directories say of each member."""
     layout = Layout([], [], {})
     cuts = {0: "preamble"}
-    _zip_cuts(read_at, 0, size, cuts, prefix="", layout=layout)
+    try:
+        _zip_cuts(read_at, 0, size, cuts, prefix="", layout=layout)
+    except struct.error:  # a record cut short: the file is damaged, not a programming error
+        raise NotAZip("a zip record is truncated") from None
     layout.pieces.extend(_pieces(cuts, size))
     layout.zips.sort()
     return layout
@@ -90,10 +93,11 @@ def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], pref
     for _ in range(entries):
         if data[position:position + 4] != CENTRAL_SIGNATURE:
             raise NotAZip("a central directory entry is damaged")
-        field = _CENTRAL.unpack_from(data, position)
+        field = CENTRAL_HEADER.unpack_from(data, position)
         method, compressed, name_length, extra_length, comment_length, local = (
             field[4], field[8], field[10], field[11], field[12], field[16])
-        name = data[position + _CENTRAL.size:position + _CENTRAL.size + name_length].decode("utf-8", "replace")
+        start_of_name = position + CENTRAL_HEADER.size
+        name = data[start_of_name:start_of_name + name_length].decode("utf-8", "replace")
         layout.attributes.setdefault(name, (data[position + 4:position + 6], field[15]))
         if group_key(name) != previous_key:  # one piece per package's entries: they change together
             cuts[directory + position] = f"{prefix}cd:{name}"
@@ -104,13 +108,13 @@ def _zip_cuts(read_at: ReadAt, start: int, size: int, cuts: dict[int, str], pref
         cuts[header] = f"{prefix}{name}"
         members.append(header)
         if prefix == "" and name == PAYLOAD_MEMBER and method == 0:  # the stored inner zip: its members too
-            local_fields = _LOCAL.unpack(read_at(header, _LOCAL.size))
-            inner = header + _LOCAL.size + local_fields[9] + local_fields[10]
+            local_fields = LOCAL_HEADER.unpack(read_at(header, LOCAL_HEADER.size))
+            inner = header + LOCAL_HEADER.size + local_fields[9] + local_fields[10]
             if inner + compressed > directory:
                 raise NotAZip("the payload runs past the central directory")
             _zip_cuts(read_at, inner, compressed, cuts, prefix=f"{PAYLOAD_MEMBER}/", layout=layout)
             cuts.setdefault(inner, f"{PAYLOAD_MEMBER}/")  # the payload's own data begins: its first member
-        position += _CENTRAL.size + name_length + extra_length + comment_length
+        position += CENTRAL_HEADER.size + name_length + extra_length + comment_length
     if position != directory_size:
         raise NotAZip("the central directory's size does not add up")
     layout.zips.append(Zip(start + shift, min(members, default=directory), directory, eocd + _EOCD.size + fields[7]))
@@ -168,17 +172,17 @@ def rebuild_directory(read_at: ReadAt, zip_: Zip, attributes: dict[str, tuple[by
     entries = []
     position = zip_.first
     while position < zip_.directory:
-        header = read_at(position, _LOCAL.size)
-        fields = _LOCAL.unpack(header)
+        header = read_at(position, LOCAL_HEADER.size)
+        fields = LOCAL_HEADER.unpack(header)
         if fields[0] != LOCAL_SIGNATURE or fields[2] & 0x8:  # not a member, or sizes after the data
             return None
-        name_and_extra = read_at(position + _LOCAL.size, fields[9] + fields[10])
+        name_and_extra = read_at(position + LOCAL_HEADER.size, fields[9] + fields[10])
         name = name_and_extra[:fields[9]].decode("utf-8", "replace")
         made_by, external = attributes.get(name, usual)
         entries.append(CENTRAL_SIGNATURE + made_by + header[4:30] + struct.pack("<3HLL", 0, 0, 0, external,
                                                                                  position - zip_.base)
                        + name_and_extra)
-        position += _LOCAL.size + fields[9] + fields[10] + fields[7]
+        position += LOCAL_HEADER.size + fields[9] + fields[10] + fields[7]
     if position != zip_.directory:
         return None
     directory = b"".join(entries)

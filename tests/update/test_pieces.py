@@ -77,3 +77,14 @@ def test_groups_follow_packages_and_are_the_same_for_the_same_pieces(v1):
     assert group_key(f"{package}/__pycache__/fetch.cpython-311.pyc") == group_key(f"{package}/fetch.py") == package
     assert group_key("site-packages.zip/cd:site-packages/rich/console.pyc") == "site-packages.zip/cd:site-packages/rich"
     assert group_key("preamble") == group_key("__main__.py") == ""
+
+
+def test_a_record_cut_short_is_no_zip_rather_than_an_error(v1):
+    """The installed archive shrinking under the reader: a header read comes back short."""
+    data = v1.read_bytes()
+
+    def shrinking(offset: int, length: int) -> bytes:
+        return data[offset:offset + length][:10] if length == 30 else data[offset:offset + length]
+
+    with pytest.raises(NotAZip, match="truncated"):
+        archive_pieces(shrinking, len(data))
