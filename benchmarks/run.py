@@ -350,12 +350,17 @@ print(json.dumps({"code": child.returncode, "wall": time.perf_counter() - start,
 
 
 class Site:
-    """A release tree with one release on channel stable, served on 127.0.0.1."""
+    """A release tree with one release on channel stable, served on 127.0.0.1. ranges: by a server that
+    answers Range requests (nginx when the machine has it), for delta updates; else Python's, which does not."""
 
-    def __init__(self, bench: Bench, name: str, archive: Path) -> None:
+    def __init__(self, bench: Bench, name: str, archive: Path, ranges: bool = False) -> None:
         self.root = bench.root / f"site-{name}"
         self.root.mkdir()
-        self.server = StaticServer(self.root).__enter__()
+        if not ranges:
+            self.server = StaticServer(self.root).__enter__()
+        else:
+            self.server = Nginx(self.root).__enter__() if nginx_available() else RangeServer(self.root).__enter__()
+        self.kind = "nginx" if isinstance(self.server, Nginx) else "tests/support/ranges.py"
         release_tool("publish", "--root", str(self.root), "--channel", "stable", "--base-url", self.server.url,
                      "--key", str(bench.archives.private), str(archive))
         self.archive = archive
@@ -365,6 +370,11 @@ class Site:
     @property
     def manifest_url(self) -> str:
         return f"{self.server.url}/stable/manifest.json"
+
+    def body_bytes(self) -> int:
+        """Every body byte the server has sent (a ranges site's: both kinds count what they send)."""
+        served = self.server.requests() if isinstance(self.server, Nginx) else self.server.served
+        return sum(entry.body_bytes for entry in served)
 
     def close(self) -> None:
         self.server.__exit__(None, None, None)
@@ -877,33 +887,13 @@ def self_update_100(bench: Bench, v1: Path, big: Site, small: Site, rounds: int)
     return rows
 
 
-class RangeSite:
-    """A release tree served by a server that answers Range requests, nginx when the machine has it."""
-
-    def __init__(self, bench: Bench, name: str, archive: Path) -> None:
-        self.root = bench.root / f"site-{name}"
-        self.root.mkdir()
-        self.server = Nginx(self.root).__enter__() if nginx_available() else RangeServer(self.root).__enter__()
-        self.kind = "nginx" if isinstance(self.server, Nginx) else "tests/support/ranges.py"
-        release_tool("publish", "--root", str(self.root), "--channel", "stable", "--base-url", self.server.url,
-                     "--key", str(bench.archives.private), str(archive))
-        self.size = archive.stat().st_size
-        self.manifest_url = f"{self.server.url}/stable/manifest.json"
-
-    def body_bytes(self) -> int:
-        served = self.server.requests() if isinstance(self.server, Nginx) else self.server.served
-        return sum(entry.body_bytes for entry in served)
-
-    def close(self) -> None:
-        self.server.__exit__(None, None, None)
-
-
 def delta_updates(bench: Bench, v1: Path, one_module: Path, everything: Path, rounds: int) -> list[Row]:
     """Bytes on the wire and wall time of an update by delta, against the same update downloading the whole
     archive (PILOT_DELTA=never), for a release adding one module and one whose every member differs."""
     rows = []
     for label, archive in (("adds one module", one_module), ("changes every member", everything)):
-        site = RangeSite(bench, label.split()[0], archive)
+        site = Site(bench, label.split()[0], archive, ranges=True)
+        size = archive.stat().st_size
         try:
             times: dict[str, list[float]] = {"auto": [], "never": []}
             wire: list[int] = []
@@ -926,7 +916,7 @@ def delta_updates(bench: Bench, v1: Path, one_module: Path, everything: Path, ro
             sent, auto, never = median(wire), median(times["auto"]), median(times["never"])
             if label == "adds one module":
                 rows.append(Row(f"delta update, a release that {label}: bytes on the wire", f"{sent / 1000:.1f} KB",
-                                f"{site.size / 1e6:.1f} MB", sent / site.size, "<= 32 KB", sent <= 32 * 1024,
+                                f"{size / 1e6:.1f} MB", sent / size, "<= 32 KB", sent <= 32 * 1024,
                                 f"median of {rounds}; every body byte {site.kind} sent for the update: manifest, "
                                 "signature, index, listing ranges and the pieces"))
                 rows.append(Row("  its wall time / the same update downloading the whole archive", secs(auto),
@@ -936,8 +926,8 @@ def delta_updates(bench: Bench, v1: Path, one_module: Path, everything: Path, ro
                                 "missing: the delta makes it from the installed build's files"))
             else:
                 rows.append(Row(f"delta update, a release that {label}: bytes on the wire / the archive",
-                                f"{sent / 1e6:.2f} MB", f"{site.size / 1e6:.2f} MB", sent / site.size, "<= 1.05",
-                                sent / site.size <= 1.05, "it fetches the index, finds more than half to fetch and "
+                                f"{sent / 1e6:.2f} MB", f"{size / 1e6:.2f} MB", sent / size, "<= 1.05",
+                                sent / size <= 1.05, "it fetches the index, finds more than half to fetch and "
                                 "downloads the whole archive (built with another deflate level: no member in common)"))
         finally:
             site.close()
