@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pilot import launcher
+from tests.support.archives import build_metadata
 from tests.support.pythons import other_interpreters
 
 BUILD = {"version": "3.1.4", "build_id": "b" * 64, "python_tag": launcher.python_tag(),
@@ -297,8 +298,7 @@ class Installed:
         self.env = {**os.environ, "PILOT_HOME": str(root / "home"), "SHIV_ROOT": str(root / "shiv"),
                     "HOME": str(root), "PILOT_PYTHON": str(wrapper)}
         self.env.pop(launcher.ARCHIVE_ENV, None)
-        with zipfile_of(archive) as zf:
-            self.build = launcher.read_build_metadata(zf)
+        self.build = build_metadata(archive)
         self.copy = root / "shiv" / f"pilot_{self.build['build_id']}"
 
     def run(self, *args: str, direct: bool = True) -> subprocess.CompletedProcess:
@@ -312,12 +312,6 @@ class Installed:
         self.log.unlink(missing_ok=True)
         return ["archive" if line == str(self.path) else "unpacked" if line == str(self.copy) else line
                 for line in lines]
-
-
-def zipfile_of(path: Path):
-    import zipfile
-
-    return zipfile.ZipFile(path)
 
 
 @pytest.fixture

@@ -7,16 +7,14 @@ from pathlib import Path
 import pytest
 
 from pilot import launcher
+from tests.support.archives import build_metadata
 from tests.support.server import throttle
 
 pytestmark = pytest.mark.slow
 
 
 def new_build_unpacked(shiv: Path, archive: Path) -> bool:
-    import zipfile
-
-    with zipfile.ZipFile(archive) as zf:
-        build_id = launcher.read_build_metadata(zf)["build_id"]
+    build_id = build_metadata(archive)["build_id"]
     return launcher.extraction_complete(str(shiv / f"pilot_{build_id}"), build_id)
 
 

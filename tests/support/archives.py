@@ -32,6 +32,14 @@ def payload(archive: Path) -> Iterator[zipfile.ZipFile]:
         yield inner
 
 
+def build_metadata(archive: Path) -> dict:
+    """The archive's pilot-build.json, read as the launcher reads it."""
+    from pilot.launcher import read_build_metadata
+
+    with zipfile.ZipFile(archive) as zf:
+        return read_build_metadata(zf)
+
+
 def source_fingerprint() -> str:
     digest = hashlib.sha256()
     roots = [REPO / "pilot", REPO / "build"]

@@ -16,6 +16,7 @@ import pytest
 from pilot import launcher
 from pilot.update import early
 from pilot.update.early import EarlyUnpack
+from tests.support.archives import build_metadata
 
 
 def tree(directory: Path) -> dict[str, tuple[int, str]]:
@@ -38,8 +39,7 @@ def feed(unpack: EarlyUnpack, data: bytes, target: Path, chunk: int = 64 * 1024,
 
 
 def build_id_of(archive: Path) -> str:
-    with zipfile.ZipFile(archive) as zf:
-        return launcher.read_build_metadata(zf)["build_id"]
+    return build_metadata(archive)["build_id"]
 
 
 def leftovers(root: Path) -> list[str]:
