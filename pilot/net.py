@@ -10,7 +10,9 @@ Every outgoing request (the updater's fetcher, the notifier) follows these rules
 * no credential (userinfo, proxy password, a token in a path) is ever printed or logged
   (`strip_credentials`, `origin`, `redact`, and `redact_logs` for urllib3's own log records),
   and text from a server or a config file is made printable and single-line before it reaches
-  a terminal or a log (`one_line`).
+  a terminal or a log (`one_line`);
+* a private release host's token (`ReleaseAuth`) goes only to the scheme, host and port of the
+  configured manifest URL: never to another port or host, whatever a redirect or a manifest says.
 
 Standard library only, and cheap to import: urllib3 is never imported here.
 """
@@ -24,8 +26,15 @@ import urllib.parse
 from collections.abc import Iterable
 
 __all__ = [
+    "AUTH_HEADER",
+    "AUTH_HEADER_ENV",
     "HTTPS_ONLY_HINT",
     "REDACTED",
+    "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
+    "TOKEN_HINT",
+    "ReleaseAuth",
+    "header_name_problem",
     "is_loopback",
     "one_line",
     "origin",
@@ -36,12 +45,29 @@ __all__ = [
     "scheme_problem",
     "show_url",
     "strip_credentials",
+    "token_problem",
     "url_secrets",
 ]
 
 HTTPS_ONLY_HINT = "use https://; plain http is only allowed to this machine"
 REDACTED = "[redacted]"
 MIN_SECRET = 2  # shorter "secrets" (a path of "/") would only garble messages
+
+# A private release host's credentials: the token itself, or a file of mode 600 holding it (pilot.config
+# reads them; never the manifest, which the server writes). Sent as "Authorization: Bearer <token>", or as
+# the bare token in the header AUTH_HEADER_ENV names (a CDN's own header).
+TOKEN_ENV = "PILOT_UPDATE_TOKEN"
+TOKEN_FILE_ENV = "PILOT_UPDATE_TOKEN_FILE"
+AUTH_HEADER_ENV = "PILOT_UPDATE_AUTH_HEADER"
+AUTH_HEADER = "Authorization"
+TOKEN_HINT = f"set {TOKEN_ENV}, or {TOKEN_FILE_ENV} (a file of mode 600 holding the token)"
+MAX_TOKEN = 4096
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an HTTP field name (RFC 9110 token)
+# Fields the fetcher writes itself or that steer the connection or a proxy: a token must not replace them.
+_RESERVED_HEADERS = frozenset({
+    "accept-encoding", "connection", "content-length", "cookie", "host", "if-none-match", "keep-alive",
+    "proxy-authorization", "range", "te", "trailer", "transfer-encoding", "upgrade", "user-agent",
+})
 
 # Leading blanks and control characters, an optional scheme and "//", then the userinfo: everything up to
 # the authority's LAST "@". urllib.parse ignores tabs and newlines anywhere in a URL (as WHATWG does), so
@@ -113,6 +139,67 @@ def proxy_headers(proxy: str) -> dict[str, str]:
     except UnicodeEncodeError:
         raw = userinfo.encode("utf-8")
     return {"Proxy-Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+
+
+# ---------------------------------------------------------------------------- a private release host
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why `name` cannot carry the release host's token, or None when it can."""
+    if not _HEADER_NAME.fullmatch(name):
+        return f"{one_line(name, 64)!r} is not an HTTP header name"
+    if name.lower() in _RESERVED_HEADERS:
+        return f"{name} is a header Pilot sets itself; name another one"
+    return None
+
+
+def token_problem(token: str) -> str | None:
+    """Why `token` (already stripped) cannot be sent, or None. Only visible ASCII: a newline, a control
+    character or a space inside could end the header line or split it. The token is never quoted."""
+    if not token:
+        return "the token is empty"
+    if len(token) > MAX_TOKEN:
+        return f"the token is longer than {MAX_TOKEN} characters"
+    if not all("!" <= ch <= "~" for ch in token):
+        return "the token holds a space, a control or a non-ASCII character"
+    return None
+
+
+def _endpoint(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
+    scheme = scheme.lower()
+    return scheme, host.lower().strip("[]"), port or (443 if scheme == "https" else 80)
+
+
+class ReleaseAuth:
+    """The header that carries a private release host's token, bound to one scheme://host:port: the
+    manifest URL's, under which the client accepts every file it fetches. The token is in no repr."""
+
+    __slots__ = ("_value", "endpoint", "header")
+
+    def __init__(self, manifest_url: str, token: str, header: str = AUTH_HEADER) -> None:
+        problem = header_name_problem(header) or token_problem(token)
+        if problem is not None:
+            raise ValueError(problem)
+        parts = urllib.parse.urlsplit(manifest_url)
+        self.endpoint = _endpoint(parts.scheme, parts.hostname or "", parts.port)
+        self.header = header
+        self._value = f"Bearer {token}" if header.lower() == AUTH_HEADER.lower() else token
+
+    def headers_for(self, scheme: str, host: str, port: int | None) -> dict[str, str]:
+        """{header: value} for a request to the release host itself, else {}: another port, host or scheme
+        (a redirect, an artifact elsewhere) never sees it."""
+        return {self.header: self._value} if _endpoint(scheme, host, port) == self.endpoint else {}
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What `redact` must remove wherever it might show up: the header's value and the bare token, also
+        percent-encoded (a hostile release host may echo it into a redirect's URL)."""
+        token = self._value.removeprefix("Bearer ") if self.header.lower() == AUTH_HEADER.lower() else self._value
+        return tuple(dict.fromkeys((self._value, token, urllib.parse.quote(token, safe=""))))
+
+    def __repr__(self) -> str:
+        scheme, host, port = self.endpoint
+        return f"ReleaseAuth({self.header} for {scheme}://{host}:{port}: {REDACTED})"
 
 
 # ---------------------------------------------------------------------------- showing URLs and text

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +17,8 @@ from pilot import config as config_module
 from pilot.buildinfo import BuildInfo
 from pilot.config import Config, UpgradeConfig, load_config, parse_duration
 from pilot.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_config(home: Path, text: str | bytes) -> Path:
@@ -206,3 +212,126 @@ def test_any_text_is_a_config_or_a_config_error(isolated_home, text):
 @pytest.mark.parametrize("value", [".inf", ".nan", "1e999"])
 def test_an_infinite_interval_is_refused(isolated_home, value):
     assert "upgrade.check_interval" in refusal(isolated_home, f"upgrade:\n  check_interval: {value}\n")
+
+
+# --- a private release host: PILOT_UPDATE_TOKEN, upgrade.token_file, upgrade.auth_header -----------------
+
+MANIFEST = "https://releases.example.org/stable/manifest.json"
+
+
+def token_file(tmp_path: Path, text: str | bytes, mode: int = 0o600) -> Path:
+    path = tmp_path / "token"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    path.chmod(mode)
+    return path
+
+
+def auth_refusal(env: dict[str, str], manifest_url: str = MANIFEST) -> ConfigError:
+    """release_auth refused in one line with exit 4, the token file's content nowhere in it."""
+    with pytest.raises(ConfigError) as raised:
+        config_module.release_auth(load_config(env=env), manifest_url, env)
+    assert raised.value.exit_code == 4 and "\n" not in raised.value.one_line()
+    return raised.value
+
+
+def test_no_token_means_no_header(isolated_home):
+    assert config_module.release_auth(load_config(env={}), MANIFEST, {}) is None
+
+
+def test_the_token_from_the_environment_is_hidden_in_config(isolated_home):
+    reading = config_module.read_config({"PILOT_UPDATE_TOKEN": "s3cret"})
+    assert reading.config.upgrade.token == config_module.HIDDEN
+    assert reading.sources["upgrade.token"] == "environment (PILOT_UPDATE_TOKEN)"
+    assert "s3cret" not in repr(reading)
+    auth = config_module.release_auth(reading.config, MANIFEST, {"PILOT_UPDATE_TOKEN": " s3cret\n"})
+    assert auth.headers_for("https", "releases.example.org", 443) == {"Authorization": "Bearer s3cret"}
+
+
+@pytest.mark.parametrize("text", ["tok-123\n", "  tok-123  \n\n", "\ttok-123\r\n", b"tok-123"])
+def test_the_token_file_is_read_with_surrounding_whitespace_trimmed(isolated_home, tmp_path, text):
+    env = {"PILOT_UPDATE_TOKEN_FILE": str(token_file(tmp_path, text))}
+    auth = config_module.release_auth(load_config(env=env), MANIFEST, env)
+    assert auth.headers_for("https", "releases.example.org", 443) == {"Authorization": "Bearer tok-123"}
+
+
+def test_the_token_file_and_header_from_config_yaml(isolated_home, tmp_path):
+    path = token_file(tmp_path, "tok-123\n")
+    write_config(isolated_home, f"upgrade:\n  token_file: {path}\n  auth_header: X-Cdn-Key\n")
+    reading = config_module.read_config({})
+    assert (reading.sources["upgrade.token_file"], reading.sources["upgrade.auth_header"]) == ("file", "file")
+    auth = config_module.release_auth(reading.config, MANIFEST, {})
+    assert auth.headers_for("https", "releases.example.org", 443) == {"X-Cdn-Key": "tok-123"}
+    env = {"PILOT_UPDATE_TOKEN": "from-env"}  # the environment wins over config.yaml, as everywhere
+    assert config_module.release_auth(load_config(env=env), MANIFEST, env).secrets[-1] == "from-env"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o700 | 0o010])
+def test_a_token_file_open_to_group_or_others_is_refused_like_ssh_does(isolated_home, tmp_path, mode):
+    path = token_file(tmp_path, "tok-123\n", mode)
+    error = auth_refusal({"PILOT_UPDATE_TOKEN_FILE": str(path)})
+    assert f"permissions {mode:04o} for the token file {path} are too open" in error.one_line()
+    assert f"chmod 600 {path}" in error.one_line() and "tok-123" not in error.one_line()
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda tmp: tmp / "missing", "cannot read the token file {path}: No such file or directory"),
+    (lambda tmp: tmp, "the token file {path} is not a regular file"),
+    (lambda tmp: (os.mkfifo(tmp / "fifo", 0o600), tmp / "fifo")[1], "is not a regular file"),  # and no hang
+    (lambda tmp: token_file(tmp, ""), "the token is empty"),
+    (lambda tmp: token_file(tmp, " \n\n"), "the token is empty"),
+    (lambda tmp: token_file(tmp, "one\ntwo\n"), "a space, a control or a non-ASCII character"),
+    (lambda tmp: token_file(tmp, "x" * 8193), "is larger than 8192 bytes"),
+    (lambda tmp: token_file(tmp, b"\xff\xfe"), "is not UTF-8 text"),
+])
+def test_a_token_file_that_cannot_be_used_is_one_line(isolated_home, tmp_path, make, expected):
+    path = make(tmp_path)
+    error = auth_refusal({"PILOT_UPDATE_TOKEN_FILE": str(path)})
+    assert expected.format(path=path) in error.one_line()
+
+
+def test_an_environment_token_that_cannot_be_sent_is_refused_without_being_shown(isolated_home):
+    error = auth_refusal({"PILOT_UPDATE_TOKEN": "abc\r\nX-Evil: 1"})
+    assert error.one_line().startswith("PILOT_UPDATE_TOKEN: the token holds a space") and "Evil" not in error.one_line()
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"PILOT_UPDATE_TOKEN": "a", "PILOT_UPDATE_TOKEN_FILE": "/t"}, "PILOT_UPDATE_TOKEN and PILOT_UPDATE_TOKEN_FILE"),
+    ({"PILOT_UPDATE_TOKEN_FILE": "token.txt"}, "PILOT_UPDATE_TOKEN_FILE: 'token.txt' is not an absolute path"),
+    ({"PILOT_UPDATE_AUTH_HEADER": "Host"}, "PILOT_UPDATE_AUTH_HEADER: Host is a header Pilot sets itself"),
+    ({"PILOT_UPDATE_AUTH_HEADER": "X Key"}, "PILOT_UPDATE_AUTH_HEADER: 'X Key' is not an HTTP header name"),
+])
+def test_bad_token_settings_in_the_environment_are_config_errors(isolated_home, env, expected):
+    with pytest.raises(ConfigError) as raised:
+        load_config(env=env)
+    assert expected in raised.value.one_line() and raised.value.exit_code == 4
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("upgrade:\n  token: s3cret-value\n", "upgrade.token: a token is never read from config.yaml"),
+    ("upgrade:\n  token_file: token.txt\n", "upgrade.token_file: 'token.txt' is not an absolute path"),
+    ("upgrade:\n  auth_header: 'Proxy-Authorization'\n", "upgrade.auth_header: Proxy-Authorization is a header"),
+])
+def test_bad_token_settings_in_config_yaml_are_one_line(isolated_home, text, expected):
+    message = refusal(isolated_home, text)
+    assert expected in message and "s3cret" not in message
+
+
+def test_an_offline_manifest_needs_no_header(isolated_home, tmp_path):
+    env = {"PILOT_UPDATE_TOKEN": "tok"}
+    assert config_module.release_auth(load_config(env=env), str(tmp_path / "manifest.json"), env) is None
+
+
+def test_config_show_lists_the_token_settings_and_never_the_token(isolated_home, tmp_path):
+    path = token_file(tmp_path, "file-s3cret\n")
+    write_config(isolated_home, f"upgrade:\n  token_file: {path}\n")
+    env = {**os.environ, "PILOT_HOME": str(isolated_home), "PILOT_UPDATE_TOKEN": "env-s3cret",
+           "PILOT_UPDATE_AUTH_HEADER": "X-Cdn-Key"}
+    shown = subprocess.run([sys.executable, "-m", "pilot", "config", "show", "--json"], capture_output=True, text=True,
+                           env=env, cwd=REPO, check=True).stdout
+    values = json.loads(shown)["values"]
+    assert values["upgrade.token"] == {"value": "(set, hidden)", "source": "environment (PILOT_UPDATE_TOKEN)"}
+    assert values["upgrade.token_file"] == {"value": str(path), "source": "file"}
+    assert values["upgrade.auth_header"] == {"value": "X-Cdn-Key", "source": "environment (PILOT_UPDATE_AUTH_HEADER)"}
+    text = subprocess.run([sys.executable, "-m", "pilot", "config", "show"], capture_output=True, text=True,
+                          env=env, cwd=REPO, check=True).stdout
+    assert "s3cret" not in shown + text and "(set, hidden)" in text

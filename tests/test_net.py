@@ -11,6 +11,8 @@ import pytest
 from pilot.net import (
     HTTPS_ONLY_HINT,
     REDACTED,
+    ReleaseAuth,
+    header_name_problem,
     is_loopback,
     one_line,
     origin,
@@ -20,6 +22,7 @@ from pilot.net import (
     scheme_problem,
     show_url,
     strip_credentials,
+    token_problem,
     url_secrets,
 )
 
@@ -271,6 +274,84 @@ def test_one_line_counts_escapes_and_never_cuts_one_in_half() -> None:
     assert shown == "x" * 195 + "..." and len(shown) <= 200
     shown = one_line("\n" * 1_000_000)
     assert shown == "\\n" * 98 + "..." and "\n" not in shown
+
+
+# ---------------------------------------------------------------------------- a private release host
+
+
+@pytest.mark.parametrize(("manifest_url", "scheme", "host", "port"), [
+    ("https://releases.example.org/stable/manifest.json", "https", "releases.example.org", 443),
+    ("https://releases.example.org/stable/manifest.json", "HTTPS", "Releases.Example.ORG", None),
+    ("https://releases.example.org:443/m.json", "https", "releases.example.org", 443),
+    ("http://127.0.0.1:8000/stable/manifest.json", "http", "127.0.0.1", 8000),
+    ("http://[::1]:8000/m.json", "http", "::1", 8000),
+])
+def test_the_token_goes_to_the_manifest_urls_scheme_host_and_port(manifest_url, scheme, host, port) -> None:
+    auth = ReleaseAuth(manifest_url, "tok")
+    assert auth.headers_for(scheme, host, port) == {"Authorization": "Bearer tok"}
+
+
+@pytest.mark.parametrize(("scheme", "host", "port"), [
+    ("https", "releases.example.org", 8443),  # another port
+    ("http", "releases.example.org", 443),  # another scheme on the same port
+    ("https", "cdn.example.org", 443),  # another host
+    ("https", "example.org", 443),  # a parent domain
+    ("https", "releases.example.org.evil.test", 443),
+])
+def test_the_token_goes_nowhere_else(scheme, host, port) -> None:
+    assert ReleaseAuth("https://releases.example.org/stable/manifest.json", "tok").headers_for(scheme, host, port) == {}
+
+
+def test_a_custom_header_carries_the_bare_token() -> None:
+    auth = ReleaseAuth("https://r.example.org/m.json", "tok", "X-Cdn-Key")
+    assert auth.headers_for("https", "r.example.org", 443) == {"X-Cdn-Key": "tok"}
+    assert ReleaseAuth("https://r.example.org/m.json", "tok", "authorization").headers_for(
+        "https", "r.example.org", 443) == {"authorization": "Bearer tok"}
+
+
+def test_the_token_is_in_no_repr_and_its_secrets_are_both_forms() -> None:
+    auth = ReleaseAuth("https://r.example.org/m.json", "s3cret-token")
+    assert "s3cret" not in repr(auth) and REDACTED in repr(auth) and "https://r.example.org:443" in repr(auth)
+    assert set(auth.secrets) == {"Bearer s3cret-token", "s3cret-token"}
+    assert redact("Authorization: Bearer s3cret-token", auth.secrets) == f"Authorization: {REDACTED}"
+
+
+@pytest.mark.parametrize(("token", "problem"), [
+    ("", "empty"),
+    ("two words", "a space, a control or a non-ASCII character"),
+    ("line\r\nX-Injected: 1", "control"),
+    ("tab\there", "control"),
+    ("caf\u00e9", "non-ASCII"),
+    ("x" * 4097, "longer than 4096"),
+])
+def test_a_token_that_could_not_be_sent_as_it_is_is_refused(token, problem) -> None:
+    assert problem in (token_problem(token) or "")
+    with pytest.raises(ValueError):
+        ReleaseAuth("https://r.example.org/m.json", token)
+
+
+def test_a_token_of_visible_ascii_is_fine() -> None:
+    assert token_problem("ghp_AbC.123-_~+/=") is None and token_problem("x" * 4096) is None
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("", "is not an HTTP header name"),
+    ("X Token", "is not an HTTP header name"),
+    ("X-Token:", "is not an HTTP header name"),
+    ("X-Token\r\nEvil", "is not an HTTP header name"),
+    ("Host", "a header Pilot sets itself"),
+    ("proxy-authorization", "a header Pilot sets itself"),  # would go to the proxy, not the release host
+    ("If-None-Match", "a header Pilot sets itself"),
+    ("Range", "a header Pilot sets itself"),
+])
+def test_a_header_that_cannot_carry_the_token_is_refused(name, problem) -> None:
+    assert problem in (header_name_problem(name) or "")
+    assert "\n" not in (header_name_problem(name) or "")
+
+
+@pytest.mark.parametrize("name", ["Authorization", "X-Pilot-Token", "CF-Access-Token", "x_api_key"])
+def test_header_names_that_can_carry_the_token(name) -> None:
+    assert header_name_problem(name) is None
 
 
 # ---------------------------------------------------------------------------- import cost

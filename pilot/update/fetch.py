@@ -4,13 +4,17 @@ interface over local files for offline installs).
 Policy is enforced here rather than left to urllib3 defaults: TLS is always verified,
 the URL and proxy rules of `pilot.net` apply to the first URL and to every redirect hop
 (followed by hand so each hop is checked), retries are bounded and never outlive the call's
-deadline, and every failure becomes a one-line `DownloadError` without credentials. urllib3
+deadline, and every failure becomes a one-line `DownloadError` without credentials. A private
+release host's token (`pilot.net.ReleaseAuth`) is added per hop, so a redirect to another port or
+host goes without it (urllib3's own `remove_headers_on_redirect` would keep a custom header and is
+not used: redirects are ours). urllib3
 is imported lazily so that importing `Response` or `Fetcher` (for type hints or fakes) costs
 nothing on non-update paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import socket
@@ -27,10 +31,13 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from pilot.errors import DownloadError
 from pilot.net import (
     HTTPS_ONLY_HINT,
+    TOKEN_HINT,
+    ReleaseAuth,
     one_line,
     proxy_for,
     proxy_headers,
     redact,
+    redact_logs,
     scheme_problem,
     show_url,
     strip_credentials,
@@ -229,14 +236,16 @@ class HttpFetcher:
     own next try) such an answer ends the fetch at once instead: the `DownloadError` carries the
     server's delay as `retry_after`, bounded by a day rather than by `max_retry_after`. Whenever
     the fetcher gives up, the error carries the last Retry-After the server sent, if any.
+
+    `auth` adds a private release host's header to the requests that go to that host only.
     """
 
     def __init__(self, *, connect_timeout: float = 10, read_timeout: float = 30, deadline: float | None = None,
                  retries: int = 3, backoff: float = 0.5, max_retry_after: float = 60,
                  wait_for_retry_after: bool = True,
                  ca_certs: str | None = None, allowed_hosts: frozenset[str] | None = None,
-                 user_agent: str = "pilot-updater", sleep: Callable[[float], object] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 user_agent: str = "pilot-updater", auth: ReleaseAuth | None = None,
+                 sleep: Callable[[float], object] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.deadline = DEFAULT_DEADLINE if deadline is None else deadline  # PILOT_UPDATE_DEADLINE: see updater
@@ -247,6 +256,9 @@ class HttpFetcher:
         self.ca_certs = ca_certs
         self.allowed_hosts = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
         self.user_agent = user_agent
+        self.auth = auth
+        if auth is not None:  # urllib3 logs no headers today; should a line ever quote one, not this one
+            redact_logs(auth.secrets)
         self._sleep = sleep
         self._clock = clock
         self._managers: dict[str | None, urllib3.PoolManager] = {}  # keyed by proxy URL, None = direct
@@ -255,6 +267,10 @@ class HttpFetcher:
 
     def fetch(self, url: str, *, max_bytes: int, etag: str | None = None) -> Response:
         """GET a small document, at most `max_bytes`; with `etag`, a 304 comes back as status 304."""
+        with self._scrubbing():
+            return self._fetch(url, max_bytes, etag)
+
+    def _fetch(self, url: str, max_bytes: int, etag: str | None) -> Response:
         target = _parse(url)
         budget = _Budget(self, target)
         extra = {"If-None-Match": etag} if etag else {}
@@ -277,6 +293,10 @@ class HttpFetcher:
         RangesUnsupported when the server answers anything but that range (a 200 is closed unread)."""
         if start < 0 or length <= 0:
             raise ValueError("start must be >= 0 and length > 0")
+        with self._scrubbing():
+            return self._fetch_range(url, start, length)
+
+    def _fetch_range(self, url: str, start: int, length: int) -> bytes:
         target = _parse(url)
         budget = _Budget(self, target)
         wanted = f"bytes {start}-{start + length - 1}/"
@@ -301,6 +321,10 @@ class HttpFetcher:
         """Yield exactly `size` bytes in chunks of at most `chunk_size`, or raise DownloadError."""
         if size < 0 or chunk_size <= 0:
             raise ValueError("size must be >= 0 and chunk_size > 0")
+        with self._scrubbing():
+            yield from self._stream(url, size, chunk_size)
+
+    def _stream(self, url: str, size: int, chunk_size: int) -> Iterator[bytes]:
         target = _parse(url)
         budget = _Budget(self, target)
 
@@ -322,6 +346,19 @@ class HttpFetcher:
             yield from self._rest(budget, resp, final, chunk, size, chunk_size)
         finally:
             _dispose(resp)
+
+    @contextlib.contextmanager
+    def _scrubbing(self) -> Iterator[None]:
+        """No token in any error: a hostile release host could echo it into a redirect's URL, which a
+        refusal quotes. The error keeps its class (RangesUnsupported matters to the delta updater)."""
+        try:
+            yield
+        except DownloadError as error:
+            if self.auth is not None:
+                error.message = redact(error.message, self.auth.secrets)
+                error.hint = error.hint and redact(error.hint, self.auth.secrets)
+                error.args = (error.message,)
+            raise
 
     # -- body reading
 
@@ -418,14 +455,24 @@ class HttpFetcher:
         message = f"HTTP {status} for {show_url(target.url)}"
         if status == 429 or 500 <= status <= 599:
             raise _Transient(message, retry_after=retry_after)
+        if status in (401, 403):
+            raise DownloadError(message, hint=self._auth_hint(target))
         raise DownloadError(message)
+
+    def _auth_headers(self, target: _Target) -> dict[str, str]:
+        return self.auth.headers_for(target.scheme, target.host, target.port) if self.auth is not None else {}
+
+    def _auth_hint(self, target: _Target) -> str:
+        if self.auth is not None and self._auth_headers(target):
+            return f"the release host refused the token sent in {self.auth.header}: check it"
+        return f"if the release host is private, {TOKEN_HINT}"
 
     def _request(self, budget: _Budget, target: _Target, extra: dict[str, str]) -> urllib3.BaseHTTPResponse:
         import urllib3
 
         proxy = proxy_for(target.scheme, target.host)
         timeout = urllib3.Timeout(connect=budget.timeout(self.connect_timeout), read=budget.timeout(self.read_timeout))
-        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **extra}
+        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **self._auth_headers(target), **extra}
         try:
             return self._manager(proxy).urlopen(
                 "GET", target.url, headers=headers, timeout=timeout, retries=False, redirect=False,
