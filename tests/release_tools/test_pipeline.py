@@ -5,7 +5,8 @@ release-tools/pipeline.py and nothing else (any other command fails the test), a
 with the workflow's own arguments, `${{ }}` expressions and environment; the few actions it
 uses are played by local stand-ins (a bare git repository for origin, a directory for the
 artifact store, a loopback StaticServer for GitHub Pages), and an action it does not know
-fails the test. So the workflow cannot drift from what this test checks.
+fails the test. So the workflow cannot drift from what this test checks. (How the actions are
+pinned, and what zizmor finds, is tests/release_tools/test_workflow_audit.py's.)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pilot.launcher import PUBLISHED_PLATFORMS, PUBLISHED_PYTHONS, platform_tag
 from pilot.update.manifest import parse_manifest
 from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
 from tests.support.archives import REPO
@@ -37,6 +39,11 @@ WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
 PIPELINE = REPO / "release-tools" / "pipeline.py"
 PIPELINE_CALL = ["python", "release-tools/pipeline.py"]
 SUPPORTED_PYTHONS = ["3.11", "3.12", "3.13"]
+# The build matrix's runners and the platform each one builds the archive for.
+RUNNER_PLATFORMS = {"ubuntu-latest": "linux_x86_64", "ubuntu-24.04-arm": "linux_aarch64",
+                    "macos-latest": "macos_arm64", "macos-15-intel": "macos_x86_64"}
+LOCAL_TOKEN = "local-job-token"  # ${{ github.token }} in these runs
+SERVER_URL = "https://github.com"  # ${{ github.server_url }}
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 SHELL_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 STEP_KEYS = {"run": {"name", "id", "run", "env"}, "uses": {"name", "id", "uses", "with"}}
@@ -44,6 +51,16 @@ STEP_KEYS = {"run": {"name", "id", "run", "env"}, "uses": {"name", "id", "uses",
 
 def load_workflow() -> dict:
     return yaml.safe_load(WORKFLOW.read_text())
+
+
+def python_versions(step: dict) -> list[str]:
+    """actions/setup-python's python-version: one version, or one a line (the last is `python`)."""
+    return str(step["with"]["python-version"]).split()
+
+
+def action_name(step: dict) -> str:
+    """actions/checkout for `uses: actions/checkout@<sha>`; "" for a run: step."""
+    return step.get("uses", "").split("@")[0]
 
 
 def run_pipeline(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -85,15 +102,15 @@ class WorkflowRunner:
         # actions/checkout leaves a git repository whose origin is the project's repository.
         git("init", "--quiet", cwd=workspace)
         git("remote", "add", "origin", self.origin.as_uri(), cwd=workspace)
-        context = {"github": {"ref": ref}, "secrets": self.secrets, "matrix": matrix or {},
-                   "runner": {"temp": str(runner_temp)}, "steps": {}}
+        context = {"github": {"ref": ref, "token": LOCAL_TOKEN, "server_url": SERVER_URL}, "secrets": self.secrets,
+                   "matrix": matrix or {}, "runner": {"temp": str(runner_temp)}, "steps": {}}
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
         base_env.update(CI="true", GITHUB_REF=ref, GITHUB_WORKSPACE=str(workspace), RUNNER_TEMP=str(runner_temp))
         for index, step in enumerate(job["steps"]):
             kind = "uses" if "uses" in step else "run"
             assert set(step) <= STEP_KEYS[kind], f"{name} step {index}: keys the local runner does not play: {step}"
             if kind == "uses":
-                outputs = self.action(step, workspace, context)
+                outputs = self.action(name, step, workspace, context)
             else:
                 outputs = self.run_step(name, index, step, workspace, runner_temp, base_env, context)
             if "id" in step:
@@ -105,6 +122,8 @@ class WorkflowRunner:
         output_file.touch()
         env = {**base_env, "GITHUB_OUTPUT": str(output_file)}
         env.update({key: evaluate(str(value), context) for key, value in step.get("env", {}).items()})
+        if "GIT_CONFIG_COUNT" in step.get("env", {}):
+            check_git_credentials(env, runner_temp)
         lines = [line.strip() for line in step["run"].replace("\\\n", " ").splitlines()]
         commands = [line for line in lines if line and not line.startswith("#")]
         assert commands, f"{job} step {index} runs nothing"
@@ -118,16 +137,22 @@ class WorkflowRunner:
             assert result.returncode == 0, f"{job}: {line}\n{result.stdout}\n{result.stderr[-4000:]}"
         return dict(line.split("=", 1) for line in output_file.read_text().splitlines() if "=" in line)
 
-    def action(self, step: dict, workspace: Path, context: dict) -> dict:
+    def action(self, job: str, step: dict, workspace: Path, context: dict) -> dict:
         uses = step["uses"]
-        assert re.fullmatch(r"actions/[\w-]+@v\d+", uses), f"pin actions by major version: {uses}"
-        action = uses.split("@")[0]
+        assert re.fullmatch(r"actions/[\w-]+@([0-9a-f]{40}|v\d+)", uses), f"an action the runner does not play: {uses}"
+        action = action_name(step)
         inputs = {key: evaluate(str(value), context) for key, value in step.get("with", {}).items()}
         if action == "actions/checkout":
-            return {}  # the workspace is already a repository with origin; pipeline.py runs from REPO
+            # The workspace is already a repository with origin (pipeline.py runs from REPO); and no
+            # checkout may leave the job's token in .git/config for later steps.
+            assert inputs.get("persist-credentials") == "False", f"{job}: checkout without persist-credentials: false"
+            return {}
         if action == "actions/setup-python":
-            assert inputs["python-version"] in SUPPORTED_PYTHONS, inputs
-            return {}  # `python` is this interpreter
+            versions = python_versions(step)
+            assert versions and set(versions) <= set(SUPPORTED_PYTHONS), inputs
+            if job == "build":  # the archive is universal: every builder has every supported Python
+                assert versions == SUPPORTED_PYTHONS, inputs
+            return {}  # `python` is this interpreter, python3.X on PATH are this machine's
         if action == "actions/upload-artifact":
             files = sorted(workspace.glob(inputs["path"]))
             assert files or inputs.get("if-no-files-found") != "error", f"no files match {inputs['path']}"
@@ -161,6 +186,25 @@ class WorkflowRunner:
         raise AssertionError(f"the local runner does not know {uses}: teach WorkflowRunner.action what it does")
 
 
+def check_git_credentials(env: dict, scratch: Path) -> None:
+    """A step that configures git through its environment (GIT_CONFIG_COUNT, ...) must give git the job's token
+    for the server checkout clones from, and to no other host. Asked as git itself would ask, without any
+    system or user configuration (the local origin is a file:// URL, which needs no credentials)."""
+
+    def fill(url: str) -> str:
+        home = scratch / "credential-home"
+        home.mkdir(exist_ok=True)
+        isolated = {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
+                    "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "", "SSH_ASKPASS": ""}
+        result = subprocess.run(["git", "credential", "fill"], input=f"url={url}\n\n", env=isolated,
+                                capture_output=True, text=True, timeout=60)
+        return result.stdout
+
+    answer = fill(f"{SERVER_URL}/owner/repo.git")
+    assert f"password={LOCAL_TOKEN}\n" in answer and "username=x-access-token\n" in answer, answer
+    assert LOCAL_TOKEN not in fill("https://elsewhere.example/owner/repo.git")
+
+
 def evaluate(text: str, context: dict) -> str:
     def lookup(match: re.Match) -> str:
         value = context
@@ -182,34 +226,75 @@ def expand(word: str, env: dict) -> str:
 
 
 def local_matrix(workflow: dict) -> dict:
+    """The build matrix entry whose runner builds this machine's platform."""
     matrix = workflow["jobs"]["build"]["strategy"]["matrix"]
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    assert python in matrix["python"], f"this interpreter ({python}) is not in the build matrix"
-    os_name = "ubuntu-latest" if sys.platform.startswith("linux") else "macos-latest"
-    assert os_name in matrix["os"]
-    return {"os": os_name, "python": python}
+    assert python in SUPPORTED_PYTHONS, f"this interpreter ({python}) is not a supported Python"
+    runners = [os_name for os_name in matrix["os"] if RUNNER_PLATFORMS.get(os_name) == platform_tag()]
+    if not runners:
+        pytest.skip(f"no runner of the build matrix builds for this platform ({platform_tag()})")
+    return {"os": runners[0]}
 
 
 # --- the workflow file ------------------------------------------------------------------------
 
 
-def test_workflow_builds_every_supported_python_on_linux_and_both_macs_and_publishes_on_version_tags():
+def test_workflow_builds_one_universal_archive_per_platform_and_publishes_on_version_tags():
     workflow = load_workflow()
     trigger = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
     assert trigger == {"push": {"tags": ["v*"]}}
     jobs = workflow["jobs"]
     assert set(jobs) == {"build", "publish", "deploy"}
-    matrix = jobs["build"]["strategy"]["matrix"]
-    assert matrix["python"] == SUPPORTED_PYTHONS
-    assert set(matrix["os"]) == {"ubuntu-latest", "macos-latest", "macos-15-intel"}
+    build = jobs["build"]
+    matrix = build["strategy"]["matrix"]
+    assert set(matrix) == {"os"}, "one build per platform: no other matrix axis"
+    assert matrix["os"] == list(RUNNER_PLATFORMS)
+    assert build["runs-on"] == "${{ matrix.os }}"
+    (setup_python,) = [step for step in build["steps"] if action_name(step) == "actions/setup-python"]
+    assert python_versions(setup_python) == SUPPORTED_PYTHONS
+    (upload,) = [step for step in build["steps"] if action_name(step) == "actions/upload-artifact"]
+    assert upload["with"]["name"] == "pilot-${{ matrix.os }}"
     assert jobs["publish"]["needs"] == "build" and jobs["deploy"]["needs"] == "publish"
-    # The signing key reaches only the publish job, and only through pipeline.py write-key.
-    for name, job in jobs.items():
-        for step in job["steps"]:
-            secrets = re.findall(r"secrets\.(\w+)", json.dumps(step))
-            if "PILOT_RELEASE_SIGNING_KEY" in secrets:
-                assert name == "publish" and "write-key" in step["run"], step
-    assert workflow["permissions"] == {"contents": "read"}
+
+
+def test_the_build_matrix_is_the_platforms_and_pythons_the_launcher_says_are_published():
+    """pilot.launcher's PUBLISHED_PLATFORMS and PUBLISHED_PYTHONS (named by the wrong-interpreter line) are what
+    release.yml builds: a runner per platform, every Python on each."""
+    build = load_workflow()["jobs"]["build"]
+    assert tuple(RUNNER_PLATFORMS[os_name] for os_name in build["strategy"]["matrix"]["os"]) == PUBLISHED_PLATFORMS
+    (setup_python,) = [step for step in build["steps"] if action_name(step) == "actions/setup-python"]
+    assert tuple("cp" + v.replace(".", "") for v in python_versions(setup_python)) == PUBLISHED_PYTHONS
+
+
+def test_the_signing_key_and_the_git_token_reach_only_the_steps_that_use_them():
+    workflow = load_workflow()
+    jobs = workflow["jobs"]
+    assert workflow["permissions"] == {}, "no permissions by default: each job asks for its own"
+    assert jobs["build"]["permissions"] == {"contents": "read"}
+    assert jobs["publish"]["permissions"] == {"contents": "write", "pages": "read"}
+    assert jobs["deploy"]["permissions"] == {"pages": "write", "id-token": "write"}
+    assert "env" not in workflow and not any("env" in job for job in jobs.values()), "secrets go to steps, by name"
+
+    steps = [(name, step) for name, job in jobs.items() for step in job["steps"]]
+    # The signing key: in the environment of the one step that signs, read from there, never written to a file.
+    signing = [(name, step) for name, step in steps if "secrets.PILOT_RELEASE_SIGNING_KEY" in json.dumps(step)]
+    assert len(signing) == 1, signing
+    ((name, step),) = signing
+    assert name == "publish" and jobs["publish"]["environment"] == "release"
+    assert step["env"]["PILOT_RELEASE_SIGNING_KEY"] == "${{ secrets.PILOT_RELEASE_SIGNING_KEY }}"
+    assert shlex.split(step["run"])[2] == "publish" and "--private-key-env PILOT_RELEASE_SIGNING_KEY" in step["run"]
+    assert "--private-key " not in step["run"]
+    assert not any("--kind private" in step.get("run", "") for _, step in steps), "no step writes the signing key"
+    # Other secrets: only the public key, in the build job's write-key step.
+    others = {secret for _, step in steps for secret in re.findall(r"secrets\.(\w+)", json.dumps(step))}
+    assert others == {"PILOT_RELEASE_SIGNING_KEY", "PILOT_RELEASE_PUBLIC_KEY"}
+
+    # The job's token: no checkout keeps it; only publish's restore and save steps (git fetch and push) get it.
+    for _, step in steps:
+        if action_name(step) == "actions/checkout":
+            assert step["with"]["persist-credentials"] is False, step
+    token = [(name, shlex.split(step["run"])[2]) for name, step in steps if "github.token" in json.dumps(step)]
+    assert token == [("publish", "restore"), ("publish", "save")]
 
 
 # --- end to end -------------------------------------------------------------------------------
@@ -230,7 +315,7 @@ def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tm
 
         # v1.0.0, the first release: no gh-pages branch yet. Its build job ran elsewhere: the
         # artifact store holds a cached archive built for the same key.
-        first = runner.artifact_store / f"pilot-{matrix['os']}-py{matrix['python']}-v1.0.0"
+        first = runner.artifact_store / f"pilot-{matrix['os']}-v1.0.0"
         first.mkdir(parents=True)
         shutil.copy2(archives.build("1.0.0"), first)
         runner.run_job("publish", "refs/tags/v1.0.0")
@@ -266,7 +351,8 @@ def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tm
 
         (artifact,) = manifest.releases[0].artifacts
         archive = downloads / artifact.url.rsplit("/", 1)[1]
-        assert archive.name.startswith("pilot-1.2.3-cp")
+        assert archive.name.startswith("pilot-1.2.3-")
+        assert archive.name.endswith(f"{RUNNER_PLATFORMS[matrix['os']]}.pyz")
         result = subprocess.run([sys.executable, str(archive), "--version"], capture_output=True, text=True,
                                 timeout=120)
         assert (result.returncode, result.stdout.strip()) == (0, "pilot 1.2.3"), result.stderr
@@ -351,6 +437,34 @@ def test_publish_refuses_archives_that_do_not_trust_the_signing_key(tmp_path, ar
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
     assert "does not match the private key" in result.stderr
     assert not site.exists()
+
+
+def test_publish_signs_with_a_key_from_the_environment_and_leaves_no_copy_of_it(tmp_path, archives, release_key):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    shutil.copy2(archives.build("1.0.0"), dist)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    private_pem = release_key.private_path.read_text()
+    env = {**os.environ, "TMPDIR": str(scratch), "SIGNING": private_pem.strip() + "\r\n",
+           "WRONG": release_key.public_path.read_text(), "EMPTY": ""}
+
+    def publish(variable: str) -> subprocess.CompletedProcess:
+        return run_pipeline("publish", "--site", str(tmp_path / "site"), "--channel", "stable", "--base-url",
+                            "http://127.0.0.1:1", "--private-key-env", variable, "--artifacts", str(dist), env=env)
+
+    result = publish("SIGNING")
+    assert result.returncode == 0, result.stderr
+    assert "ok: stable serial 1" in result.stdout
+    assert list(scratch.iterdir()) == []  # the key's file lived in publish's own scratch directory, now gone
+    assert private_pem.splitlines()[1] not in result.stdout + result.stderr
+
+    for variable, said in [("WRONG", "WRONG does not hold an Ed25519 private key"),
+                           ("EMPTY", "EMPTY is unset or empty")]:
+        refused = publish(variable)
+        assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert said in refused.stderr
+        assert list(scratch.iterdir()) == []
 
 
 def test_publish_refuses_to_sign_over_a_restored_manifest_the_key_did_not_sign(tmp_path, archives, release_key):
