@@ -1,26 +1,34 @@
-"""Build Pilot as one reproducible shiv archive.
+"""Build Pilot as one reproducible shiv archive for every supported CPython on this platform.
 
     python build/build.py --version 1.2.3 --out dist/ [--trusted-key keys/release.pub ...]
 
-Prints the archive's path as the last line of stdout. Two builds of the same commit
-with the same inputs are byte-identical: dependencies come from the hash-pinned
-build/requirements.lock, every zip member carries the zip epoch (1980-01-01) and the build
-time in shiv's environment.json is SOURCE_DATE_EPOCH (default: the commit time), permissions
-are normalised, nothing names the build machine, and .pyc files are compiled with unchecked
-hashes (no mtimes inside). Between two releases, another commit, a member that did not
-change is then byte-identical too, which is what a delta update reuses.
+Prints the archive's path (dist/pilot-1.2.3-linux_x86_64.pyz) as the last line of stdout.
+One archive serves CPython 3.11, 3.12 and 3.13 (pilot.launcher.PUBLISHED_PYTHONS): the
+pure-Python code and cryptography's abi3 library once, the extension modules of cffi and
+PyYAML once per minor version (their file names say which), all as sources: each interpreter
+unpacks only its own native files and compiles Pilot's bytecode when it unpacks the archive
+(pilot.launcher.compile_for_interpreter); the dependencies compile as they are first imported.
+
+Two builds of the same commit with the same inputs are byte-identical: dependencies come
+from the hash-pinned build/requirements.lock, every zip member carries the zip epoch
+(1980-01-01) and the build time in shiv's environment.json is SOURCE_DATE_EPOCH (default:
+the commit time), permissions are normalised, nothing names the build machine, and the one
+.pyc (the entry module's) has an unchecked hash (no mtime inside). Between two releases,
+another commit, a member that did not change is then byte-identical too, which is what a
+delta update reuses.
 
 The archive keeps its zip central directory tiny, because CPython reads all of it before
 the first line of __main__ runs (2,286 entries cost 8-9 ms): it holds
 
-    __main__.py(c)      pilot/launcher.py, verbatim, and its bytecode for the interpreter it is built
-                        for (zipimport loads it in 0.4 ms instead of compiling 50 KiB of source)
+    __main__.py(c)      pilot/launcher.py, verbatim, and its bytecode for the interpreter that builds it
+                        (zipimport loads it in 0.4 ms instead of compiling 50 KiB of source; another
+                        interpreter compiles the source)
     pilot_build.py(c)   the build's metadata as `PILOT_BUILD = {...}`, which the launcher imports
     pilot-build.json    the same metadata, for zip tools and readers that use zipfile
     environment.json    shiv's description of the build (build id, entry point)
     site-packages.zip   stored, not compressed: an inner zip of site-packages/ plus the two modules
-                        again (beside a __pycache__/), which the launcher unpacks through a window
-                        on the file (pilot.launcher.open_payload)
+                        again, which the launcher unpacks through a window on the file
+                        (pilot.launcher.open_payload)
 
 and begins with a POSIX sh preamble (pilot.launcher.PREAMBLE) that answers --version and
 starts a warm unpacked copy without reading the zip at all; zip readers find the archive
@@ -30,13 +38,11 @@ from its end, so `python3 pilot.pyz` and `unzip` still work.
 from __future__ import annotations
 
 import argparse
-import compileall
 import hashlib
 import io
 import json
 import os
 import py_compile
-import re
 import shutil
 import subprocess
 import sys
@@ -88,13 +94,53 @@ def git(*args: str) -> str | None:
     return result.stdout.strip() or None
 
 
-def install_dependencies(site_packages: Path) -> None:
-    subprocess.run(
+def install_dependencies(site_packages: Path, pythons: tuple[str, ...]) -> None:
+    """The locked wheels for every interpreter in pythons (cp311, ...), merged into site_packages.
+
+    pip fetches each minor version's wheels without that interpreter (--python-version); all but the
+    extension modules of cffi and PyYAML are the same files, which the merge keeps once. A file that
+    differs between versions and is not an extension module named for its version fails the build:
+    the archive could not serve both."""
+    stage = site_packages.with_name("per-python")
+    installs = {tag: subprocess.Popen(  # at once: mostly waiting on the index and on the disk
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
-         "--no-compile", "--target", str(site_packages), "-r", str(RUNTIME_LOCK)],
-        check=True, env=toolenv.pip_environment(),
-    )
-    strip_machine_details(site_packages)
+         "--no-compile", "--python-version", _dotted(tag), "--target", str(stage / tag), "-r", str(RUNTIME_LOCK)],
+        env=toolenv.pip_environment()) for tag in pythons}
+    failed = [tag for tag, install in installs.items() if install.wait() != 0]
+    if failed:
+        raise RuntimeError(f"pip could not install the locked wheels for {', '.join(failed)}")
+    for tag in pythons:
+        strip_machine_details(stage / tag)
+        drop_what_no_start_reads(stage / tag)
+    merge_installs(stage, pythons, site_packages)
+    shutil.rmtree(stage)
+
+
+def merge_installs(stage: Path, pythons: tuple[str, ...], site_packages: Path) -> None:
+    from pilot.launcher import interpreter_of
+
+    placed: dict[str, bytes] = {}
+    for tag in pythons:
+        for path in files_in(stage / tag):
+            relative = path.relative_to(stage / tag).as_posix()
+            data = path.read_bytes()
+            owner = interpreter_of(relative)
+            if owner not in (None, tag):
+                raise RuntimeError(f"the {tag} wheels hold {relative}, named for {owner}")
+            if relative in placed:
+                if placed[relative] != data:
+                    raise RuntimeError(f"{relative} differs between interpreters: one archive cannot serve them")
+                continue
+            if owner is None and tag != pythons[0]:
+                raise RuntimeError(f"{relative} is in the {tag} wheels only, and not named for {tag}")
+            placed[relative] = data
+            target = site_packages / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+
+def _dotted(tag: str) -> str:
+    return f"{tag[2]}.{tag[3:]}"  # cp311 -> 3.11
 
 
 def strip_machine_details(site_packages: Path) -> None:
@@ -133,20 +179,14 @@ def drop_what_no_start_reads(site_packages: Path) -> None:
             path.unlink()
 
 
-def compile_bytecode(site_packages: Path) -> None:
-    """Bytecode for every module, with unchecked hashes (no mtime inside: reproducible; no source check
-    at import: fast). The dependencies run from their bytecode alone ("sourceless", a .pyc where the .py
-    was), which halves the files to unpack; Pilot keeps its sources, so its own tracebacks show lines."""
-    own = site_packages / "pilot"
-    common = dict(quiet=2, stripdir=str(site_packages), prependdir="site-packages",
-                  invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH, workers=0)
-    dependencies = compileall.compile_dir(site_packages, legacy=True, rx=re.compile(re.escape(f"{own}{os.sep}")),
-                                          **common)
-    if not (dependencies and compileall.compile_dir(own, **common)):
-        sys.exit("build: some modules do not compile")
-    for source in site_packages.rglob("*.py"):
-        if not source.is_relative_to(own) and source.with_suffix(".pyc").is_file():
-            source.unlink()
+def check_sources_compile(site_packages: Path) -> None:
+    """Pilot's own modules must compile. The archive carries sources only, since no .pyc serves two minor
+    versions: each interpreter compiles Pilot when it unpacks the archive, the dependencies as it imports them."""
+    for source in sorted((site_packages / "pilot").rglob("*.py")):
+        try:
+            compile(source.read_bytes(), str(source.relative_to(site_packages)), "exec", dont_inherit=True)
+        except SyntaxError as error:
+            raise RuntimeError(f"{error.filename}:{error.lineno}: {error.msg}") from None
 
 
 def files_in(root: Path) -> list[Path]:
@@ -230,9 +270,8 @@ def payload(site_packages: Path, modules: list[tuple[str, str, bytes]], level: i
         for path in [p for p in files if p not in own] + own:
             relative = path.relative_to(site_packages).as_posix()
             writer.add(f"site-packages/{relative}", path.read_bytes(), os.access(path, os.X_OK))
-        for name, source, code in modules:
+        for name, source, _code in modules:
             writer.add(f"{name}.py", source.encode())
-            writer.add(f"__pycache__/{name}.{sys.implementation.cache_tag}.pyc", code)
     return buffer.getvalue()
 
 
@@ -270,7 +309,7 @@ def bytecode(source: str, name: str) -> bytes:
 
 def build(args: argparse.Namespace) -> Path:
     sys.path.insert(0, str(REPO))
-    from pilot.launcher import BOOT_PROTOCOL, artifact_name, platform_tag, python_tag
+    from pilot.launcher import BOOT_PROTOCOL, PUBLISHED_PYTHONS, artifact_name, platform_tag
     from pilot.update.manifest import parse_version
 
     version = str(parse_version(args.version, "--version"))
@@ -279,16 +318,17 @@ def build(args: argparse.Namespace) -> Path:
     epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="pilot-build-") as stage:
         site_packages = Path(stage) / "site-packages"
-        install_dependencies(site_packages)
+        install_dependencies(site_packages, PUBLISHED_PYTHONS)
         copy_pilot_sources(site_packages)
         if args.overlay:
             shutil.copytree(args.overlay, site_packages, dirs_exist_ok=True)
         drop_what_no_start_reads(site_packages)
-        compile_bytecode(site_packages)
+        check_sources_compile(site_packages)
         metadata = {
             "product": "pilot",
             "version": version,
-            "python_tag": python_tag(),
+            "python_tags": list(PUBLISHED_PYTHONS),  # every interpreter the archive runs under
+            "python_tag": PUBLISHED_PYTHONS[0],  # the oldest: for readers from before python_tags
             "platform_tag": platform_tag(),
             "source_commit": git("rev-parse", "HEAD"),
             "trusted_keys": trusted_keys(args.trusted_key),
@@ -299,7 +339,7 @@ def build(args: argparse.Namespace) -> Path:
         }
         metadata["build_id"] = content_id(site_packages, metadata)
         args.out.mkdir(parents=True, exist_ok=True)
-        target = args.out / artifact_name(version, metadata["python_tag"], metadata["platform_tag"])
+        target = args.out / artifact_name(version, metadata["platform_tag"])
         write_archive(target, site_packages, metadata, epoch, args.compresslevel)
     return target.resolve()
 

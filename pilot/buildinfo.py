@@ -10,7 +10,7 @@ import os
 import sys
 from collections import namedtuple
 
-from pilot.launcher import platform_tag, python_tag
+from pilot.launcher import build_pythons, platform_tag, python_tag
 
 SOURCE_VERSION = "0.1.0.dev0"
 
@@ -29,7 +29,8 @@ class BuildInfo(namedtuple("BuildInfo", "version python_tag platform_tag build_i
     """The metadata the build stamped into the archive's entry module (immutable).
 
     version, python_tag, platform_tag, build_id: str; archive: Path; trusted_keys: tuple[TrustedKey, ...];
-    threshold: int; source_commit, manifest_url: str | None.
+    threshold: int; source_commit, manifest_url: str | None. python_tag is the interpreter the build runs as
+    here: this one's, when the build supports it (an archive serves several), the build's oldest otherwise.
     """
 
     __slots__ = ()
@@ -39,7 +40,7 @@ class BuildInfo(namedtuple("BuildInfo", "version python_tag platform_tag build_i
         keys = tuple(TrustedKey(k["keyid"], bytes.fromhex(k["public"])) for k in data.get("trusted_keys", ()))
         return cls(
             version=data["version"],
-            python_tag=data["python_tag"],
+            python_tag=python_tag() if python_tag() in build_pythons(data) else build_pythons(data)[0],
             platform_tag=data["platform_tag"],
             build_id=data["build_id"],
             archive=archive,

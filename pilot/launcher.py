@@ -131,9 +131,32 @@ BUILD_MODULE = "pilot_build"  # beside __main__ in the archive and in its unpack
 ARCHIVE_ENV = "PILOT_ARCHIVE"  # set by the sh preamble when it starts the unpacked copy
 
 
-def artifact_name(version, python_tag, platform_tag):
-    """The file name of a release archive: pilot-1.4.0-cp311-linux_x86_64.pyz."""
-    return "pilot-%s-%s-%s.pyz" % (version, python_tag, platform_tag)
+def artifact_name(version, platform_tag):
+    """The file name of a release archive: pilot-1.4.0-linux_x86_64.pyz (one for every CPython it supports)."""
+    return "pilot-%s-%s.pyz" % (version, platform_tag)
+
+
+def build_pythons(build):
+    """The interpreters a build runs under (`python_tags`), oldest first; an archive built for one has only
+    `python_tag`."""
+    tags = build.get("python_tags") or [build.get("python_tag")]
+    return list(tags) if isinstance(tags, (list, tuple)) else []
+
+
+def interpreter_of(name):
+    """`cp312` for a file only CPython 3.12 can load (`yaml/_yaml.cpython-312-x86_64-linux-gnu.so`: the
+    extension-module suffix names it), None for one every interpreter shares (sources, `.abi3.so`)."""
+    base = name.rsplit("/", 1)[-1]
+    at = base.find(".cpython-")
+    if at < 0:
+        return None
+    digits = base[at + len(".cpython-"):].split("-", 1)[0].split(".", 1)[0]
+    return "cp" + digits if digits.isdigit() else None
+
+
+def unpacked_here(name):
+    """Whether this interpreter unpacks member `name`: the shared files and its own native ones only."""
+    return interpreter_of(name) in (None, python_tag())
 
 
 def read_build_metadata(zf):
@@ -867,9 +890,10 @@ def rollback_line(installed, kept, install_path):
 # --- start ------------------------------------------------------------------------------------
 
 
-# What the release publishes (.github/workflows/release.yml builds this matrix; a test holds the two together).
+# What the release publishes: one archive per platform (.github/workflows/release.yml builds one on each;
+# a test holds the two together), each for every one of these interpreters (build/build.py).
 PUBLISHED_PYTHONS = ("cp311", "cp312", "cp313")
-PUBLISHED_PLATFORMS = ("linux_x86_64", "macos_arm64", "macos_x86_64")
+PUBLISHED_PLATFORMS = ("linux_x86_64", "linux_aarch64", "macos_arm64", "macos_x86_64")
 
 
 def incompatibility(build):
@@ -877,21 +901,23 @@ def incompatibility(build):
 
     It must work on any Python from 2.7 on, and names only an archive the release publishes."""
     cpython = getattr(getattr(sys, "implementation", None), "name", None) == "cpython"
-    running = "%s-%s" % (python_tag(), platform_tag())
-    built = "%s-%s" % (build["python_tag"], build["platform_tag"])
-    if cpython and running == built:
+    tags = build_pythons(build)
+    if cpython and python_tag() in tags and build["platform_tag"] == platform_tag():
         return None
-    this = running if cpython else "Python " + sys.version.split()[0]
-    line = "pilot: this archive was built for %s but this is %s" % (built, this)
+    this = "%s-%s" % (python_tag(), platform_tag()) if cpython else "Python " + sys.version.split()[0]
+    line = "pilot: this archive is for CPython %s on %s but this is %s" % (
+        _span(tags), build["platform_tag"], this)
     if build["platform_tag"] == platform_tag():
-        line += ": run it with python%s" % _dotted(build["python_tag"])
-        if cpython and python_tag() in PUBLISHED_PYTHONS:
-            return line + ", or download %s" % artifact_name(build["version"], python_tag(), platform_tag())
-        return line
-    if cpython and python_tag() in PUBLISHED_PYTHONS and platform_tag() in PUBLISHED_PLATFORMS:
-        return line + ": download %s" % artifact_name(build["version"], python_tag(), platform_tag())
+        return line + ": run it with python%s" % _dotted(tags[-1])
+    if platform_tag() in PUBLISHED_PLATFORMS:
+        return line + ": download %s" % artifact_name(build["version"], platform_tag())
     return line + ": Pilot is published for CPython %s on %s" % (
-        ", ".join(_dotted(t) for t in PUBLISHED_PYTHONS), ", ".join(PUBLISHED_PLATFORMS))
+        _span(PUBLISHED_PYTHONS), ", ".join(PUBLISHED_PLATFORMS))
+
+
+def _span(tags):
+    """cp311..cp313 -> `3.11 to 3.13`; a single one -> `3.11`."""
+    return _dotted(tags[0]) if len(tags) == 1 else "%s to %s" % (_dotted(tags[0]), _dotted(tags[-1]))
 
 
 def _dotted(tag):
@@ -902,26 +928,35 @@ COMPLETE_FILE = ".pilot-complete"
 REPAIRED_ENV = "PILOT_EXTRACTION_REPAIRED"
 
 
-def extraction_complete(directory, build_id):
-    """True when directory is a finished extraction of build_id: the marker written last names it."""
+def extraction_complete(directory, build_id, tag=None):
+    """True when directory is a finished extraction of build_id: the marker written last names it on its first
+    line, then the interpreters it is ready for (their native files unpacked, Pilot's bytecode compiled); with
+    tag, ready for that one too."""
+    lines = _marker_lines(directory)
+    return lines[:1] == [build_id] and (tag is None or tag in lines[1:])
+
+
+def _marker_lines(directory):
     try:
         fd = os.open(os.path.join(directory, COMPLETE_FILE), os.O_RDONLY)
     except OSError:
-        return False
-    try:  # the first line, without spaces or tabs around it: what the sh preamble's `read` sees
-        return os.read(fd, 256).split(b"\n", 1)[0].strip(b" \t") == build_id.encode("ascii")
+        return []
+    try:  # without spaces or tabs around a line: what the sh preamble's `read` sees of the first
+        data = os.read(fd, 4096)
     finally:
         os.close(fd)
+    return [line.strip(" \t") for line in data.decode("ascii", "replace").split("\n") if line.strip(" \t")]
 
 
 def ensure_extracted(archive, build, verify=False):
-    """Return the extracted site-packages, unpacking the archive first if it is not there yet.
+    """Return the extracted site-packages, unpacking the archive first if it is not there yet for this
+    interpreter.
 
     The warm path is one small read (the completion marker) and imports nothing. With verify,
     every file is also checked against the archive and the copy is unpacked again if one is
     missing or truncated (deleted by a user or a cleaner after it was made)."""
     directory = extraction_dir(build["build_id"])
-    if verify or not extraction_complete(directory, build["build_id"]):
+    if verify or not extraction_complete(directory, build["build_id"], python_tag()):
         extract(archive, build["build_id"], directory, verify)
     return os.path.join(directory, "site-packages")
 
@@ -931,7 +966,8 @@ def extract(archive, build_id, directory, verify=False):
 
     Cold path only. One process at a time per build (extraction_lock: the others wait, then
     find the marker and reuse the copy). The copy is made in a hidden staging directory and
-    put in place by place_extraction."""
+    put in place by place_extraction; a copy made by another interpreter gets this one's own
+    files added in place (add_interpreter)."""
     import shutil
     import zipfile
 
@@ -943,15 +979,49 @@ def extract(archive, build_id, directory, verify=False):
                 raise ArchiveReplaced("pilot: %s is no longer the archive this process started from "
                                       "(an update replaced it); run the command again" % archive)
             with open_payload(outer, stream) as zf:
-                members = [info for info in zf.infolist() if not info.is_dir()]
+                members = [info for info in zf.infolist() if not info.is_dir() and unpacked_here(info.filename)]
                 if extraction_complete(directory, build_id) and not (verify and damaged(directory, members)):
-                    return False
+                    return add_interpreter(zf, members, directory, build_id)
                 shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
                 unpack(zf, members, staging)
         place_extraction(staging, directory, build_id)
         return True
     finally:
         os.close(lock)  # closing releases the lock
+
+
+def add_interpreter(zf, members, directory, build_id):
+    """Under extraction_lock, make a complete copy ready for this interpreter too: its native files unpacked and
+    Pilot's bytecode compiled beside the other interpreters' (the names differ), the marker rewritten last.
+    False when it is ready already. Processes running from the copy meanwhile see only files appear."""
+    tag = python_tag()
+    ready = _marker_lines(directory)
+    if tag in ready[1:]:
+        return False
+    unpack(zf, [info for info in members if interpreter_of(info.filename) == tag], directory)
+    compile_for_interpreter(directory)
+    atomic_write(os.path.join(directory, COMPLETE_FILE), ("\n".join(ready + [tag]) + "\n").encode("ascii"),
+                 durable=False)
+    return True
+
+
+def compile_for_interpreter(directory):
+    """Bytecode of the entry modules and of Pilot's package for this interpreter, in an unpacked copy: the
+    archive carries sources only, since no .pyc serves two minor versions. Unchecked hashes, as a build
+    would write them: no source check at import. The dependencies compile as they are first imported."""
+    import py_compile
+
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    sources = [os.path.join(directory, name + ".py") for name in ("__main__", BUILD_MODULE)]
+    for root, directories, files in os.walk(os.path.join(directory, "site-packages", "pilot")):
+        directories[:] = sorted(d for d in directories if d != "__pycache__")
+        sources += [os.path.join(root, name) for name in sorted(files) if name.endswith(".py")]
+    for source in sources:
+        if os.path.isfile(source):  # an archive built by a test may lack an entry module
+            # Named relative to the copy, the bytecode is the same wherever it is made (a staging copy, or
+            # another SHIV_ROOT); an import names the code after the file it loads it for.
+            name = os.path.relpath(source, directory).replace(os.sep, "/")
+            py_compile.compile(source, dfile=name, doraise=True, invalidation_mode=mode)
 
 
 def _beside(directory, pattern):
@@ -975,13 +1045,14 @@ def extraction_lock(directory):
 
 
 def place_extraction(staging, directory, build_id):
-    """Make a finished staging copy the extraction, under extraction_lock: the marker is written into it last,
-    and a damaged copy is renamed aside first, so a process still running from it finds the complete one
-    at the same path."""
+    """Make a finished staging copy the extraction, under extraction_lock: compiled for this interpreter, the
+    marker written into it last, and a damaged copy renamed aside first, so a process still running from it
+    finds the complete one at the same path."""
     import shutil
 
+    compile_for_interpreter(staging)
     with open(os.path.join(staging, COMPLETE_FILE), "w") as marker:
-        marker.write(build_id + "\n")
+        marker.write(build_id + "\n" + python_tag() + "\n")
     trash = os.path.join(*_beside(directory, ".%s.old"))
     if os.path.lexists(directory):
         shutil.rmtree(trash, ignore_errors=True)
@@ -1172,7 +1243,7 @@ def load_entry_point(build):
 
 def start_application(build, archive):
     repaired = os.environ.pop(REPAIRED_ENV, None)  # set by repair_and_rerun; no child may inherit it
-    remember_interpreter(build)
+    remember_interpreter()
     if sys.argv[1:] == ["--version"]:
         # Answered from the archive's own metadata: works under any interpreter, costs no unpacking.
         print("pilot " + build["version"])
@@ -1241,10 +1312,11 @@ py=${PILOT_PYTHON:-}
 if [ -n "$py" ]; then
   command -v "$py" >/dev/null || { echo "pilot: PILOT_PYTHON=$py: no such interpreter" >&2; exit 5; }
 else
-  [ -n "$h" ] && { IFS= read -r py <"$h/update/python-%(python_tag)s"; } 2>/dev/null
+  [ -n "$h" ] && { IFS= read -r py <"$h/update/python"; } 2>/dev/null
   if [ -z "$py" ] || ! [ -x "$py" ]; then
-    for py in python%(dotted)s python3 python ""; do command -v "$py" >/dev/null && break; done
-    [ -n "$py" ] || { echo "pilot: no python%(dotted)s found (install it, or set PILOT_PYTHON)" >&2; exit 5; }
+    for py in python3 %(candidates)s python ""; do command -v "$py" >/dev/null && break; done
+    [ -n "$py" ] || { echo "pilot: no python3 found (Pilot runs on CPython %(span)s;" \
+      "install one, or set PILOT_PYTHON)" >&2; exit 5; }
   fi
 fi
 m=; [ -n "$d" ] && [ "$1" != self-update ] && ! [ -e "$h/update/trial.json" ] && [ -f "$d/__main__.py" ] &&
@@ -1257,22 +1329,23 @@ exit 5
 
 def preamble(build):
     """The sh preamble for a build's metadata (build/build.py writes it in front of the zip)."""
-    return PREAMBLE % {"version": build["version"], "build_id": build["build_id"],
-                       "python_tag": build["python_tag"], "dotted": _dotted(build["python_tag"])}
+    tags = build_pythons(build)
+    return PREAMBLE % {"version": build["version"], "build_id": build["build_id"], "span": _span(tags),
+                       "candidates": " ".join("python" + _dotted(tag) for tag in reversed(tags))}
 
 
-def interpreter_record(python_tag):
-    """The file naming the interpreter that last ran a build for python_tag: the preamble starts it directly."""
-    return os.path.join(update_dir(), "python-" + python_tag)
+def interpreter_record():
+    """The file naming the interpreter that last ran Pilot from this home: the preamble starts it directly."""
+    return os.path.join(update_dir(), "python")
 
 
-def remember_interpreter(build):
+def remember_interpreter():
     """Note which interpreter runs this build, so the preamble need not find it on PATH next time, where a
     version manager's shim may stand (pyenv's costs ~60 ms). Only in an existing update directory (a
     command that only reads must not create Pilot's home), and never failing a start."""
     if not sys.executable or not os.path.isdir(update_dir()):
         return
-    path = interpreter_record(build["python_tag"])
+    path = interpreter_record()
     try:
         with open(path) as stream:
             if stream.read().strip("\n") == sys.executable:

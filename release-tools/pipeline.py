@@ -6,11 +6,12 @@ bare git repository for the gh-pages branch, a loopback HTTP server for Pages), 
 CI does on a tag is what the test suite checks on every change.
 
     pipeline.py tag-version --ref refs/tags/v1.2.3 [--github-output]
+    pipeline.py pages-url   --repository OWNER/NAME [--override URL] [--github-output]
     pipeline.py write-key   --from-env VAR --kind public|private --out FILE
     pipeline.py pubkey      --key KEY --out PUB
     pipeline.py build       --version V --out DIR --public-key PUB [--public-key PUB ...] [--threshold N]
     pipeline.py restore     --site SITE --branch gh-pages [--remote origin]
-    pipeline.py publish     --site SITE --channel stable --base-url URL --private-key KEY [--private-key KEY ...]
+    pipeline.py publish     --site SITE --channel stable --base-url URL (--private-key KEY | --private-key-env VAR) ...
                             [--expires-in 30d] [--version V] [--notes FILE] --artifacts DIR
     pipeline.py save        --site SITE --branch gh-pages [--remote origin] --message TEXT
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,12 +70,38 @@ def tag_version(args: argparse.Namespace) -> None:
     if str(version) != text:
         raise PipelineError(f"tag {ref}: {text!r} is not canonical; tag it v{version}")
     if args.github_output:
-        output = os.environ.get("GITHUB_OUTPUT")
-        if not output:
-            raise PipelineError("--github-output: GITHUB_OUTPUT is not set (this flag is for GitHub Actions)")
-        with open(output, "a", encoding="utf-8") as stream:
-            stream.write(f"version={version}\n")
+        github_output("version", str(version))
     print(version)
+
+
+def github_output(name: str, value: str) -> None:
+    output = os.environ.get("GITHUB_OUTPUT")
+    if not output:
+        raise PipelineError("--github-output: GITHUB_OUTPUT is not set (this flag is for GitHub Actions)")
+    with open(output, "a", encoding="utf-8") as stream:
+        stream.write(f"{name}={value}\n")
+
+
+# --- pages-url --------------------------------------------------------------------------------
+
+
+def pages_url(args: argparse.Namespace) -> None:
+    """The URL GitHub Pages serves a repository's site at (https://OWNER.github.io/NAME, or the root for the
+    repository OWNER.github.io), or the override (a custom domain) when one is set. Derived here rather than
+    asked of an action: one third-party action and one permission fewer in the job that holds the key."""
+    if args.override:
+        url = args.override.rstrip("/")
+        if not url.startswith(("https://", "http://")):
+            raise PipelineError(f"--override {url!r}: give the site's URL, https://...")
+    else:
+        owner, _, name = args.repository.partition("/")
+        if not owner or not name or "/" in name:
+            raise PipelineError(f"--repository {args.repository!r}: expected OWNER/NAME (e.g. $GITHUB_REPOSITORY)")
+        host = f"{owner.lower()}.github.io"
+        url = f"https://{host}" if name.lower() == host else f"https://{host}/{name}"
+    if args.github_output:
+        github_output("base_url", url)
+    print(url)
 
 
 # --- keys -------------------------------------------------------------------------------------
@@ -108,6 +136,23 @@ def write_key(args: argparse.Namespace) -> None:
         raise PipelineError(f"{args.out} exists already; refusing to overwrite a signing key")
     write_file(args.out, data, mode=0o600 if args.kind == "private" else 0o644)
     print(f"{args.kind} key {keyid[:16]}... written to {args.out}")
+
+
+def private_key_from_env(name: str, out: Path) -> None:
+    """A signing key held in an environment variable (a CI secret), checked and written 0600 into publish's
+    own scratch directory for release.py; that directory is removed when publish ends, so no copy is left."""
+    from pilot.update.signing import load_private_key
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        raise PipelineError(f"{name} is unset or empty (store the private key PEM in that secret)")
+    data = (text.replace("\r\n", "\n") + "\n").encode()
+    try:  # never echo the value
+        load_private_key(data)
+    except Exception as error:
+        raise PipelineError(f"{name} does not hold an Ed25519 private key in PEM form "
+                            f"({getattr(error, 'message', type(error).__name__)})") from None
+    write_file(out, data, mode=0o600)
 
 
 def derive_public_key(private_path: Path, out: Path) -> str:
@@ -147,13 +192,26 @@ def build(args: argparse.Namespace) -> None:
 
 
 def smoke_test(archive: Path, version: str) -> None:
-    """Run the archive with the plain interpreter it was built for (not this tool venv)."""
-    python = getattr(sys, "_base_executable", None) or sys.executable
-    result = subprocess.run([python, str(archive), "--version"], capture_output=True, text=True, timeout=300)
-    said = (result.stdout.strip() or result.stderr.strip()).splitlines()
-    if result.returncode != 0 or result.stdout.strip() != f"pilot {version}":
-        raise PipelineError(f"{archive.name} --version exited {result.returncode}: "
-                            f"{said[-1] if said else 'no output'} (expected 'pilot {version}')")
+    """Run the archive's own self-test (it unpacks itself and loads every native library) under each interpreter
+    it supports, found on PATH as python3.11, python3.12, ...: one archive serves them all, so each must run it."""
+    from pilot.launcher import PUBLISHED_PYTHONS
+
+    for tag in PUBLISHED_PYTHONS:
+        name = f"python{tag[2]}.{tag[3:]}"
+        python = shutil.which(name)
+        if python is None:
+            raise PipelineError(f"{name} is not on PATH: the archive must be smoke-tested under every interpreter "
+                                f"it supports ({', '.join(PUBLISHED_PYTHONS)})")
+        with tempfile.TemporaryDirectory(prefix="pilot-smoke-") as scratch:
+            env = {**os.environ, "PILOT_HOME": f"{scratch}/home", "SHIV_ROOT": f"{scratch}/shiv"}
+            result = subprocess.run([python, str(archive), "debug", "self-test"], capture_output=True, text=True,
+                                    timeout=300, env=env)
+        said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        answer = result.stdout.strip().splitlines()[-1:] or [""]
+        if result.returncode != 0 or f'"version": "{version}"' not in answer[0]:
+            raise PipelineError(f"{archive.name} under {name}: the self-test exited {result.returncode}: "
+                                f"{said[-1] if said else 'no output'} (expected version {version})")
+        print(f"{archive.name}: self-test passed under {name}")
 
 
 # --- publish ----------------------------------------------------------------------------------
@@ -247,10 +305,16 @@ def lifetime(text: str) -> str:
 
 
 def publish(args: argparse.Namespace) -> None:
+    if not args.private_key and not args.private_key_env:
+        raise PipelineError("give the signing key(s): --private-key FILE or --private-key-env VAR")
     archives = collect_artifacts(args.artifacts)
     with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
+        private_keys = list(args.private_key)
+        for index, name in enumerate(args.private_key_env):
+            private_keys.append(Path(scratch) / f"signing-env-{index}.key")
+            private_key_from_env(name, private_keys[-1])
         public_paths, keyids = [], []
-        for index, private_path in enumerate(args.private_key):
+        for index, private_path in enumerate(private_keys):
             public_path = Path(scratch) / f"signing-{index}.pub"
             keyids.append(derive_public_key(private_path, public_path))
             public_paths.append(public_path)
@@ -259,7 +323,7 @@ def publish(args: argparse.Namespace) -> None:
 
         command = [sys.executable, str(RELEASE_SCRIPT), "publish", "--root", str(args.site),
                    "--channel", args.channel, "--base-url", args.base_url, "--expires-in", args.expires_in]
-        for private_path in args.private_key:
+        for private_path in private_keys:
             command += ["--key", str(private_path)]
         if args.version:
             command += ["--version", args.version]
@@ -372,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--github-output", action="store_true", help="also append version=V to $GITHUB_OUTPUT")
     p.set_defaults(run=tag_version)
 
+    p = commands.add_parser("pages-url", help="print the URL GitHub Pages serves the repository's site at")
+    p.add_argument("--repository", required=True, help="OWNER/NAME, e.g. $GITHUB_REPOSITORY")
+    p.add_argument("--override", default="", help="the site's URL when it has a custom domain (empty: derive it)")
+    p.add_argument("--github-output", action="store_true", help="also append base_url=URL to $GITHUB_OUTPUT")
+    p.set_defaults(run=pages_url)
+
     p = commands.add_parser("write-key", help="write a key from an environment variable (a CI secret) to a file")
     p.add_argument("--from-env", required=True, metavar="VAR")
     p.add_argument("--kind", choices=["public", "private"], required=True)
@@ -404,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", type=Path, required=True)
     p.add_argument("--channel", default="stable")
     p.add_argument("--base-url", required=True, help="the URL at which SITE is served")
-    p.add_argument("--private-key", type=Path, action="append", required=True, help="signing key; repeat for several")
+    p.add_argument("--private-key", type=Path, action="append", default=[], help="signing key; repeat for several")
+    p.add_argument("--private-key-env", metavar="VAR", action="append", default=[],
+                   help="an environment variable holding a signing key PEM (a CI secret); repeat for several")
     p.add_argument("--expires-in", type=lifetime, default="30d",
                    help="manifest lifetime, e.g. 30d, 12h, 90m or 90s (default 30d)")
     p.add_argument("--version", help="the version every archive must carry (e.g. from tag-version)")

@@ -215,10 +215,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def artifact_relpath(version: str, python_tag: str, platform_tag: str) -> str:
+def artifact_relpath(version: str, platform_tag: str) -> str:
     from pilot.launcher import artifact_name
 
-    return f"releases/{version}/{artifact_name(version, python_tag, platform_tag)}"
+    return f"releases/{version}/{artifact_name(version, platform_tag)}"
 
 
 def delta_index_files(artifact: Path, relpath: str) -> list[tuple[str, bytes]]:
@@ -236,6 +236,7 @@ def delta_index_files(artifact: Path, relpath: str) -> list[tuple[str, bytes]]:
 def publish(args: argparse.Namespace) -> None:
     from packaging.version import Version
 
+    from pilot.launcher import build_pythons
     from pilot.update.delta import COALESCE_GAP, INDEX_SUFFIX
     from pilot.update.manifest import parse_version
 
@@ -245,9 +246,9 @@ def publish(args: argparse.Namespace) -> None:
     for path, meta in metas:
         if meta.get("version") != version:
             raise ReleaseError(f"{path}: the archive says version {meta.get('version')!r}, the release is {version}")
-    tags = [(meta["python_tag"], meta["platform_tag"]) for _, meta in metas]
-    if len(set(tags)) != len(tags):
-        raise ReleaseError("two artifacts for the same interpreter and platform")
+    platforms = [meta["platform_tag"] for _, meta in metas]
+    if len(set(platforms)) != len(platforms):
+        raise ReleaseError("two artifacts for the same platform")
 
     previous = read_manifest_document(args.root, args.channel)
     if previous:
@@ -258,15 +259,18 @@ def publish(args: argparse.Namespace) -> None:
     base_url = args.base_url.rstrip("/")
     artifacts, indexes = [], {}
     for path, meta in metas:
-        relpath = artifact_relpath(version, meta["python_tag"], meta["platform_tag"])
+        relpath = artifact_relpath(version, meta["platform_tag"])
         indexes[relpath] = delta_index_files(path, relpath)
         index = indexes[relpath][-1][1]  # the index (the listing comes first)
-        artifacts.append({
-            "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{base_url}/{relpath}",
+        entry = {
+            "platform_tag": meta["platform_tag"], "url": f"{base_url}/{relpath}",
             "size": path.stat().st_size, "sha256": sha256_of(path), "build_id": meta["build_id"],
             "delta_index": {"url": f"{base_url}/{relpath}{INDEX_SUFFIX}", "size": len(index),
                             "sha256": hashlib.sha256(index).hexdigest(), "chunk_size": COALESCE_GAP},
-        })
+        }
+        # One archive serves every interpreter it names: listed once under each, the shape every client
+        # already reads (a client's schema allows no new property), all entries naming the same bytes.
+        artifacts += [{"python_tag": tag, **entry} for tag in build_pythons(meta)]
     release = {"version": version, "released_at": document["issued_at"], "artifacts": artifacts}
     if args.notes:
         release["notes"] = args.notes.read_text(encoding="utf-8")
@@ -274,12 +278,12 @@ def publish(args: argparse.Namespace) -> None:
     check_against_schema(document)  # before any file of the tree changes
     load_signing_keys(args.key)  # so is a key that cannot sign
     for path, meta in metas:
-        relpath = artifact_relpath(version, meta["python_tag"], meta["platform_tag"])
+        relpath = artifact_relpath(version, meta["platform_tag"])
         write_atomically(args.root / relpath, path.read_bytes())
         for name, data in indexes[relpath]:  # beside it, before the manifest that signs them
             write_atomically(args.root / name, data)
     sign_and_write(args.root, args.channel, document, args.key)
-    print(f"published {version} to {args.channel} (serial {document['serial']}, {len(artifacts)} artifact(s), "
+    print(f"published {version} to {args.channel} (serial {document['serial']}, {len(metas)} artifact(s), "
           f"expires {document['expires_at']})")
     print(manifest_path(args.root, args.channel))
 
@@ -390,17 +394,17 @@ def verify(args: argparse.Namespace) -> None:
     except PilotError as error:
         raise ReleaseError(error.one_line()) from None
     check_against_schema(json.loads(data), f"{args.channel}/manifest.json")
-    checked = 0
+    archives = set()
     for release in manifest.releases:
-        for artifact in release.artifacts:
+        for artifact in release.artifacts:  # each entry: one archive is listed under every interpreter it serves
             check_artifact(args.root, str(release.version), artifact)
-            checked += 1
+            archives.add(artifact.url)
     print(f"ok: {args.channel} serial {manifest.serial}, {len(manifest.releases)} release(s), "
-          f"{checked} artifact(s) match their signed size and sha256")
+          f"{len(archives)} artifact(s) match their signed size and sha256")
 
 
 def check_artifact(root: Path, version: str, artifact) -> None:
-    relpath = artifact_relpath(version, artifact.python_tag, artifact.platform_tag)
+    relpath = artifact_relpath(version, artifact.platform_tag)
     if not artifact.url.endswith("/" + relpath):
         raise ReleaseError(f"{version}: artifact URL {artifact.url} does not point at {relpath}")
     path = root / relpath
@@ -411,11 +415,13 @@ def check_artifact(root: Path, version: str, artifact) -> None:
         raise ReleaseError(f"{relpath}: {size} bytes, the manifest signs {artifact.size}")
     if digest != artifact.sha256:
         raise ReleaseError(f"{relpath}: sha256 {digest[:16]}... differs from the signed {artifact.sha256[:16]}...")
-    embedded = read_artifact_metadata(path)
-    if embedded.get("version") != version:
-        raise ReleaseError(f"{relpath}: the archive says version {embedded.get('version')!r}, the manifest {version}")
-    if artifact.build_id and embedded.get("build_id") != artifact.build_id:
-        raise ReleaseError(f"{relpath}: the archive's build id differs from the signed one")
+    from pilot.errors import VerificationError
+    from pilot.update.install import check_metadata
+
+    try:  # the client's own check: version, interpreter and platform, build id
+        check_metadata(path, version=version, artifact=artifact)
+    except VerificationError as error:
+        raise ReleaseError(f"{relpath}: {error.one_line()}") from None
     if artifact.delta_index is not None:
         check_delta_index(root, relpath, artifact)
 

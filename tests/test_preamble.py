@@ -19,11 +19,10 @@ import pytest
 
 from pilot import launcher
 from tests.support.archives import build_metadata
-from tests.support.pythons import other_interpreters
+from tests.support.pythons import need, unsupported_interpreters
 
-BUILD = {"version": "3.1.4", "build_id": "b" * 64, "python_tag": launcher.python_tag(),
-         "platform_tag": launcher.platform_tag()}
-DOTTED = f"{sys.version_info[0]}.{sys.version_info[1]}"
+BUILD = {"version": "3.1.4", "build_id": "b" * 64, "python_tags": ["cp311", "cp312", "cp313"],
+         "python_tag": "cp311", "platform_tag": launcher.platform_tag()}
 SHELLS = [pytest.param(shell, id=Path(shell).name) for shell in
           (shutil.which("dash"), shutil.which("bash"), shutil.which("busybox")) if shell]
 # Prints how it was started: its own name, then its arguments and PILOT_ARCHIVE, each ended by a NUL.
@@ -206,21 +205,25 @@ def started_with(result: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_the_interpreter_is_pilot_python_then_the_recorded_one_then_path(world, shell):
-    fake_python(world.root / "path", f"python{DOTTED}")  # e.g. a version manager's shim
-    fake_python(world.root / "path", "python3")
+    for name in ("python3", "python3.11", "python3.13", "python"):  # python3: e.g. a version manager's shim
+        fake_python(world.root / "path", name)
     recorded = fake_python(world.root / "real", "recorded-python")
     assert started_with(world.run(shell, "status")) == "the-python"  # PILOT_PYTHON wins
     world.set(PILOT_PYTHON=None)
-    assert started_with(world.run(shell, "status")) == f"python{DOTTED}"
+    assert started_with(world.run(shell, "status")) == "python3"  # the user's own, whichever version it is
     world.apply()
-    record = Path(launcher.interpreter_record(BUILD["python_tag"]))
+    record = Path(launcher.interpreter_record())
     record.parent.mkdir(parents=True)
     record.write_text(f"{recorded}\n")
     assert started_with(world.run(shell, "status")) == "recorded-python"  # straight past the shim
     recorded.unlink()  # the recorded interpreter was removed since
-    assert started_with(world.run(shell, "status")) == f"python{DOTTED}"
-    (world.root / "path" / f"python{DOTTED}").unlink()
-    assert started_with(world.run(shell, "status")) == "python3"  # it says "wrong interpreter" if it is one
+    assert started_with(world.run(shell, "status")) == "python3"
+    (world.root / "path" / "python3").unlink()
+    assert started_with(world.run(shell, "status")) == "python3.13"  # then the newest the archive supports
+    (world.root / "path" / "python3.13").unlink()
+    assert started_with(world.run(shell, "status")) == "python3.11"
+    (world.root / "path" / "python3.11").unlink()
+    assert started_with(world.run(shell, "status")) == "python"  # it says "wrong interpreter" if it is one
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -228,7 +231,8 @@ def test_no_interpreter_at_all_is_one_line_and_exit_5(world, shell):
     world.set(PILOT_PYTHON=None)
     result = world.run(shell, "status")
     assert (result.returncode, result.stdout) == (5, "")
-    assert result.stderr == f"pilot: no python{DOTTED} found (install it, or set PILOT_PYTHON)\n"
+    assert result.stderr == "pilot: no python3 found (Pilot runs on CPython 3.11 to 3.13; install one, or set " \
+                            "PILOT_PYTHON)\n"
     world.set(PILOT_PYTHON=str(world.root / "no-such-python"))
     result = world.run(shell, "status")
     assert (result.returncode, result.stdout) == (5, "")
@@ -261,15 +265,15 @@ def test_the_unpacked_copy_takes_the_archive_from_the_preamble_and_passes_it_on_
 
 def test_the_interpreter_is_recorded_only_where_an_update_directory_exists(tmp_path, monkeypatch):
     monkeypatch.setenv("PILOT_HOME", str(tmp_path / "home"))
-    record = Path(launcher.interpreter_record(BUILD["python_tag"]))
-    launcher.remember_interpreter(BUILD)
+    record = Path(launcher.interpreter_record())
+    launcher.remember_interpreter()
     assert not (tmp_path / "home").exists()  # a command that only reads creates nothing
     record.parent.mkdir(parents=True)
-    launcher.remember_interpreter(BUILD)
+    launcher.remember_interpreter()
     assert record.read_text() == sys.executable + "\n"
     record.chmod(0o444)
     before = record.stat().st_mtime_ns
-    launcher.remember_interpreter(BUILD)  # unchanged: not written again
+    launcher.remember_interpreter()  # unchanged: not written again
     assert record.stat().st_mtime_ns == before
 
 
@@ -392,7 +396,7 @@ def test_an_open_trial_or_a_missing_marker_goes_through_the_archive(installed):
 def test_the_interpreter_that_ran_it_is_recorded_and_then_used_without_path(installed):
     (Path(installed.env["PILOT_HOME"]) / "update").mkdir(parents=True)
     assert installed.run("status", direct=False).returncode == 0
-    record = Path(installed.env["PILOT_HOME"]) / "update" / f"python-{installed.build['python_tag']}"
+    record = Path(installed.env["PILOT_HOME"]) / "update" / "python"
     assert record.read_text() == sys.executable + "\n"
     env = {**installed.env, "PATH": "/nonexistent"}
     env.pop("PILOT_PYTHON")
@@ -412,14 +416,14 @@ def test_the_unpacked_copy_run_by_hand_says_to_run_the_archive(installed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("python", "tag"), other_interpreters())
+@pytest.mark.parametrize(("python", "tag"), unsupported_interpreters())
 def test_another_interpreter_through_the_preamble_gets_the_wrong_interpreter_line(v1, tmp_path, python, tag):
-    if python is None:
-        pytest.skip(f"no {tag} interpreter")
+    python = need(python, tag)
     right = Installed(v1, tmp_path)
     assert right.run("status").returncode == 0  # a warm copy: the preamble takes its fast path
     wrong = {**right.env, "PILOT_PYTHON": str(python)}
     for args in (["status"], ["task", "list"], ["self-update", "--status"]):
         result = subprocess.run([str(right.path), *args], capture_output=True, text=True, env=wrong, timeout=60)
         assert result.returncode == 5, result.stderr
-        assert result.stderr.count("\n") == 1 and "this archive was built for" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "this archive is for CPython 3.11 to 3.13" in result.stderr, result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pilot
 from pilot.buildinfo import current_build, current_version
-from pilot.launcher import SELF_TEST_DASHBOARD_ENV
+from pilot.launcher import SELF_TEST_DASHBOARD_ENV, unpacked_here
 
 DASHBOARD_PACKAGE = "pilot.dashboard"
 
@@ -64,13 +64,14 @@ def pilot_modules(skip: tuple[str, ...] = ()) -> list[str]:
 
 def native_modules() -> list[str]:
     """The extension modules in the archive's site-packages, as importable names: loading each proves the
-    archive's native code suits this machine (a wrong platform or libc fails here, before the swap)."""
+    archive's native code suits this machine (a wrong platform or libc fails here, before the swap). Another
+    interpreter's extension modules, unpacked beside these by that interpreter, are not this one's to load."""
     site_packages = Path(pilot.__file__).resolve().parents[1]
     suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
     names = []
     for path in sorted(site_packages.rglob("*")):
         suffix = next((s for s in suffixes if path.name.endswith(s)), None)
-        if suffix is not None and path.is_file():
+        if suffix is not None and path.is_file() and unpacked_here(path.name):
             parts = path.relative_to(site_packages).parts
             names.append(".".join((*parts[:-1], path.name[:-len(suffix)])))
     return names

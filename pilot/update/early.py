@@ -43,6 +43,7 @@ from pilot.launcher import (
     pid_alive,
     place_extraction,
     unpack,
+    unpacked_here,
 )
 from pilot.update.pieces import CENTRAL_HEADER, CENTRAL_SIGNATURE, LOCAL_HEADER, LOCAL_SIGNATURE
 
@@ -188,7 +189,11 @@ class EarlyUnpack:
             budget -= length
             if budget < 0:
                 raise Abandoned("the payload inflates to more than any archive of Pilot's")
-            self._unpack_member(_safe_path(self.staging, name), method, compressed, length)
+            path = _safe_path(self.staging, name)
+            if unpacked_here(name):  # not another interpreter's native files
+                self._unpack_member(path, method, compressed, length)
+            else:
+                reader.skip(compressed)
         self._apply_modes(reader.read(start + size - reader.position))
 
     def _unpack_member(self, path: str, method: int, compressed: int, length: int) -> None:
@@ -221,7 +226,7 @@ class EarlyUnpack:
             start = offset + CENTRAL_HEADER.size
             name = directory[start:start + name_length].decode("utf-8")
             mode = (external >> 16) & 0o7777
-            if mode and not name.endswith("/"):
+            if mode and not name.endswith("/") and unpacked_here(name):
                 os.chmod(_safe_path(self.staging, name), mode)
             offset = start + name_length + extra_length + comment_length
 
@@ -343,7 +348,7 @@ def reuse_extraction(archive: Path, build_id: str, installed_build_id: str, same
     try:
         shutil.rmtree(staging, ignore_errors=True)
         with open(archive, "rb") as stream, zipfile.ZipFile(stream) as outer, open_payload(outer, stream) as zf:
-            members = [info for info in zf.infolist() if not info.is_dir()]
+            members = [info for info in zf.infolist() if not info.is_dir() and unpacked_here(info.filename)]
             rest = [info for info in members if not (info.filename in same and _link(old, staging, info))]
             unpack(zf, rest, staging)
         _put_in_place(staging, build_id)

@@ -28,6 +28,7 @@ from pilot.errors import InstallError, UpdateCancelled, VerificationError
 from pilot.launcher import (
     IN_USE_FILE,
     SELF_TEST_DASHBOARD_ENV,
+    build_pythons,
     extraction_root,
     failpoint,
     fsync_directory,
@@ -141,7 +142,7 @@ def check_metadata(archive: Path, *, version: str, artifact: Artifact) -> dict:
     metadata = read_metadata(archive)
     if metadata.get("version") != version:
         raise VerificationError(f"the archive says it is version {metadata.get('version')!r}, not {version}")
-    if (metadata.get("python_tag"), metadata.get("platform_tag")) != (artifact.python_tag, artifact.platform_tag):
+    if artifact.python_tag not in build_pythons(metadata) or metadata.get("platform_tag") != artifact.platform_tag:
         raise VerificationError("the archive was built for another interpreter or platform than the manifest says")
     if artifact.build_id and metadata.get("build_id") != artifact.build_id:
         raise VerificationError("the archive's build id differs from the signed one")

@@ -31,6 +31,7 @@ from pilot.launcher import PUBLISHED_PLATFORMS, PUBLISHED_PYTHONS, platform_tag
 from pilot.update.manifest import parse_manifest
 from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
 from tests.support.archives import REPO
+from tests.support.pythons import interpreters, need
 from tests.support.server import StaticServer
 
 pytestmark = pytest.mark.slow
@@ -102,7 +103,9 @@ class WorkflowRunner:
         # actions/checkout leaves a git repository whose origin is the project's repository.
         git("init", "--quiet", cwd=workspace)
         git("remote", "add", "origin", self.origin.as_uri(), cwd=workspace)
-        context = {"github": {"ref": ref, "token": LOCAL_TOKEN, "server_url": SERVER_URL}, "secrets": self.secrets,
+        # The loopback server stands in for Pages: the repository variable for a custom domain names it.
+        context = {"github": {"ref": ref, "token": LOCAL_TOKEN, "server_url": SERVER_URL, "repository": "pilot/pilot"},
+                   "vars": {"PILOT_RELEASE_BASE_URL": self.pages.url}, "secrets": self.secrets,
                    "matrix": matrix or {}, "runner": {"temp": str(runner_temp)}, "steps": {}}
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
         base_env.update(CI="true", GITHUB_REF=ref, GITHUB_WORKSPACE=str(workspace), RUNNER_TEMP=str(runner_temp))
@@ -111,6 +114,8 @@ class WorkflowRunner:
             assert set(step) <= STEP_KEYS[kind], f"{name} step {index}: keys the local runner does not play: {step}"
             if kind == "uses":
                 outputs = self.action(name, step, workspace, context)
+                if action_name(step) == "actions/setup-python":
+                    base_env["PATH"] = f"{interpreters_dir(step, runner_temp)}{os.pathsep}{base_env['PATH']}"
             else:
                 outputs = self.run_step(name, index, step, workspace, runner_temp, base_env, context)
             if "id" in step:
@@ -171,8 +176,6 @@ class WorkflowRunner:
                     for path in artifact.iterdir():
                         shutil.copy2(path, target / path.name)
             return {}
-        if action == "actions/configure-pages":
-            return {"base_url": self.pages.url}
         if action == "actions/upload-pages-artifact":
             shutil.rmtree(self.pages_artifact, ignore_errors=True)
             shutil.copytree(workspace / inputs["path"], self.pages_artifact,
@@ -184,6 +187,19 @@ class WorkflowRunner:
             shutil.copytree(self.pages_artifact, self.pages.root, dirs_exist_ok=True)
             return {"page_url": self.pages.url + "/"}
         raise AssertionError(f"the local runner does not know {uses}: teach WorkflowRunner.action what it does")
+
+
+def interpreters_dir(step: dict, scratch: Path) -> Path:
+    """What actions/setup-python puts on PATH: python3.X for each version it installs, here this machine's own
+    interpreters (a version manager's shims may not run a version that is not selected)."""
+    found = interpreters()
+    directory = scratch / "setup-python"
+    directory.mkdir(exist_ok=True)
+    for version in python_versions(step):
+        tag = "cp" + version.replace(".", "")
+        python = need(found.get(tag), tag)
+        (directory / f"python{version}").symlink_to(python)
+    return directory
 
 
 def check_git_credentials(env: dict, scratch: Path) -> None:
@@ -271,7 +287,7 @@ def test_the_signing_key_and_the_git_token_reach_only_the_steps_that_use_them():
     jobs = workflow["jobs"]
     assert workflow["permissions"] == {}, "no permissions by default: each job asks for its own"
     assert jobs["build"]["permissions"] == {"contents": "read"}
-    assert jobs["publish"]["permissions"] == {"contents": "write", "pages": "read"}
+    assert jobs["publish"]["permissions"] == {"contents": "write"}
     assert jobs["deploy"]["permissions"] == {"pages": "write", "id-token": "write"}
     assert "env" not in workflow and not any("env" in job for job in jobs.values()), "secrets go to steps, by name"
 
@@ -342,14 +358,16 @@ def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tm
 
         downloads = tmp_path / "downloads"
         downloads.mkdir()
-        for release in manifest.releases:
-            (artifact,) = release.artifacts
+        for release in manifest.releases:  # one archive, listed under each interpreter it serves
+            assert [a.python_tag for a in release.artifacts] == list(PUBLISHED_PYTHONS)
+            assert len({(a.url, a.sha256) for a in release.artifacts}) == 1
+            artifact = release.artifacts[0]
             assert artifact.url.startswith(pages.url + "/releases/")
             data = fetch(artifact.url)
             assert (len(data), hashlib.sha256(data).hexdigest()) == (artifact.size, artifact.sha256)
             (downloads / artifact.url.rsplit("/", 1)[1]).write_bytes(data)
 
-        (artifact,) = manifest.releases[0].artifacts
+        artifact = manifest.releases[0].artifacts[0]
         archive = downloads / artifact.url.rsplit("/", 1)[1]
         assert archive.name.startswith("pilot-1.2.3-")
         assert archive.name.endswith(f"{RUNNER_PLATFORMS[matrix['os']]}.pyz")
@@ -359,7 +377,8 @@ def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tm
 
     # Every run: step went through pipeline.py; the test exercised each subcommand the workflow uses.
     assert [job for job, _ in runner.executed].count("build") == 3
-    assert {sub for _, sub in runner.executed} == {"tag-version", "write-key", "build", "restore", "publish", "save"}
+    assert {sub for _, sub in runner.executed} == {"tag-version", "write-key", "build", "pages-url", "restore",
+                                                  "publish", "save"}
     # gh-pages holds the tree as two fast-forward commits, one per release.
     log = git("log", "--format=%s", "gh-pages", cwd=origin).splitlines()
     assert log == ["Release 1.2.3", "Release 1.0.0"]
@@ -567,3 +586,24 @@ def test_restore_and_save_round_trip_the_tree_through_a_branch(tmp_path):
 
     refused = run_pipeline("restore", "--site", "site", "--branch", "gh-pages", cwd=other)
     assert refused.returncode == 1 and "not empty" in refused.stderr
+
+
+@pytest.mark.parametrize(("repository", "override", "url"), [
+    ("Pilot-Dev/pilot", "", "https://pilot-dev.github.io/pilot"),
+    ("pilot-dev/Pilot-Dev.github.io", "", "https://pilot-dev.github.io"),  # the owner's own site: the root
+    ("pilot-dev/pilot", "https://releases.example.org/pilot/", "https://releases.example.org/pilot"),
+])
+def test_the_pages_url_is_derived_from_the_repository_unless_a_custom_domain_is_set(repository, override, url,
+                                                                                     tmp_path):
+    output = tmp_path / "output"
+    result = run_pipeline("pages-url", "--repository", repository, "--override", override, "--github-output",
+                          env={**os.environ, "GITHUB_OUTPUT": str(output)})
+    assert (result.returncode, result.stdout) == (0, url + "\n"), result.stderr
+    assert output.read_text() == f"base_url={url}\n"
+
+
+@pytest.mark.parametrize(("repository", "override"), [("no-slash", ""), ("a/b/c", ""), ("a/b", "ftp://x")])
+def test_a_pages_url_it_cannot_derive_is_one_line(repository, override):
+    result = run_pipeline("pages-url", "--repository", repository, "--override", override)
+    assert result.returncode != 0 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr

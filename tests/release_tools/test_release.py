@@ -219,14 +219,15 @@ def test_publish_writes_a_signed_manifest_and_the_artifact_and_verify_passes(sit
     assert (document["product"], document["channel"], document["serial"]) == ("pilot", "stable", 1)
     (release,) = document["releases"]
     assert release["version"] == "1.0.0"
+    # The one archive, listed under each interpreter it serves: the shape every client's schema already reads.
     assert release["artifacts"] == [{
-        "python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"], "url": f"{BASE_URL}/{relpath}",
+        "python_tag": tag, "platform_tag": meta["platform_tag"], "url": f"{BASE_URL}/{relpath}",
         "size": v100.stat().st_size, "sha256": hashlib.sha256(v100.read_bytes()).hexdigest(),
         "build_id": meta["build_id"],
         # The delta index beside it, signed here: what a client fetches to update by delta.
         "delta_index": {"url": f"{BASE_URL}/{relpath}.index", "size": len(index),
                         "sha256": hashlib.sha256(index).hexdigest(), "chunk_size": 4096},
-    }]
+    } for tag in ("cp311", "cp312", "cp313")]
     assert json.loads(index)["pieces"] == {"url": v100.name + ".pieces",
                                            "size": (site / (relpath + ".pieces")).stat().st_size}
 

@@ -191,10 +191,10 @@ def test_an_installed_archive_that_changed_under_the_client_is_refused(fresh, v1
 
 
 def test_the_central_directories_are_rebuilt_not_fetched(archives, v1, tmp_path):
-    """A bigger module changed early in Pilot's package moves the offsets of every member after it, so most
+    """A module changed early in Pilot's package moves the offsets of every member after it, so most
     of the payload's central directory differs: rebuilt from the members in place, none of it is fetched."""
-    source = (Path(__file__).resolve().parents[2] / "pilot" / "notify.py").read_text()
-    changed = Published(archives.build("2.0.0", overlay={"pilot/notify.py": source + "\nEXTRA = 1\n"}))
+    source = (Path(__file__).resolve().parents[2] / "pilot" / "__init__.py").read_text()
+    changed = Published(archives.build("2.0.0", overlay={"pilot/__init__.py": source + "\nEXTRA = 1\n"}))
     pieces, old = installed(v1)
     assert update(changed, old, pieces) == changed.data
     with_rebuild = dict(changed.fetched)
