@@ -6,7 +6,11 @@ the UI. Each check is `Updater.check()`, the very code `pilot self-update --chec
 
 Scheduling is the pure `next_delay`: after a success, the interval with ±10 % jitter; after
 failures in a row, exponential backoff from MIN_RETRY capped at the interval, but never
-sooner than the server's Retry-After (itself capped at MAX_RETRY_AFTER). A `PilotError` is
+sooner than the server's Retry-After (itself capped at MAX_RETRY_AFTER), and either stretched
+by a random part of up to half of itself (at most half the interval): a fleet that failed
+together, or that a server told the same instant (a Retry-After date at the end of an outage),
+comes back spread over that time instead of in the same second (benchmarks/fleet.py measures
+it: without the spread, a million clients told one date return within one second). A `PilotError` is
 reported as a quiet error; any other `Exception` from the check or from the callback is
 logged once with its traceback to the `pilot` logger, reported the same way, counted as a
 failure, and the checker keeps running. `stop()` and `check_now()` end the wait at once.
@@ -29,6 +33,7 @@ FIRST_CHECK_DELAY = (5.0, 30.0)  # seconds after start, drawn at random so a fle
 MIN_RETRY = 30.0  # first backoff after a failure
 MAX_RETRY_AFTER = 24 * 3600.0  # a server's Retry-After beyond this is taken as this
 JITTER = 0.1
+RETRY_SPREAD = 0.5  # a failure's delay is stretched by up to this part of itself, at most of the interval
 
 log = logging.getLogger("pilot")
 
@@ -62,7 +67,8 @@ def next_delay(outcome: CheckOutcome, failures: int, interval: float, rng: rando
     if outcome.error is None:
         return interval * rng.uniform(1 - JITTER, 1 + JITTER)
     backoff = min(interval, MIN_RETRY * 2.0 ** min(max(failures - 1, 0), 32))
-    return max(backoff, bounded_retry_after(outcome.retry_after) or 0.0)
+    wait = max(backoff, bounded_retry_after(outcome.retry_after) or 0.0)
+    return wait + rng.uniform(0.0, RETRY_SPREAD * min(wait, interval))  # never sooner than asked, never in step
 
 
 def describe_unexpected(error: BaseException) -> str:

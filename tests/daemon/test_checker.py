@@ -12,6 +12,7 @@ from pilot.daemon.checker import (
     FIRST_CHECK_DELAY,
     MAX_RETRY_AFTER,
     MIN_RETRY,
+    RETRY_SPREAD,
     CheckOutcome,
     UpdateChecker,
     next_delay,
@@ -121,36 +122,69 @@ def test_after_a_success_the_interval_with_ten_percent_jitter():
     assert min(delays) < 0.95 * HOUR and max(delays) > 1.05 * HOUR  # jittered, not fixed
 
 
+def spread_of(wait: float, interval: float = HOUR) -> tuple[float, float]:
+    """The range a failure's delay is drawn from: never sooner than `wait`, at most half of it (or of the
+    interval) later."""
+    return wait, wait + RETRY_SPREAD * min(wait, interval)
+
+
+def within(delay: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= delay <= bounds[1]
+
+
 def test_failures_back_off_exponentially_from_min_retry_capped_at_the_interval():
     rng = random.Random(7)
+    waits = [MIN_RETRY * 2 ** n for n in range(7)] + [HOUR, HOUR]
     delays = [next_delay(FAILED, failures, HOUR, rng) for failures in range(1, 10)]
-    assert delays == [MIN_RETRY * 2 ** n for n in range(7)] + [HOUR, HOUR]
-    assert next_delay(FAILED, 100_000, HOUR, rng) == HOUR  # a very long outage does not overflow
+    assert all(within(d, spread_of(w)) for d, w in zip(delays, waits, strict=True)), delays
+    assert within(next_delay(FAILED, 100_000, HOUR, rng), spread_of(HOUR))  # a very long outage does not overflow
+
+
+def test_the_backoff_is_spread_so_a_fleet_that_failed_together_does_not_retry_together():
+    rng = random.Random(7)
+    for failures, wait in [(1, MIN_RETRY), (4, 8 * MIN_RETRY), (50, HOUR)]:
+        delays = [next_delay(FAILED, failures, HOUR, rng) for _ in range(1000)]
+        low, high = spread_of(wait)
+        assert all(low <= d <= high for d in delays)
+        assert min(delays) < low + 0.05 * (high - low) and max(delays) > high - 0.05 * (high - low)
+        assert 0.45 < sum(d < (low + high) / 2 for d in delays) / len(delays) < 0.55  # uniform, not lumped
 
 
 def test_a_retry_after_longer_than_the_backoff_wins():
     rng = random.Random(7)
     asked = CheckOutcome(at=0.0, error="HTTP 429", retry_after=900.0)
-    assert next_delay(asked, 1, HOUR, rng) == 900.0
-    assert next_delay(CheckOutcome(at=0.0, error="HTTP 429", retry_after=5 * HOUR), 1, HOUR, rng) == 5 * HOUR
+    assert within(next_delay(asked, 1, HOUR, rng), spread_of(900.0))
+    longer = CheckOutcome(at=0.0, error="HTTP 429", retry_after=5 * HOUR)
+    assert within(next_delay(longer, 1, HOUR, rng), (5 * HOUR, 5.5 * HOUR))  # spread by at most half the interval
+
+
+def test_a_fleet_told_the_same_instant_comes_back_over_half_an_interval():
+    """A Retry-After date (the end of a maintenance window) names one instant for every client."""
+    rng = random.Random(7)
+    asked = CheckOutcome(at=0.0, error="HTTP 503", retry_after=2 * HOUR)
+    returns = sorted(next_delay(asked, 1, HOUR, rng) for _ in range(10_000))
+    assert returns[0] >= 2 * HOUR and returns[-1] <= 2.5 * HOUR
+    busiest_minute = max(sum(1 for r in returns if m * 60 <= r - 2 * HOUR < (m + 1) * 60) for m in range(30))
+    assert busiest_minute < 2 * len(returns) / 30  # about even over the 30 minutes, not all in the first
 
 
 def test_a_retry_after_shorter_than_the_backoff_does_not_shorten_it():
     rng = random.Random(7)
     asked = CheckOutcome(at=0.0, error="HTTP 429", retry_after=1.0)
-    assert next_delay(asked, 1, HOUR, rng) == MIN_RETRY
-    assert next_delay(asked, 3, HOUR, rng) == 4 * MIN_RETRY
+    assert within(next_delay(asked, 1, HOUR, rng), spread_of(MIN_RETRY))
+    assert within(next_delay(asked, 3, HOUR, rng), spread_of(4 * MIN_RETRY))
 
 
 @pytest.mark.parametrize("asked", [10 * MAX_RETRY_AFTER, float("inf")])
 def test_a_retry_after_is_capped(asked):
     outcome = CheckOutcome(at=0.0, error="HTTP 429", retry_after=asked)
-    assert next_delay(outcome, 1, HOUR, random.Random(7)) == MAX_RETRY_AFTER == 24 * HOUR
+    assert within(next_delay(outcome, 1, HOUR, random.Random(7)), spread_of(MAX_RETRY_AFTER))
+    assert MAX_RETRY_AFTER == 24 * HOUR
 
 
 def test_a_garbled_retry_after_falls_back_to_the_backoff():
     outcome = CheckOutcome(at=0.0, error="HTTP 429", retry_after=float("nan"))
-    assert next_delay(outcome, 2, HOUR, random.Random(7)) == 2 * MIN_RETRY
+    assert within(next_delay(outcome, 2, HOUR, random.Random(7)), spread_of(2 * MIN_RETRY))
 
 
 def test_a_retry_after_after_a_success_is_irrelevant():
@@ -183,8 +217,8 @@ def test_step_schedules_from_retry_after_and_counts_failures():
     recorder = Recorder()
     checker = UpdateChecker(ScriptedUpdater(rate_limited(2 * HOUR), DownloadError("offline"), "result"),
                             interval=HOUR, on_outcome=recorder, rng=random.Random(7))
-    assert checker.step() == 2 * HOUR and checker.failures == 1
-    assert checker.step() == 2 * MIN_RETRY and checker.failures == 2
+    assert within(checker.step(), spread_of(2 * HOUR)) and checker.failures == 1
+    assert within(checker.step(), spread_of(2 * MIN_RETRY)) and checker.failures == 2
     assert 0.9 * HOUR <= checker.step() <= 1.1 * HOUR and checker.failures == 0
     assert [o.result for o in recorder.outcomes] == [None, None, "result"]
 
@@ -193,7 +227,7 @@ def test_an_unexpected_exception_from_the_check_is_logged_and_counted_as_a_failu
     recorder = Recorder()
     checker = UpdateChecker(ScriptedUpdater(RuntimeError("boom\nsecond line")), interval=HOUR,
                             on_outcome=recorder, rng=random.Random(7))
-    assert checker.step() == MIN_RETRY
+    assert within(checker.step(), spread_of(MIN_RETRY))
     assert checker.failures == 1
     assert recorder.outcomes[0].error == "update check failed unexpectedly: RuntimeError: boom (details in pilot.log)"
     [record] = tracebacks(caplog)
@@ -203,7 +237,7 @@ def test_an_unexpected_exception_from_the_check_is_logged_and_counted_as_a_failu
 def test_an_unexpected_exception_from_the_callback_is_logged_reported_and_counted(caplog):
     recorder = Recorder(raises={1: OSError(28, "No space left on device")})
     checker = UpdateChecker(ScriptedUpdater("result"), interval=HOUR, on_outcome=recorder, rng=random.Random(7))
-    assert checker.step() == MIN_RETRY
+    assert within(checker.step(), spread_of(MIN_RETRY))
     assert checker.failures == 1
     assert [o.result for o in recorder.outcomes] == ["result", None]
     assert recorder.outcomes[1].error == ("update check failed unexpectedly: OSError: [Errno 28] No space left on "
