@@ -318,11 +318,15 @@ def figures(scenario: Scenario, counts: Counts, sizes: Sizes) -> dict:
 # ----------------------------------------------------------------------------- a real release tree
 
 
-def fake_archive(path: Path, version: str, platform_tag: str) -> Path:
-    """A zip with the build metadata release.py reads; the manifest's size does not depend on the rest."""
-    metadata = {"version": version, "platform_tag": platform_tag, "python_tag": PYTHONS[0],
-                "python_tags": list(PYTHONS),
-                "build_id": hashlib.sha256(f"{version} {platform_tag}".encode()).hexdigest()}
+def fake_archive(path: Path, version: str, platform_tag: str, public_key: Path) -> Path:
+    """A zip with the build metadata an archive of build/build.py carries (the keys it trusts among them)
+    and little else: neither the manifest's size nor a check depends on the rest."""
+    from pilot.update.verify import load_public_key
+
+    key = load_public_key(public_key.read_bytes())
+    metadata = {"product": "pilot", "version": version, "python_tags": list(PYTHONS), "python_tag": PYTHONS[0],
+                "platform_tag": platform_tag, "trusted_keys": [{"keyid": key.keyid, "public": key.raw.hex()}],
+                "threshold": 1, "build_id": hashlib.sha256(f"{version} {platform_tag}".encode()).hexdigest()}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("pilot-build.json", json.dumps(metadata))
         zf.writestr("__main__.py", f"# pilot {version}\n")
@@ -353,7 +357,8 @@ def publish_release(root: Path, version: str) -> None:
     """`release.py publish` of one archive per platform to root/site's stable channel."""
     work = root / "archives"
     work.mkdir(parents=True, exist_ok=True)
-    artifacts = [str(fake_archive(work / f"{version}-{tag}.pyz", version, tag)) for tag in PLATFORMS]
+    public_key = root / "keys" / "fleet.pub"
+    artifacts = [str(fake_archive(work / f"{version}-{tag}.pyz", version, tag, public_key)) for tag in PLATFORMS]
     release_tool("publish", "--root", str(root / "site"), "--key", str(root / "keys" / "fleet.key"),
                  "--base-url", BASE_URL, *artifacts)
 
