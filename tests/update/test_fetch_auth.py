@@ -98,7 +98,7 @@ def test_a_custom_header_carries_the_bare_token(site) -> None:
         assert host.values("X-Pilot-Token") == [TOKEN] and host.values("Authorization") == [None]
 
 
-def test_the_conditional_request_stream_and_range_all_carry_the_token(release) -> None:
+def test_the_conditional_request_and_the_stream_carry_the_token(release) -> None:
     url = manifest_url(release)
     client = fetcher(ReleaseAuth(url, TOKEN))
     assert client.fetch(url, max_bytes=1000, etag='"v0"').status == 200
