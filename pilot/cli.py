@@ -182,6 +182,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         add_task_commands(commands)
         add_config_commands(commands)
         add_self_update(commands)
+        add_install_commands(commands)
         add_debug(commands)
     return parser
 
@@ -312,6 +313,29 @@ def add_self_update(commands: Commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON: the check, the status, or how the update went "
                    "(version, and the download: method, bytes_downloaded, bytes_reused)")
     leaf(p, "pilot.commands.self_update:run")
+
+
+def add_install_commands(commands: Commands) -> None:
+    if install := commands.add(
+        "install", help="copy this archive to ~/.local/bin/pilot (or --dir), ready to run as `pilot`",
+        description="Copy the archive this command runs from to DIR/pilot (default ~/.local/bin), check the copy "
+                    "against this build, make it executable and say whether DIR is on PATH (and the line that "
+                    "puts it there). An install already there is replaced as an update replaces it: kept as "
+                    "pilot.backup.",
+    ):
+        install.add_argument("--dir", metavar="DIR", help="where to put `pilot` (default ~/.local/bin)")
+        install.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+        leaf(install, "pilot.commands.installation:install")
+    if uninstall := commands.add(
+        "uninstall", help="remove this Pilot: the archive, its backup and unpacked copies (--purge: and its data)",
+        description="Remove the archive this command runs from, its backup and their unpacked copies, after "
+                    "asking. With --purge also PILOT_HOME (default ~/.pilot): every task, its output and history. "
+                    "Refused while the daemon runs.",
+    ):
+        uninstall.add_argument("--purge", action="store_true", help="also remove PILOT_HOME and everything in it")
+        uninstall.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+        uninstall.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+        leaf(uninstall, "pilot.commands.installation:uninstall")
 
 
 def add_debug(commands: Commands) -> None:

@@ -283,9 +283,32 @@ def publish(args: argparse.Namespace) -> None:
         for name, data in indexes[relpath]:  # beside it, before the manifest that signs them
             write_atomically(args.root / name, data)
     sign_and_write(args.root, args.channel, document, args.key)
+    write_installer(args.root, base_url, args.channel, metas)
     print(f"published {version} to {args.channel} (serial {document['serial']}, {len(metas)} artifact(s), "
           f"expires {document['expires_at']})")
     print(manifest_path(args.root, args.channel))
+
+
+def write_installer(root: Path, base_url: str, channel: str, metas: list[tuple[Path, dict]]) -> None:
+    """install.sh at the site's root, trusting what a fresh client would: the key set that signs the manifest."""
+    import installer
+
+    from pilot.launcher import build_pythons
+
+    version = current_keyset_version(root)
+    if version == 1:  # the set built into the archives
+        anchor = metas[0][1]
+        keys = [(key["keyid"], bytes.fromhex(key["public"])) for key in anchor["trusted_keys"]]
+        threshold = int(anchor.get("threshold", 1))
+    else:
+        keyset = read_keyset(root, version)
+        keys, threshold = [(key.keyid, key.raw) for key in keyset.keys], keyset.threshold
+    if not keys:  # such archives cannot verify an update either: nothing to install from here
+        print("install.sh not written: the archives trust no signing key (built without --trusted-key)")
+        return
+    pythons = sorted({tag for _, meta in metas for tag in build_pythons(meta)}, key=lambda tag: int(tag[3:]))
+    script = installer.render(site=base_url, channel=channel, keys=keys, threshold=threshold, pythons=pythons)
+    write_atomically(root / installer.INSTALLER, script, mode=0o644)
 
 
 def yank(args: argparse.Namespace) -> None:

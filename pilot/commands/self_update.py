@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pilot.buildinfo import current_build
+from pilot.commands.ask import ask
 from pilot.errors import UpdateError, UsageError
 from pilot.launcher import handle_stop_signals, rollback_line, status_lines
 from pilot.update import FileSource, open_updater, roll_back, take_notice, update_status
@@ -88,7 +89,7 @@ def update(updater, args: argparse.Namespace) -> int:
     version = updater.build.version
 
     def confirm(result) -> None:
-        ask(f"Update pilot {version} to {result.version}?", args.yes)
+        ask(f"Update pilot {version} to {result.version}?", args.yes, doing="updating")
         print(f"updating pilot {version} -> {result.version}", file=sys.stderr)
 
     def note(text: str) -> None:  # how the download went: "downloaded 21 KB of 14.6 MB (delta)"
@@ -117,16 +118,6 @@ def update(updater, args: argparse.Namespace) -> int:
 def announce_step(step: str) -> None:
     if step != "downloading":  # the progress bar shows that one
         print(f"{step}...", file=sys.stderr, flush=True)
-
-
-def ask(question: str, assume_yes: bool) -> None:
-    if assume_yes:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError("not updating without confirmation", hint="add --yes to update without asking")
-    answer = input(f"{question} [y/N] ").strip().lower()
-    if answer not in ("y", "yes"):
-        raise UsageError("update cancelled")
 
 
 def after_restart(as_json: bool = False) -> int:

@@ -1,0 +1,36 @@
+"""install.sh: the one-line installer `release.py publish` writes at the release site's root.
+
+It is release-tools/install.sh with this site's address, channel and trust anchor filled in: the
+keys whose signatures a fresh client would require on the manifest (the key set the manifest names,
+which is the archives' embedded set until a rotation publishes another) and their threshold.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+TEMPLATE = Path(__file__).with_name("install.sh")
+INSTALLER = "install.sh"  # at the site's root: curl -fsSL SITE/install.sh | sh
+ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")  # DER SubjectPublicKeyInfo of a raw Ed25519 key
+
+
+def render(*, site: str, channel: str, keys: list[tuple[str, bytes]], threshold: int, pythons: list[str]) -> bytes:
+    """The script for site (its root URL, no trailing slash); keys: (keyid, raw 32-byte public key)."""
+    from pilot.launcher import python_span
+
+    versions = [f"{tag[2]}.{tag[3:]}" for tag in sorted(pythons, key=lambda tag: int(tag[3:]), reverse=True)]
+    lines = [f"{keyid} {base64.b64encode(ED25519_SPKI_PREFIX + raw).decode()}" for keyid, raw in keys]
+    values = {"SITE": site, "CHANNEL": channel, "VERSIONS": " ".join(versions), "THRESHOLD": str(threshold),
+              "SPAN": python_span(sorted(pythons, key=lambda tag: int(tag[3:]))), "KEYS": "\n".join(lines)}
+    for name, value in values.items():
+        if "'" in value:
+            raise ValueError(f"{name} {value!r}: a quote cannot go into install.sh")
+    text = TEMPLATE.read_text()
+    for name, value in values.items():
+        text = text.replace(f"@{name}@", value)
+    unfilled = re.search(r"@[A-Z]+@", text)
+    if unfilled:
+        raise ValueError(f"install.sh: {unfilled[0]} is not filled in")
+    return text.encode()
