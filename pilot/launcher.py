@@ -906,16 +906,16 @@ def incompatibility(build):
         return None
     this = "%s-%s" % (python_tag(), platform_tag()) if cpython else "Python " + sys.version.split()[0]
     line = "pilot: this archive is for CPython %s on %s but this is %s" % (
-        _span(tags), build["platform_tag"], this)
+        python_span(tags), build["platform_tag"], this)
     if build["platform_tag"] == platform_tag():
         return line + ": run it with python%s" % _dotted(tags[-1])
     if platform_tag() in PUBLISHED_PLATFORMS:
         return line + ": download %s" % artifact_name(build["version"], platform_tag())
     return line + ": Pilot is published for CPython %s on %s" % (
-        _span(PUBLISHED_PYTHONS), ", ".join(PUBLISHED_PLATFORMS))
+        python_span(PUBLISHED_PYTHONS), ", ".join(PUBLISHED_PLATFORMS))
 
 
-def _span(tags):
+def python_span(tags):
     """cp311..cp313 -> `3.11 to 3.13`; a single one -> `3.11`."""
     return _dotted(tags[0]) if len(tags) == 1 else "%s to %s" % (_dotted(tags[0]), _dotted(tags[-1]))
 
@@ -1330,7 +1330,7 @@ exit 5
 def preamble(build):
     """The sh preamble for a build's metadata (build/build.py writes it in front of the zip)."""
     tags = build_pythons(build)
-    return PREAMBLE % {"version": build["version"], "build_id": build["build_id"], "span": _span(tags),
+    return PREAMBLE % {"version": build["version"], "build_id": build["build_id"], "span": python_span(tags),
                        "candidates": " ".join("python" + _dotted(tag) for tag in reversed(tags))}
 
 
