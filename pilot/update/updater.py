@@ -28,7 +28,7 @@ from typing import Any
 from packaging.version import Version
 
 from pilot.buildinfo import BuildInfo, current_build, install_method
-from pilot.config import Config, load_config, parse_duration
+from pilot.config import Config, load_config, parse_duration, release_auth
 from pilot.errors import (
     ConfigError,
     InstallError,
@@ -52,6 +52,7 @@ from pilot.launcher import (
     update_dir,
     user_rollback,
 )
+from pilot.net import ReleaseAuth
 from pilot.update import delta, early, install, sentinel, state
 from pilot.update.fetch import Fetcher, FileSource
 from pilot.update.manifest import (
@@ -99,6 +100,7 @@ class Settings:
     first_check_delay: float | None  # the checker's first delay (PILOT_FIRST_CHECK_DELAY), None: random
     unpack_during_download: str = "auto"  # PILOT_UNPACK_DURING_DOWNLOAD: auto | always | never (pilot.update.early)
     delta: str = "auto"  # PILOT_DELTA: auto (when the release has an index) | never (pilot.update.delta)
+    auth: ReleaseAuth | None = None  # the private release host's header (PILOT_UPDATE_TOKEN, upgrade.token_file)
 
     @classmethod
     def read(cls, config: Config, env: Mapping[str, str], *, manifest_url: str | None = None,
@@ -118,7 +120,7 @@ class Settings:
                 raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
             return value
 
-        return cls(manifest_url=url, channel=channel or config.upgrade.channel,
+        return cls(manifest_url=url, channel=channel or config.upgrade.channel, auth=release_auth(config, url, env),
                    boot_timeout=seconds(BOOT_TIMEOUT_ENV, BOOT_TIMEOUT_SECONDS),
                    fetch_deadline=seconds(DEADLINE_ENV, DEFAULT_DEADLINE),
                    first_check_delay=seconds(FIRST_CHECK_ENV, None),
@@ -595,7 +597,8 @@ def open_updater(*, config: Config | None = None, manifest_url: str | None = Non
     if fetcher is None:
         from pilot.update.fetch import HttpFetcher
 
-        fetcher = HttpFetcher(deadline=settings.fetch_deadline, wait_for_retry_after=not background)
+        fetcher = HttpFetcher(deadline=settings.fetch_deadline, wait_for_retry_after=not background,
+                              auth=settings.auth)
     return Updater(build=build, settings=settings, fetcher=fetcher)
 
 
