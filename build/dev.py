@@ -3,7 +3,8 @@
 Creates .venv from the hash-pinned build/dev.lock (reused while the lock is unchanged),
 installs the programs the tests drive for real when they are missing and this is root on
 Debian (tmux: the dashboard tests drive a real terminal; nginx-light: the range-download
-tests need a server we did not write), then runs the whole test suite. `.ci/run` calls
+tests need a server we did not write; shellcheck: the published install.sh must pass it),
+then runs the whole test suite. `.ci/run` calls
 exactly this. Where it could install them (root with apt-get, as in CI) it sets
 PILOT_REQUIRE_NGINX=1, so a failed install fails the nginx tests instead of skipping them.
 """
@@ -42,7 +43,7 @@ def ensure_venv() -> Path:
 
 
 # Debian package -> the program that shows it is installed (nginx's is in /usr/sbin, often not on PATH).
-TEST_TOOLS = {"tmux": "tmux", "nginx-light": "/usr/sbin/nginx"}
+TEST_TOOLS = {"tmux": "tmux", "nginx-light": "/usr/sbin/nginx", "shellcheck": "shellcheck"}
 NGINX_PID_FILE = Path("/run/nginx.pid")  # where Debian's nginx.service / init script keeps the daemon's pid
 
 

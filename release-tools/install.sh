@@ -185,7 +185,7 @@ main() {
     set -- $choice
     url=$1 size=$2 sha256=$3 version=$4
     archive="$work/${url##*/}"
-    say "downloading Pilot $version for $tag on $where ($size bytes)"
+    [ -t 2 ] && say "downloading Pilot $version for $tag on $where ($size bytes)"
     fetch "$url" "$archive" || die "cannot download $url"
     why=$(check_archive "$archive" "$size" "$sha256" 2>&1) || die "$why: refusing it, nothing was installed"
     chmod 755 "$archive"

@@ -67,6 +67,7 @@ class Install:
     home: Path
     manifest_url: str
     env: dict = field(default_factory=dict)
+    python: str = sys.executable  # the interpreter that runs it: one archive serves every supported one
 
     @property
     def path(self) -> Path:
@@ -78,12 +79,12 @@ class Install:
 
     def run(self, *args: str, timeout: float = 180, extra_env: dict | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, **self.env, **(extra_env or {})}
-        return subprocess.run([sys.executable, str(self.path), *args], capture_output=True, text=True, env=env,
+        return subprocess.run([self.python, str(self.path), *args], capture_output=True, text=True, env=env,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     def popen(self, *args: str, extra_env: dict | None = None) -> subprocess.Popen:
         env = {**os.environ, **self.env, **(extra_env or {})}
-        return subprocess.Popen([sys.executable, str(self.path), *args], stdout=subprocess.PIPE,
+        return subprocess.Popen([self.python, str(self.path), *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
 
     def status(self) -> dict:
