@@ -281,7 +281,7 @@ examples:
   pilot self-update --check              is there a newer release?
   pilot self-update --yes                update without asking
   pilot self-update --to 1.4.2           install this listed version (even one skipped as bad)
-  pilot self-update --from-file pilot-1.4.2-cp311-linux_x86_64.pyz --manifest site/
+  pilot self-update --from-file pilot-1.4.2-linux_x86_64.pyz --manifest site/
                                          offline install, same verification
   pilot self-update --rollback           go back to the backup
   pilot self-update --status --json      how the last update ended
