@@ -75,3 +75,10 @@ def test_an_install_from_before_the_universal_archive_updates_to_it_and_then_run
             pilot.python = str(need(python, tag))
             assert pilot.run("status").returncode == 0, tag
             assert pilot.version() == "pilot 2.0.0"
+
+
+def test_the_universal_archive_is_at_most_115_percent_of_a_single_interpreter_one(legacy_v1, v1):
+    """Three interpreters' native code, in less than the room one interpreter's bytecode took: the dependencies
+    travel as sources (smaller than their .pyc files), and only cffi's and PyYAML's extensions come thrice."""
+    ratio = v1.stat().st_size / legacy_v1.stat().st_size
+    assert ratio <= 1.15, f"{v1.stat().st_size} / {legacy_v1.stat().st_size} bytes = {ratio:.2f}"
