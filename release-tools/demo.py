@@ -1,8 +1,9 @@
 """The whole Pilot story on one machine, in one command: `python3 release-tools/demo.py`.
 
 It makes a throwaway signing key, builds Pilot 1.0.0 and 1.1.0 with that key and a local
-manifest URL embedded, publishes 1.1.0 to a release tree under demo/site, serves it on
-127.0.0.1, installs 1.0.0 as demo/bin/pilot and updates it to 1.1.0 with
+manifest URL embedded, publishes 1.0.0 to a release tree under demo/site and serves it on
+127.0.0.1, installs it as demo/bin/pilot with the site's one-line installer
+(`curl -fsSL SITE/install.sh | sh`), publishes 1.1.0 and updates to it with
 `pilot self-update`, the way a user would. Everything it writes stays under demo/
 (or --workdir); nothing touches ~/.pilot.
 """
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,25 +83,37 @@ def main() -> None:
                    "--trusted-key", str(work / "keys" / "demo.pub"), "--manifest-url", manifest_url])
         archives[version] = Path(out.strip().splitlines()[-1])
 
-    step("publish 1.1.0 to the stable channel and verify the tree")
     base_url = f"http://127.0.0.1:{port}"
-    run([*release, "publish", "--root", str(work / "site"), "--channel", "stable", "--base-url", base_url,
-         "--key", str(work / "keys" / "demo.key"), str(archives["1.1.0"])])
-    run([*release, "verify", "--root", str(work / "site"), "--channel", "stable",
-         "--trusted-key", str(work / "keys" / "demo.pub")])
+
+    def publish(version: str) -> None:
+        run([*release, "publish", "--root", str(work / "site"), "--channel", "stable", "--base-url", base_url,
+             "--key", str(work / "keys" / "demo.key"), str(archives[version])])
+        run([*release, "verify", "--root", str(work / "site"), "--channel", "stable",
+             "--trusted-key", str(work / "keys" / "demo.pub")])
+
+    step("publish 1.0.0 to the stable channel (with install.sh at the site's root) and verify the tree")
+    publish("1.0.0")
 
     step(f"serve the release tree on {base_url}")
     server = serve(work / "site", port)
 
-    step("install 1.0.0 the way a user does: one file, then run it")
+    step("install it the way a user does: curl -fsSL .../install.sh | sh")
     pilot = work / "bin" / "pilot"
-    pilot.parent.mkdir(parents=True)
-    shutil.copyfile(archives["1.0.0"], pilot)
-    pilot.chmod(0o755)
-    env = {**os.environ, "PILOT_HOME": str(work / "home"), "SHIV_ROOT": str(work / "shiv")}
+    env = {**os.environ, "PILOT_HOME": str(work / "home"), "SHIV_ROOT": str(work / "shiv"),
+           "PILOT_PYTHON": sys.executable}  # the installer would find a python3; this one is known to be 3.11+
     env.pop("PILOT_MANIFEST_URL", None)
+    installer = urllib.request.urlopen(f"{base_url}/install.sh", timeout=30).read().decode()
+    print(f"$ curl -fsSL {base_url}/install.sh | sh -s -- --dir {pilot.parent}", flush=True)
+    installed = subprocess.run(["sh", "-s", "--", "--dir", str(pilot.parent)], input=installer, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print("  " + installed.stdout.strip().replace("\n", "\n  "), flush=True)
+    if installed.returncode != 0:
+        sys.exit(f"demo: the installer failed with status {installed.returncode}")
     python = [sys.executable, str(pilot)]
     run([*python, "--version"], env)
+
+    step("publish 1.1.0")
+    publish("1.1.0")
     run([*python, "self-update", "--check"], env)
 
     step("update: download, verify signature and sha256, self-test, swap, re-exec, commit")
