@@ -58,6 +58,7 @@ def locate_manifest(path: Path, channel: str) -> Path:
 
 def check(updater, args: argparse.Namespace) -> int:
     result = updater.check(target=args.to)
+    standing = result.standing
     info = {
         "current": str(result.current),
         "latest": str(result.latest) if result.latest else None,
@@ -66,6 +67,13 @@ def check(updater, args: argparse.Namespace) -> int:
         "channel": result.manifest.channel,
         "serial": result.manifest.serial,
         "skipped_versions": [{"version": str(v), "reason": why} for v, why in result.skipped],
+        # What the signed manifest says of the running version: below its minimum (required), yanked or halted.
+        "required": standing.required,
+        "min_supported_version": str(result.manifest.min_supported_version or "") or None,
+        "yanked": standing.yanked,
+        "yanked_reason": standing.reason,
+        "halted": standing.halted,
+        "standing": result.standing_line(),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -73,11 +81,14 @@ def check(updater, args: argparse.Namespace) -> int:
         print(f"update available: {result.current} -> {result.version} (run `pilot self-update`)")
     else:
         print(f"pilot {result.current} is up to date (latest on {result.manifest.channel}: {info['latest']})")
-    report_skipped(result)
+    report_skipped(result, standing=not args.json)  # --json carries the standing itself
     return 0
 
 
-def report_skipped(result) -> None:
+def report_skipped(result, *, standing: bool = True) -> None:
+    """On stderr: what the manifest says of the running version, and the newer versions passed over."""
+    if standing and result.standing_line():
+        print(f"pilot: {result.standing_line()}", file=sys.stderr)
     for version, why in result.skipped:
         print(f"note: {version} {why} and is skipped; install it anyway with `pilot self-update --to {version}`",
               file=sys.stderr)
@@ -89,7 +100,11 @@ def update(updater, args: argparse.Namespace) -> int:
     version = updater.build.version
 
     def confirm(result) -> None:
-        ask(f"Update pilot {version} to {result.version}?", args.yes, doing="updating")
+        back = result.version < result.current  # off a yanked or halted release, to the newest good one below it
+        if result.standing_line():
+            print(f"pilot: {result.standing_line()}", file=sys.stderr)
+        ask(f"{'Move' if back else 'Update'} pilot {version} {'back ' if back else ''}to {result.version}?", args.yes,
+            doing="updating")
         print(f"updating pilot {version} -> {result.version}", file=sys.stderr)
 
     def note(text: str) -> None:  # how the download went: "downloaded 21 KB of 14.6 MB (delta)"

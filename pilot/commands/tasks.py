@@ -82,6 +82,9 @@ def status(args: argparse.Namespace) -> int:
                   "running": totals.running, "interrupted": totals.interrupted},
         "running": [task_json(t) for t in running],
         "last_update": last if last["state"] != "none" else None,
+        # The last verified check's word on this version (below the minimum, yanked or halted), which the entry
+        # module's report carries once it reads update/state.json's "standing" (pilot.update.state.remember_standing).
+        "standing": last.get("standing"),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -95,7 +98,10 @@ def status(args: argparse.Namespace) -> int:
           f"{tasks['running']} running, {tasks['queued']} queued, {tasks['interrupted']} interrupted")
     if info["last_update"]:
         print(f"last update: {last['state']} {last['from_version']} -> {last['to_version']} at {last['at'] or 'now'}")
+    if info["standing"]:
+        print(f"update: {info['standing']}")
     return 0
+
 
 
 def daemon_line(info: dict) -> str:

@@ -1,7 +1,9 @@
 """`pilot start` without the dashboard: the task loop, logging to a file and stderr.
 
 With `upgrade.auto_upgrade_on_idle`, an available update is applied after the daemon has
-been idle for `daemon.idle_upgrade_after` (default 5 minutes). SIGINT, SIGTERM and SIGHUP
+been idle for `daemon.idle_upgrade_after` (default 5 minutes); so is the move off a release its
+publisher yanked or halted. Below the channel's `min_supported_version` the update is applied at
+once, with or without that setting (running tasks still finish first: the upgrade drains). SIGINT, SIGTERM and SIGHUP
 stop the loop (`Runtime.request_stop`): no new task starts, and the caller's
 `Runtime.shutdown` waits for the running ones up to `daemon.drain_timeout`, cancelling them
 past it or at a second signal. An upgrade under way is abandoned (before the swap) or its new
@@ -48,12 +50,18 @@ def run_headless(runtime: Runtime) -> Reexec | None:
 
 
 def should_upgrade_now(runtime: Runtime) -> bool:
+    if runtime.upgrade_required:
+        return True
     return (runtime.config.upgrade.auto_upgrade_on_idle and runtime.can_upgrade
             and runtime.daemon.idle_for() >= runtime.config.daemon.idle_upgrade_after)
 
 
 def upgrade_when_idle(runtime: Runtime) -> Reexec | None:
-    log.info("idle for %.0f s: upgrading to %s", runtime.daemon.idle_for(), runtime.upgrade_target)
+    if runtime.upgrade_required:
+        log.info("pilot %s is below the channel's minimum supported version: upgrading to %s now", runtime.version,
+                 runtime.upgrade_target)
+    else:
+        log.info("idle for %.0f s: upgrading to %s", runtime.daemon.idle_for(), runtime.upgrade_target)
     try:
         return runtime.prepare_upgrade(on_step=lambda step: None, on_progress=lambda *_: None,
                                        ask_to_keep_waiting=lambda running: True, cancelled=runtime.cancelled)

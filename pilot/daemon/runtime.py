@@ -146,6 +146,10 @@ class Runtime:
             listener()
         choice = self.available
         log.info("%s", check_line(outcome, self.version, choice, self.installed_other))
+        standing = self.standing()
+        if standing is not None and standing not in self._announced:  # logged once per news
+            self._announced.add(standing)
+            log.warning("%s", standing)
         if outcome.error is None and choice is not None and str(choice.release.version) not in self._announced:
             version = str(choice.release.version)
             self._announced.add(version)
@@ -170,6 +174,18 @@ class Runtime:
         if choice is None or self.installed_other is not None or str(choice.release.version) == self.version:
             return None
         return choice
+
+    def standing(self, how: str = "with `pilot self-update`") -> str | None:
+        """The last check's word on the running version: below the channel's minimum, yanked or halted."""
+        result = self.outcome.result if self.outcome else None
+        return result.standing_line(how) if result is not None else None
+
+    @property
+    def upgrade_required(self) -> bool:
+        """Below the channel's min_supported_version with a release to go to: the daemon upgrades by itself,
+        whatever upgrade.auto_upgrade_on_idle says."""
+        result = self.outcome.result if self.outcome else None
+        return result is not None and result.required and self.available is not None
 
     @property
     def can_upgrade(self) -> bool:

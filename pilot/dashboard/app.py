@@ -130,6 +130,8 @@ class PilotApp(App[Reexec | None]):
 
     def on_check_finished(self, _: CheckFinished) -> None:
         self.show_notice()
+        if self.runtime.upgrade_required and not self.upgrading:  # below the channel's minimum: at once, unasked
+            self.action_upgrade()
 
     def show_notice(self) -> None:
         """The offer, or a passing note, or the last check's quiet status; and the footer to match."""
@@ -140,7 +142,7 @@ class PilotApp(App[Reexec | None]):
         outcome = runtime.outcome
         quiet = self._note or (f"update check failed: {outcome.error}" if outcome and outcome.error else None)
         self.query_one(UpdateNotice).show(runtime.upgrade_target, quiet, installed=runtime.installed_other is not None,
-                                          running=runtime.version)
+                                          running=runtime.version, standing=runtime.standing("(press 'u')"))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """`u` is offered in the footer only when an upgrade is possible; otherwise it explains (no_upgrade)."""

@@ -52,7 +52,13 @@ class UpdateNotice(Static):
     `running`, so 'u' restarts into it."""
 
     def show(self, available: str | None, quiet_status: str | None, *, installed: bool = False,
-             running: str | None = None) -> None:
+             running: str | None = None, standing: str | None = None) -> None:
+        """standing: what the manifest says of the running version (below the minimum, yanked, halted)."""
+        if standing and not installed:
+            self.set_classes("available")
+            self.update(Text(f"⚠ {standing}"))
+            self.display = True
+            return
         if available and installed:
             self.set_classes("available")
             self.update(Text(f"⬆ v{available} is installed but this daemon runs v{running} (press 'u' to restart)"))

@@ -21,6 +21,10 @@ from pilot.update.schema import quote_untrusted, validate
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 MAX_DEPTH = 32
+# The one size limit of a channel's manifest.json: a client reads no more of it (pilot.update.updater), and
+# release.py refuses to publish more (and warns past MANIFEST_WARN_FRACTION of it: time to `prune`).
+MANIFEST_CAP = 1024 * 1024
+MANIFEST_WARN_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,16 @@ class Release:
     yanked_reason: str | None = None
     rollout_percent: int = 100
 
+    @property
+    def halted(self) -> bool:
+        """`release.py halt`: rolled out to nobody, so no new install takes it; those on it are told."""
+        return self.rollout_percent == 0
+
+    @property
+    def good(self) -> bool:
+        """Neither yanked nor halted: a release an install may be moved to."""
+        return not self.yanked and not self.halted
+
     def artifact_for(self, python_tag: str, platform_tag: str) -> Artifact | None:
         for artifact in self.artifacts:
             if (artifact.python_tag, artifact.platform_tag) == (python_tag, platform_tag):
@@ -76,9 +90,65 @@ class Manifest:
 
     @property
     def latest(self) -> Release | None:
-        """The newest release that is not yanked, whatever its platforms."""
-        candidates = [r for r in self.releases if not r.yanked]
-        return max(candidates, key=lambda r: r.version, default=None)
+        """The newest release that is neither yanked nor halted, whatever its platforms."""
+        return max((r for r in self.releases if r.good), key=lambda r: r.version, default=None)
+
+    def release(self, version: Version) -> Release | None:
+        return next((r for r in self.releases if r.version == version), None)
+
+    def required(self, current: Version) -> bool:
+        """Whether `current` is below the channel's min_supported_version: it must update before anything else."""
+        return self.min_supported_version is not None and current < self.min_supported_version
+
+    def standing(self, current: Version) -> Standing:
+        """What this signed manifest says of the version an install runs."""
+        running = self.release(current)
+        return Standing(
+            version=current,
+            minimum=self.min_supported_version if self.required(current) else None,
+            yanked=running is not None and running.yanked,
+            halted=running is not None and not running.yanked and running.halted,
+            reason=(running.yanked_reason or None) if running is not None and running.yanked else None,
+            channel=self.channel,
+        )
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The running version as the manifest sees it: below the minimum, yanked, or halted (or none of these)."""
+
+    version: Version
+    minimum: Version | None = None  # min_supported_version, when the running version is below it
+    yanked: bool = False
+    halted: bool = False
+    reason: str | None = None  # yanked_reason
+    channel: str = "stable"
+
+    @property
+    def required(self) -> bool:
+        return self.minimum is not None
+
+    @property
+    def troubled(self) -> bool:
+        return self.required or self.yanked or self.halted
+
+    def line(self, target: Version | None, how: str = "with `pilot self-update`") -> str | None:
+        """One line for every command's status and the dashboard; None when there is nothing to say.
+        `target`: the release the update would move to (possibly an older, good one), if any; `how` to."""
+        if not self.troubled:
+            return None
+        if self.required:
+            what = (f"pilot {self.version} is below {self.minimum}, the oldest version the {self.channel} "
+                    "channel supports")
+        elif self.yanked:
+            why = f": {quote_untrusted(self.reason, 200)}" if self.reason else ""
+            what = f"pilot {self.version} was yanked by its publisher{why}"
+        else:
+            what = f"pilot {self.version} was halted by its publisher (no new installs)"
+        if target is None:
+            return f"{what}; no release to move to is offered yet"
+        move = "update to" if target > self.version else "go back to"
+        return f"{what}: {move} {target} {how}"
 
 
 @dataclass(frozen=True)
@@ -221,9 +291,10 @@ def check_manifest(
         )
     if now is not None and now >= manifest.expires_at:
         raise ManifestError(
-            f"the manifest expired at {format_timestamp(manifest.expires_at)} "
-            "(the release server is stale or a mirror is replaying it)"
-        )
+            f"the {manifest.channel} manifest expired at {format_timestamp(manifest.expires_at)}: its publisher "
+            "has not re-signed it in time (or a mirror serves an old copy)",
+            hint="nothing is wrong with this install, which keeps its version; tell the publisher "
+                 "(release.py resign), then check again")
 
 
 def choose_update(
@@ -238,9 +309,13 @@ def choose_update(
 ) -> Choice | None:
     """The release to install, or None when the current version is the newest one on offer.
 
-    Automatic choice takes the newest version above `current` that is not yanked, not
-    recorded as bad on this install and rolled out to this install's bucket. An explicit
-    `target` (`--to`) may name any listed version, even an older or a bad one, but never a yanked one.
+    Automatic choice takes the newest version above `current` that is good (not yanked, not halted),
+    not recorded as bad on this install and rolled out to this install's bucket. Two signed statements
+    widen it: below `min_supported_version`, a release at or above it is taken even outside this bucket
+    (the lowest such, when none above it is rolled out here); and when the running release is yanked or
+    halted, with nothing newer on offer, the newest good release below it (a move back, never by
+    itself otherwise). An explicit `target` (`--to`) may name any listed version, even an older, a
+    bad or a halted one, but never a yanked one.
     """
     if target is not None:
         release = next((r for r in manifest.releases if r.version == target), None)
@@ -249,15 +324,23 @@ def choose_update(
         if release.yanked:
             raise ManifestError(f"version {target} was yanked: {release.yanked_reason or 'no reason given'}")
         return Choice(release, _artifact_or_error(release, python_tag, platform_tag))
-    bad = set(bad_versions)
-    candidates = [
-        r for r in manifest.releases
-        if r.version > current and not r.yanked and r.version not in bad and rollout_bucket < r.rollout_percent
-    ]
-    if not candidates:
+    release = _automatic_choice(manifest, current, rollout_bucket, set(bad_versions))
+    return None if release is None else Choice(release, _artifact_or_error(release, python_tag, platform_tag))
+
+
+def _automatic_choice(manifest: Manifest, current: Version, bucket: int, bad: set[Version]) -> Release | None:
+    usable = [r for r in manifest.releases if r.good and r.version not in bad]
+    here = [r for r in usable if bucket < r.rollout_percent]
+    newest = max((r for r in here if r.version > current), key=lambda r: r.version, default=None)
+    minimum = manifest.min_supported_version
+    if manifest.required(current) and (newest is None or newest.version < minimum):
+        return min((r for r in usable if r.version >= minimum), key=lambda r: r.version, default=newest)
+    if newest is not None:
+        return newest
+    running = manifest.release(current)
+    if running is None or running.good:
         return None
-    release = max(candidates, key=lambda r: r.version)
-    return Choice(release, _artifact_or_error(release, python_tag, platform_tag))
+    return max((r for r in here if r.version < current), key=lambda r: r.version, default=None)
 
 
 def release_root(manifest_url: str) -> str | None:

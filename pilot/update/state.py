@@ -25,8 +25,9 @@ from pilot.launcher import (
 )
 from pilot.records import Record
 
-__all__ = ["Outcome", "UpdateState", "install_id", "load", "record", "remember_manifest", "take_notice",
-           "update_status"]
+__all__ = ["Outcome", "UpdateState", "install_id", "load", "record", "remember_manifest", "remember_standing",
+           "take_notice", "update_status"]
+STANDING = "standing"  # the last verified check's word on the running version (remember_standing)
 
 
 class Outcome(Record):
@@ -118,6 +119,26 @@ def remember_manifest(serial: int, keyset_version: int) -> None:
             return False
         data["highest_serial"] = max(serial, current.highest_serial)
         data["highest_keyset_version"] = max(keyset_version, current.highest_keyset_version)
+        return True
+
+    _change(edit)
+
+
+def remember_standing(version: str, line: str | None, *, required: bool) -> None:
+    """Keep what the last verified check said of the running `version` (below the minimum, yanked or
+    halted: `line`), or forget it when all is well; every command then says it (the entry module reads it for them,
+    without the update engine)."""
+    entry = {"version": version, "line": line, "required": required} if line else None
+    if _raw().get(STANDING) == entry:
+        return  # the usual case: one read, no lock, no write
+
+    def edit(data: dict) -> bool:
+        if data.get(STANDING) == entry:
+            return False
+        if entry is None:
+            data.pop(STANDING, None)
+        else:
+            data[STANDING] = entry
         return True
 
     _change(edit)

@@ -56,10 +56,12 @@ from pilot.net import ReleaseAuth
 from pilot.update import delta, early, install, sentinel, state
 from pilot.update.fetch import Fetcher, FileSource
 from pilot.update.manifest import (
+    MANIFEST_CAP,
     Artifact,
     Choice,
     DeltaIndex,
     Manifest,
+    Standing,
     check_artifact_url,
     choose_update,
     parse_version,
@@ -68,7 +70,6 @@ from pilot.update.manifest import (
 from pilot.update.restart import exec_archive
 from pilot.update.verify import KeySet, check_digest, keyset_path, verify_manifest
 
-MANIFEST_CAP = 1024 * 1024
 SIGNATURES_CAP = 64 * 1024
 KEYSET_CAP = 64 * 1024
 PRODUCT = "pilot"
@@ -162,6 +163,21 @@ class CheckResult:
     def version(self) -> Version | None:
         return self.choice.release.version if self.choice else None
 
+    @property
+    def standing(self) -> Standing:
+        """The running version as the manifest sees it: below min_supported_version, yanked or halted."""
+        return self.manifest.standing(self.current)
+
+    @property
+    def required(self) -> bool:
+        """Below min_supported_version: the update comes before anything else (a daemon applies it by itself)."""
+        return self.standing.required
+
+    def standing_line(self, how: str = "with `pilot self-update`") -> str | None:
+        """What every command and the dashboard say about the running version, None when all is well."""
+        target = self.version if self.version is not None and self.version != self.current else None
+        return self.standing.line(target, how)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -224,7 +240,10 @@ class Updater:
         listed = {r.version for r in manifest.releases if not r.yanked}
         skipped = tuple(sorted((v, why) for v, why in skipped_why.items() if v > current and v in listed
                                and (choice is None or v > choice.release.version)))
-        return CheckResult(current, manifest, choice, skipped)
+        result = CheckResult(current, manifest, choice, skipped)
+        if target is None:  # what every command then says about this version (state.remember_standing)
+            state.remember_standing(self.build.version, result.standing_line(), required=result.required)
+        return result
 
     def fetch_verified_manifest(self) -> Manifest:
         url, cached = self.settings.manifest_url, self._cached

@@ -118,6 +118,12 @@ def choice(version: str):
     return SimpleNamespace(release=SimpleNamespace(version=version))
 
 
+def checked(choice=None, *, standing: str | None = None, required: bool = False) -> SimpleNamespace:
+    """A CheckResult's face: what the runtime reads of one."""
+    return SimpleNamespace(choice=choice, required=required,
+                           standing_line=lambda how="with `pilot self-update`": standing and f"{standing} {how}")
+
+
 def test_every_update_check_outcome_is_one_log_line():
     assert check_line(outcome(result=SimpleNamespace(choice=None)), "1.0.0", None, None) == (
         "update check: up to date (1.0.0)")
@@ -132,7 +138,7 @@ def test_every_update_check_outcome_is_one_log_line():
 
 def test_the_runtime_logs_each_check_and_why_a_notification_was_not_sent(runtime, caplog):
     caplog.set_level(logging.INFO)
-    runtime._on_check(outcome(result=SimpleNamespace(choice=choice("1.5.0"))))
+    runtime._on_check(outcome(result=checked(choice("1.5.0"))))
     runtime._on_check(outcome(error="HTTP 503", retry_after=30.0))
     assert [r.getMessage() for r in caplog.records] == [
         f"update check: 1.5.0 is available (running {runtime.version})",
@@ -144,7 +150,7 @@ def test_the_runtime_logs_each_check_and_why_a_notification_was_not_sent(runtime
 def test_an_upgrade_logs_each_new_step_once_and_how_it_failed(runtime, caplog):
     caplog.set_level(logging.INFO)
     seen = []
-    runtime.outcome = outcome(result=SimpleNamespace(choice=choice("2.0.0")))
+    runtime.outcome = outcome(result=checked(choice("2.0.0")))
 
     class Engine:
         def begin(self):

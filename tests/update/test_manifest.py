@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from packaging.version import Version
@@ -106,6 +107,23 @@ def test_latest_is_the_newest_release_that_is_not_yanked():
     assert manifest.latest.version == Version("1.9.0")  # by version order, not string order or list order
 
 
+def test_a_halted_release_is_not_the_latest_and_is_not_good():
+    manifest = parse(document(release("2.0", rollout_percent=0), release("1.9", rollout_percent=5), release("1.2")))
+    halted, staged, _ = manifest.releases
+    assert (halted.halted, halted.good, staged.halted, staged.good) == (True, False, False, True)
+    assert manifest.latest.version == Version("1.9")  # a staged release is still the latest
+
+
+def test_the_one_manifest_cap_is_the_clients_and_the_publishers():
+    from pilot.update import updater
+    from pilot.update.manifest import MANIFEST_CAP, MANIFEST_WARN_FRACTION
+
+    assert MANIFEST_CAP == 1024 * 1024 and MANIFEST_WARN_FRACTION == 0.75
+    assert updater.MANIFEST_CAP is MANIFEST_CAP  # what fetch_verified_manifest reads the manifest under
+    release_tool = (Path(__file__).resolve().parents[2] / "release-tools" / "release.py").read_text()
+    assert "from pilot.update.manifest import MANIFEST_CAP" in release_tool
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -196,8 +214,9 @@ def test_check_manifest_accepts_a_fresh_manifest_for_this_product_and_channel():
         ({"product": "copilot"}, "the manifest is for 'pilot', not copilot"),
         ({"channel": "beta"}, "the manifest is for channel 'stable', not beta"),
         ({"highest_serial": 8}, "serial 7 is older than the 8 already seen"),
-        ({"now": EXPIRES}, "expired at 2030-01-31T00:00:00Z"),
+        ({"now": EXPIRES}, "the stable manifest expired at 2030-01-31T00:00:00Z: its publisher has not re-signed it"),
         ({"now": EXPIRES + timedelta(days=400)}, "expired at 2030-01-31T00:00:00Z"),
+        ({"now": EXPIRES}, "nothing is wrong with this install, which keeps its version; tell the publisher"),
     ],
 )
 def test_check_manifest_refuses(overrides, expected):
@@ -266,6 +285,76 @@ def test_target_may_name_an_older_or_bad_or_staged_version_but_not_a_yanked_or_m
         choose(target=Version("1.3.0"))
     with pytest.raises(ManifestError, match=r"version 4\.0 is not in the stable manifest"):
         choose(target=Version("4.0"))
+
+
+# --- halted, yanked and required: what the manifest says of the running version ---------------
+
+RUNNING = document(
+    release("2.1.0", rollout_percent=0),
+    release("2.0.0", yanked=True, yanked_reason="eats the task log"),
+    release("1.9.0", rollout_percent=20),
+    release("1.8.0"),
+    release("1.5.0", yanked=True),
+    release("1.0.0"),
+)
+
+
+def pick(current: str, doc: dict = RUNNING, **options) -> str | None:
+    arguments = {"current": Version(current), "python_tag": "cp311", "platform_tag": "linux_x86_64"} | options
+    choice = choose_update(parse(doc), **arguments)
+    return None if choice is None else str(choice.release.version)
+
+
+def test_a_halted_release_is_never_chosen_by_itself_but_may_be_asked_for():
+    assert pick("1.8.0", rollout_bucket=0) == "1.9.0"
+    assert pick("1.9.0") is None  # 2.1.0 is newer, halted; 2.0.0 yanked
+    assert pick("1.9.0", target=Version("2.1.0")) == "2.1.0"  # --to is the user's own choice
+
+
+@pytest.mark.parametrize(("current", "bucket", "expected"), [
+    ("2.1.0", 0, "1.9.0"),  # halted: the newest good release rolled out here, below it
+    ("2.1.0", 50, "1.8.0"),  # 1.9.0 has not reached bucket 50
+    ("2.0.0", 99, "1.8.0"),  # yanked: the same
+    ("1.5.0", 99, "1.8.0"),  # yanked, with a newer good release: forward
+])
+def test_an_install_on_a_halted_or_yanked_release_is_moved_to_the_newest_good_one(current, bucket, expected):
+    assert pick(current, rollout_bucket=bucket) == expected
+
+
+def test_the_move_off_a_bad_release_skips_versions_that_failed_here_and_may_find_nothing():
+    assert pick("2.1.0", bad_versions=[Version("1.9.0")]) == "1.8.0"
+    assert pick("2.1.0", bad_versions=[Version(v) for v in ("1.9.0", "1.8.0", "1.0.0")]) is None
+    assert pick("1.8.0", rollout_bucket=99) is None  # a good release is never left for an older one
+
+
+@pytest.mark.parametrize(("minimum", "bucket", "expected"), [
+    ("1.8.0", 0, "1.9.0"),  # the newest rolled out here is at or above the minimum: that one
+    ("1.8.0", 99, "1.8.0"),  # 1.9.0 is not rolled out here; 1.8.0 is and suffices
+    ("1.9.0", 99, "1.9.0"),  # required: taken outside the bucket, the lowest good release at or above it
+    ("2.0.0", 99, "1.8.0"),  # nothing good at or above it: the newest rolled out here, as always
+])
+def test_below_the_minimum_a_release_at_or_above_it_is_chosen_even_outside_the_rollout(minimum, bucket, expected):
+    doc = {**RUNNING, "min_supported_version": minimum}
+    assert pick("1.0.0", doc, rollout_bucket=bucket) == expected
+    assert parse(doc).required(Version("1.0.0")) and not parse(doc).required(Version(minimum))
+
+
+def test_the_standing_of_the_running_version_says_what_the_manifest_says_of_it():
+    manifest = parse({**RUNNING, "min_supported_version": "1.8.0"})
+    halted, yanked = manifest.standing(Version("2.1.0")), manifest.standing(Version("2.0.0"))
+    below, fine, unlisted = (manifest.standing(Version(v)) for v in ("1.0.0", "1.8.0", "3.0.0"))
+    assert (halted.halted, halted.yanked, halted.required) == (True, False, False)
+    assert (yanked.yanked, yanked.reason, yanked.halted) == (True, "eats the task log", False)
+    assert (below.required, below.minimum) == (True, Version("1.8.0"))
+    assert not fine.troubled and not unlisted.troubled
+    assert fine.line(Version("1.9.0")) is None
+
+    assert halted.line(Version("1.9.0")) == (
+        "pilot 2.1.0 was halted by its publisher (no new installs): go back to 1.9.0 with `pilot self-update`")
+    assert yanked.line(None) == (
+        "pilot 2.0.0 was yanked by its publisher: 'eats the task log'; no release to move to is offered yet")
+    assert below.line(Version("1.9.0"), "(press 'u')") == (
+        "pilot 1.0.0 is below 1.8.0, the oldest version the stable channel supports: update to 1.9.0 (press 'u')")
 
 
 def test_no_build_for_this_platform_is_an_error_naming_the_tags():
