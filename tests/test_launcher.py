@@ -739,3 +739,54 @@ def test_signals_an_updater_kept_blocked_across_its_exec_are_unblocked_whatever_
     result = run_python(BLOCKED_DRIVER, start)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+# --- one archive, several interpreters --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "tag"), [
+    ("site-packages/yaml/_yaml.cpython-312-x86_64-linux-gnu.so", "cp312"),
+    ("site-packages/_cffi_backend.cpython-313-darwin.so", "cp313"),
+    ("site-packages/cryptography/hazmat/bindings/_rust.abi3.so", None),
+    ("site-packages/yaml/__init__.py", None),
+    ("site-packages/pkg/data.cpython-notes.txt", None),
+])
+def test_a_member_belongs_to_the_interpreter_its_extension_suffix_names(name, tag, monkeypatch):
+    assert launcher.interpreter_of(name) == tag
+    monkeypatch.setattr(launcher, "python_tag", lambda: "cp312")
+    assert launcher.unpacked_here(name) is (tag in (None, "cp312"))
+
+
+def test_a_copy_is_complete_for_the_interpreters_its_marker_lists(tmp_path, monkeypatch):
+    marker = tmp_path / launcher.COMPLETE_FILE
+    assert not launcher.extraction_complete(str(tmp_path), "b" * 64)
+    marker.write_text("b" * 64 + "\ncp311\n")
+    assert launcher.extraction_complete(str(tmp_path), "b" * 64)  # what the sh preamble checks: the build
+    assert launcher.extraction_complete(str(tmp_path), "b" * 64, "cp311")
+    assert not launcher.extraction_complete(str(tmp_path), "b" * 64, "cp313")  # 3.13 adds its own files first
+    assert not launcher.extraction_complete(str(tmp_path), "c" * 64, "cp311")
+
+
+@pytest.mark.parametrize(("running", "platform", "line"), [
+    ("cp310", "linux_x86_64", "pilot: this archive is for CPython 3.11 to 3.13 on linux_x86_64 but this is "
+                              "cp310-linux_x86_64: run it with python3.13"),
+    ("cp312", "macos_arm64", "pilot: this archive is for CPython 3.11 to 3.13 on linux_x86_64 but this is "
+                             "cp312-macos_arm64: download pilot-1.4.0-macos_arm64.pyz"),
+    ("cp312", "linux_riscv64", "pilot: this archive is for CPython 3.11 to 3.13 on linux_x86_64 but this is "
+                               "cp312-linux_riscv64: Pilot is published for CPython 3.11 to 3.13 on linux_x86_64, "
+                               "linux_aarch64, macos_arm64, macos_x86_64"),
+    ("cp312", "linux_x86_64", None),
+])
+def test_the_wrong_interpreter_line_names_the_range_and_what_to_run(running, platform, line, monkeypatch):
+    monkeypatch.setattr(launcher, "python_tag", lambda: running)
+    monkeypatch.setattr(launcher, "platform_tag", lambda: platform)
+    build = {"version": "1.4.0", "python_tags": ["cp311", "cp312", "cp313"], "python_tag": "cp311",
+             "platform_tag": "linux_x86_64"}
+    assert launcher.incompatibility(build) == line
+
+
+def test_an_archive_built_for_one_interpreter_still_says_which(monkeypatch):
+    monkeypatch.setattr(launcher, "python_tag", lambda: "cp312")
+    here = launcher.platform_tag()
+    line = launcher.incompatibility({"version": "1.0.0", "python_tag": "cp311", "platform_tag": here})
+    assert line == f"pilot: this archive is for CPython 3.11 on {here} but this is cp312-{here}: run it with python3.11"
