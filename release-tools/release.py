@@ -3,9 +3,16 @@
     python release-tools/release.py keygen  --out DIR [--name NAME]
     python release-tools/release.py publish --root SITE --channel stable --base-url URL --key KEY [--key KEY ...]
                                             [--expires-in 30d] [--notes FILE] [--version V] ARTIFACT...
+                                            [--rollout PERCENT]
     python release-tools/release.py yank    --root SITE --channel stable --key KEY ... --reason TEXT VERSION
+    python release-tools/release.py rollout --root SITE --channel stable --key KEY ... --percent N VERSION
+    python release-tools/release.py halt    --root SITE --channel stable --key KEY ... VERSION
+    python release-tools/release.py resume  --root SITE --channel stable --key KEY ... [--percent N] VERSION
+    python release-tools/release.py min-supported --root SITE --channel stable --key KEY ... (VERSION | --clear)
+    python release-tools/release.py prune   --root SITE --channel stable --key KEY ... --keep N [--delete-files]
     python release-tools/release.py resign  --root SITE --channel stable --key KEY ... [--expires-in 30d]
     python release-tools/release.py verify  --root SITE --channel stable --trusted-key PUB [...] [--threshold N]
+                                            [--min-days N]
     python release-tools/release.py rotate-keys --root SITE --old-key KEY ... --new-key KEY ... --threshold N
 
 The tree it writes can be served by any static server, object store or GitHub Releases:
@@ -14,6 +21,14 @@ The tree it writes can be served by any static server, object store or GitHub Re
     SITE/<channel>/manifest.json.sig    {"signatures": [{"keyid", "sig"}]}: Ed25519 over those exact bytes
     SITE/releases/<version>/pilot-<version>-<python tag>-<platform tag>.pyz
     SITE/keys/<n>.json(.sig)            key set n (n >= 2), signed by set n-1's threshold and its own
+    SITE/<channel>/halted.json          publisher-side only, unsigned, read by no client: the rollout
+                                        percentage each halted release had, for `resume`
+
+Staged rollouts use only what every client's schema already has: `rollout_percent` (absent: 100)
+stages a release, 0 halts it (no new install takes it; an install that runs it is told, and moved
+to the newest good release when its daemon may), and `min_supported_version` makes the update of
+every older install required. A manifest is at most pilot.update.manifest.MANIFEST_CAP bytes, the
+cap every client reads it under: `publish` refuses more and warns past 75 % of it (`prune` then).
 
 Every command prints one line per problem and exits non-zero when anything fails.
 """
@@ -35,6 +50,8 @@ import toolenv  # noqa: E402
 
 PRODUCT = "pilot"
 DEFAULT_LIFETIME = "30d"
+EXPIRY_WARNING = timedelta(days=7)  # verify warns when a manifest expires sooner than this
+HALTED_FILE = "halted.json"
 LONGEST_LIFETIME = timedelta(days=3650)  # beyond this, expiry no longer defends against a frozen mirror
 
 
@@ -154,7 +171,27 @@ def check_against_schema(document: dict, what: str = "the new manifest") -> None
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
         raise ReleaseError(f"{what} fails manifest.schema.json at {where}: {errors[0].message}")
-    parse_manifest(encode_manifest(document))
+    data = encode_manifest(document)
+    parse_manifest(data)
+    check_size(data, what)
+
+
+def check_size(data: bytes, what: str) -> None:
+    """The one cap, the client's (pilot.update.manifest.MANIFEST_CAP): a manifest past it would never be read."""
+    from pilot.update.manifest import MANIFEST_CAP
+
+    if len(data) > MANIFEST_CAP:
+        raise ReleaseError(f"{what} would be {len(data)} bytes, more than the {MANIFEST_CAP} bytes (1 MiB) a client "
+                           "reads: remove old releases first (release.py prune --keep N)")
+
+
+def warn_about_size(data: bytes, channel: str) -> None:
+    from pilot.update.manifest import MANIFEST_CAP, MANIFEST_WARN_FRACTION
+
+    if len(data) > MANIFEST_WARN_FRACTION * MANIFEST_CAP:
+        print(f"warning: the {channel} manifest is {len(data)} bytes, {len(data) * 100 // MANIFEST_CAP}% of the "
+              f"{MANIFEST_CAP} bytes a client reads: prune old releases soon (release.py prune --keep N)",
+              file=sys.stderr)
 
 
 def encode_manifest(document: dict) -> bytes:
@@ -177,6 +214,7 @@ def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Pat
     # signatures, fails verification and keeps what it has; it never installs anything unsigned.
     write_atomically(path.with_name(path.name + ".sig"), signatures)
     write_atomically(path, data)
+    warn_about_size(data, channel)
     return SignedFile(data, signatures)
 
 
@@ -272,6 +310,8 @@ def publish(args: argparse.Namespace) -> None:
         # already reads (a client's schema allows no new property), all entries naming the same bytes.
         artifacts += [{"python_tag": tag, **entry} for tag in build_pythons(meta)]
     release = {"version": version, "released_at": document["issued_at"], "artifacts": artifacts}
+    if args.rollout != 100:
+        release["rollout_percent"] = args.rollout
     if args.notes:
         release["notes"] = args.notes.read_text(encoding="utf-8")
     document["releases"] = [release, *document["releases"]]
@@ -284,7 +324,8 @@ def publish(args: argparse.Namespace) -> None:
             write_atomically(args.root / name, data)
     sign_and_write(args.root, args.channel, document, args.key)
     write_installer(args.root, base_url, args.channel, metas)
-    print(f"published {version} to {args.channel} (serial {document['serial']}, {len(metas)} artifact(s), "
+    staged = f", rolled out to {args.rollout}%" if args.rollout != 100 else ""
+    print(f"published {version} to {args.channel} (serial {document['serial']}, {len(metas)} artifact(s){staged}, "
           f"expires {document['expires_at']})")
     print(manifest_path(args.root, args.channel))
 
@@ -311,24 +352,215 @@ def write_installer(root: Path, base_url: str, channel: str, metas: list[tuple[P
     write_atomically(root / installer.INSTALLER, script, mode=0o644)
 
 
-def yank(args: argparse.Namespace) -> None:
+def next_document(args: argparse.Namespace) -> dict:
+    """The channel's manifest, to be changed and signed again: serial raised, a fresh expiry."""
     previous = read_manifest_document(args.root, args.channel)
     if not previous:
         raise ReleaseError(f"no {args.channel} manifest under {args.root}")
-    document = new_document(previous, args.channel, args.expires_in)
-    matches = [r for r in document["releases"] if r["version"] == args.version]
+    return new_document(previous, args.channel, args.expires_in)
+
+
+def listed_release(document: dict, version: str, channel: str) -> dict:
+    """The release entry of `version` (1.1 and 1.1.0 are one version), refused in one line when it is absent."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        raise ReleaseError(f"{version!r} is not a version") from None
+    matches = [r for r in document["releases"] if Version(r["version"]) == wanted]
     if not matches:
-        raise ReleaseError(f"version {args.version} is not in the {args.channel} manifest")
-    matches[0].update(yanked=True, yanked_reason=args.reason)
+        raise ReleaseError(f"version {version} is not in the {channel} manifest")
+    return matches[0]
+
+
+def yank(args: argparse.Namespace) -> None:
+    document = next_document(args)
+    listed_release(document, args.version, args.channel).update(yanked=True, yanked_reason=args.reason)
     sign_and_write(args.root, args.channel, document, args.key)
     print(f"yanked {args.version} from {args.channel} (serial {document['serial']})")
 
 
+# --- rollout control --------------------------------------------------------------------------
+
+
+def rollout_of(release: dict) -> int:
+    return release.get("rollout_percent", 100)
+
+
+def set_rollout(release: dict, percent: int) -> None:
+    if percent == 100:
+        release.pop("rollout_percent", None)  # absent means 100: the manifest stays as small as it can
+    else:
+        release["rollout_percent"] = percent
+
+
+def halted_path(root: Path, channel: str) -> Path:
+    return root / channel / HALTED_FILE
+
+
+def read_halted(root: Path, channel: str) -> dict[str, int]:
+    """{version: the percentage it had when halted}: publisher-side, unsigned; a damaged file reads as empty."""
+    try:
+        data = json.loads(halted_path(root, channel).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and type(v) is int and 1 <= v <= 100}
+
+
+def write_halted(root: Path, channel: str, halted: dict[str, int]) -> None:
+    path = halted_path(root, channel)
+    if not halted:
+        path.unlink(missing_ok=True)
+        return
+    write_atomically(path, (json.dumps(halted, indent=2, sort_keys=True) + "\n").encode())
+
+
+def movable_release(args: argparse.Namespace, document: dict) -> dict:
+    release = listed_release(document, args.version, args.channel)
+    if release.get("yanked"):
+        raise ReleaseError(f"{release['version']} is yanked: no client is offered it, whatever its rollout")
+    return release
+
+
+def rollout(args: argparse.Namespace) -> None:
+    document = next_document(args)
+    release = movable_release(args, document)
+    before = rollout_of(release)
+    set_rollout(release, args.percent)
+    halted = read_halted(args.root, args.channel)
+    halted.pop(release["version"], None)  # rolling a halted release out again resumes it
+    sign_and_write(args.root, args.channel, document, args.key)
+    write_halted(args.root, args.channel, halted)
+    print(f"{release['version']} on {args.channel}: rolled out to {args.percent}% (was {before}%; "
+          f"serial {document['serial']})")
+
+
+def halt(args: argparse.Namespace) -> None:
+    document = next_document(args)
+    release = movable_release(args, document)
+    if rollout_of(release) == 0:
+        raise ReleaseError(f"{release['version']} is halted already (resume it: release.py resume {args.version})")
+    halted = read_halted(args.root, args.channel)
+    halted[release["version"]] = rollout_of(release)
+    write_halted(args.root, args.channel, halted)  # first: resume can always find the percentage again
+    set_rollout(release, 0)
+    sign_and_write(args.root, args.channel, document, args.key)
+    print(f"halted {release['version']} on {args.channel} (serial {document['serial']}): no new installs; "
+          f"installs that run it are told so (it was at {halted[release['version']]}%: "
+          f"release.py resume {release['version']})")
+
+
+def resume(args: argparse.Namespace) -> None:
+    document = next_document(args)
+    release = movable_release(args, document)
+    if rollout_of(release) != 0:
+        raise ReleaseError(f"{release['version']} is not halted (it is rolled out to {rollout_of(release)}%)")
+    halted = read_halted(args.root, args.channel)
+    percent = args.percent or halted.get(release["version"], 100)
+    set_rollout(release, percent)
+    halted.pop(release["version"], None)
+    sign_and_write(args.root, args.channel, document, args.key)
+    write_halted(args.root, args.channel, halted)
+    print(f"resumed {release['version']} on {args.channel}: rolled out to {percent}% (serial {document['serial']})")
+
+
+def min_supported(args: argparse.Namespace) -> None:
+    """Every install below VERSION must update before anything else; so a good release at or above it must exist."""
+    from packaging.version import Version
+
+    document = next_document(args)
+    if args.clear:
+        document.pop("min_supported_version", None)
+        sign_and_write(args.root, args.channel, document, args.key)
+        print(f"{args.channel}: no minimum supported version any more (serial {document['serial']})")
+        return
+    if args.version is None:
+        raise ReleaseError("give the minimum supported VERSION, or --clear")
+    from pilot.errors import PilotError
+    from pilot.update.manifest import parse_version
+
+    try:
+        minimum = parse_version(args.version, "the minimum supported version")
+    except PilotError as error:
+        raise ReleaseError(error.one_line()) from None
+    if not any(Version(r["version"]) >= minimum and good(r) for r in document["releases"]):
+        raise ReleaseError(f"no release at or above {minimum} is on offer in {args.channel} (neither yanked nor "
+                           "halted): installs below it would be told to update with nothing to update to")
+    document["min_supported_version"] = str(minimum)
+    sign_and_write(args.root, args.channel, document, args.key)
+    print(f"{args.channel}: installs below {minimum} must update (serial {document['serial']})")
+
+
+def good(release: dict) -> bool:
+    return not release.get("yanked") and rollout_of(release) != 0
+
+
+# --- prune ------------------------------------------------------------------------------------
+
+
+def protected_versions(document: dict) -> set[str]:
+    """What prune never removes: the latest release, the newest good one and the rollback target (the newest
+    good release below it, where a client goes back to), and everything at or above min_supported_version."""
+    from packaging.version import Version
+
+    releases = sorted(document["releases"], key=lambda r: Version(r["version"]), reverse=True)
+    kept = {releases[0]["version"]} if releases else set()
+    good_ones = [r["version"] for r in releases if good(r)]
+    kept.update(good_ones[:2])
+    if "min_supported_version" in document:
+        minimum = Version(document["min_supported_version"])
+        kept.update(r["version"] for r in releases if Version(r["version"]) >= minimum)
+    return kept
+
+
+def prune(args: argparse.Namespace) -> None:
+    from packaging.version import Version
+
+    document = next_document(args)
+    newest = sorted(document["releases"], key=lambda r: Version(r["version"]), reverse=True)
+    kept = {r["version"] for r in newest[:args.keep]} | protected_versions(document)
+    removed = [r for r in newest if r["version"] not in kept]
+    if not removed:
+        print(f"nothing to prune: {args.channel} lists {len(newest)} release(s), all kept")
+        return
+    document["releases"] = [r for r in document["releases"] if r["version"] in kept]
+    signed = sign_and_write(args.root, args.channel, document, args.key)
+    print(f"pruned {len(removed)} release(s) from {args.channel}: {', '.join(r['version'] for r in removed)} "
+          f"(serial {document['serial']}, {len(document['releases'])} kept, {len(signed.data)} bytes)")
+    if args.delete_files:  # only now: no signed manifest points at a file that is gone
+        for release in removed:
+            delete_release_files(args.root, args.channel, release)
+
+
+def delete_release_files(root: Path, channel: str, release: dict) -> None:
+    """A pruned release's archives, delta indexes and listings, unless another channel still lists the version."""
+    from pilot.update.delta import INDEX_SUFFIX, LISTING_SUFFIX
+
+    version = release["version"]
+    others = [p.parent.name for p in root.glob("*/manifest.json") if p.parent.name != channel
+              and any(r["version"] == version for r in json.loads(p.read_bytes()).get("releases", []))]
+    if others:
+        print(f"kept the files of {version}: the {', '.join(sorted(others))} channel(s) still list it")
+        return
+    count = 0
+    for platform in sorted({a["platform_tag"] for a in release["artifacts"]}):
+        relpath = artifact_relpath(version, platform)
+        for name in (relpath, relpath + INDEX_SUFFIX, relpath + LISTING_SUFFIX):
+            path = root / name
+            if path.is_file():
+                path.unlink()
+                count += 1
+    directory = root / "releases" / version
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+    print(f"deleted {count} file(s) of {version} from {root / 'releases'}")
+
+
 def resign(args: argparse.Namespace) -> None:
-    previous = read_manifest_document(args.root, args.channel)
-    if not previous:
-        raise ReleaseError(f"no {args.channel} manifest under {args.root}")
-    document = new_document(previous, args.channel, args.expires_in)
+    document = next_document(args)
     sign_and_write(args.root, args.channel, document, args.key)
     print(f"re-signed {args.channel} (serial {document['serial']}, expires {document['expires_at']})")
 
@@ -417,6 +649,7 @@ def verify(args: argparse.Namespace) -> None:
     except PilotError as error:
         raise ReleaseError(error.one_line()) from None
     check_against_schema(json.loads(data), f"{args.channel}/manifest.json")
+    check_expiry(manifest.expires_at, args.channel, args.min_days)
     archives = set()
     for release in manifest.releases:
         for artifact in release.artifacts:  # each entry: one archive is listed under every interpreter it serves
@@ -424,6 +657,19 @@ def verify(args: argparse.Namespace) -> None:
             archives.add(artifact.url)
     print(f"ok: {args.channel} serial {manifest.serial}, {len(manifest.releases)} release(s), "
           f"{len(archives)} artifact(s) match their signed size and sha256")
+
+
+def check_expiry(expires_at: datetime, channel: str, min_days: float) -> None:
+    """Past --min-days a refusal, within EXPIRY_WARNING a warning: an expiry must never lapse unnoticed."""
+    from pilot.update.manifest import format_timestamp
+
+    left = expires_at - now()
+    days = left.total_seconds() / 86400
+    when = f"{channel}/manifest.json expires at {format_timestamp(expires_at)}, in {days:.1f} days"
+    if left < timedelta(days=min_days):
+        raise ReleaseError(f"{when}, fewer than --min-days {min_days:g}: re-sign it now (release.py resign)")
+    if left < EXPIRY_WARNING:
+        print(f"warning: {when}: re-sign it before then (release.py resign)", file=sys.stderr)
 
 
 def check_artifact(root: Path, version: str, artifact) -> None:
@@ -474,6 +720,22 @@ def check_delta_index(root: Path, relpath: str, artifact) -> None:
 # --- command line -----------------------------------------------------------------------------
 
 
+def whole_number(lowest: int, highest: int | None = 100):
+    """An argparse type: a whole number from lowest to highest (None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lowest - 1
+        if value < lowest or (highest is not None and value > highest):
+            span = f"{lowest}-{highest}" if highest is not None else f"{lowest} or more"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number {span}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="release.py", description="Pilot release tool: keys, signed manifests.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -496,6 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", required=True, help="the URL at which SITE is served")
     p.add_argument("--notes", type=Path, help="release notes file")
     p.add_argument("--version", help="the release version (default: the version inside the artifacts)")
+    p.add_argument("--rollout", type=whole_number(1), default=100, metavar="PERCENT",
+                   help="stage it: only installs whose bucket (0-99) is below PERCENT see it (default 100)")
     p.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT")
     p.set_defaults(run=publish)
 
@@ -504,6 +768,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p.add_argument("version")
     p.set_defaults(run=yank)
+
+    p = commands.add_parser("rollout", help="set a release's staged rollout percentage (resumes a halted one)")
+    tree_options(p)
+    p.add_argument("--percent", type=whole_number(1), required=True, help="1-100: installs whose bucket is below it")
+    p.add_argument("version")
+    p.set_defaults(run=rollout)
+
+    p = commands.add_parser("halt", help="stop a release's rollout: no new installs; installs on it are told")
+    tree_options(p)
+    p.add_argument("version")
+    p.set_defaults(run=halt)
+
+    p = commands.add_parser("resume", help="resume a halted release at the percentage it had (or --percent)")
+    tree_options(p)
+    p.add_argument("--percent", type=whole_number(1), help="1-100 (default: what it had when halted, else 100)")
+    p.add_argument("version")
+    p.set_defaults(run=resume)
+
+    p = commands.add_parser("min-supported", help="make every install below VERSION update before anything else")
+    tree_options(p)
+    p.add_argument("--clear", action="store_true", help="remove the minimum instead")
+    p.add_argument("version", nargs="?")
+    p.set_defaults(run=min_supported)
+
+    p = commands.add_parser("prune", help="remove old releases from the manifest (never the latest, the rollback "
+                            "target, or any at or above the minimum supported version)")
+    tree_options(p)
+    p.add_argument("--keep", type=whole_number(1, None), required=True, metavar="N", help="the N newest releases stay")
+    p.add_argument("--delete-files", action="store_true",
+                   help="also delete the removed releases' files from the tree (unless another channel lists them)")
+    p.set_defaults(run=prune)
 
     p = commands.add_parser("resign", help="re-sign a channel with a fresh expiry (run before it expires)")
     tree_options(p)
@@ -522,6 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     tree_options(p, signing=False)
     p.add_argument("--trusted-key", type=Path, action="append", required=True)
     p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--min-days", type=float, default=0.0, metavar="DAYS",
+                   help="fail when the manifest expires sooner than this (it warns within 7 days whatever this is)")
     p.set_defaults(run=verify)
     return parser
 

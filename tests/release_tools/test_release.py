@@ -72,8 +72,10 @@ def publish(site: Path, *artifacts: Path, keys: list[Path], version: str | None 
     return tool(*args, *artifacts, now=now)
 
 
-def verify(site: Path, *trusted: Path, threshold: int = 1, channel: str = "stable"):
+def verify(site: Path, *trusted: Path, threshold: int = 1, channel: str = "stable", min_days: float | None = None):
     args = ["verify", "--root", site, "--channel", channel, "--threshold", str(threshold)]
+    if min_days is not None:
+        args += ["--min-days", str(min_days)]
     for key in trusted:
         args += ["--trusted-key", key]
     return tool(*args)
@@ -210,8 +212,8 @@ def test_publish_writes_a_signed_manifest_and_the_artifact_and_verify_passes(sit
 
     meta = json.loads(zipfile.ZipFile(v100).read("pilot-build.json"))
     relpath = f"releases/1.0.0/{v100.name}"
-    assert sorted(tree(site)) == [relpath, relpath + ".index", relpath + ".pieces", "stable/manifest.json",
-                                  "stable/manifest.json.sig"]
+    assert sorted(tree(site)) == ["install.sh", relpath, relpath + ".index", relpath + ".pieces",
+                                  "stable/manifest.json", "stable/manifest.json.sig"]
     assert (site / relpath).read_bytes() == v100.read_bytes()
     index = (site / (relpath + ".index")).read_bytes()
 
@@ -422,9 +424,9 @@ def test_verify_refuses_an_expired_manifest_and_resign_renews_it(site, v100, rel
     assert document["expires_at"] == expiry
 
     line = refusal(verify(site, release_key.public_path))
-    assert f"the manifest expired at {expiry}" in line
+    assert f"the stable manifest expired at {expiry}: its publisher has not re-signed it" in line
 
-    ok(tool("resign", "--root", site, "--key", release_key.private_path, "--expires-in", "2d"))
+    ok(tool("resign", "--root", site, "--key", release_key.private_path, "--expires-in", "8d"))
     renewed = published(site)
     assert renewed["serial"] == 2 and renewed["releases"] == document["releases"]
     assert "serial 2" in ok(verify(site, release_key.public_path))
@@ -479,3 +481,224 @@ def test_openssl_verifies_the_manifest_signature(one_release, release_key, tmp_p
     result = openssl_verify(altered)
     assert result.returncode != 0
     assert "Signature Verified Successfully" not in result.stdout
+
+
+# --- expiry that cannot lapse silently --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_verify_warns_within_seven_days_of_expiry_and_fails_past_min_days(one_release, release_key):
+    ok(tool("resign", "--root", one_release, "--key", release_key.private_path, "--expires-in", "5d"))
+    result = verify(one_release, release_key.public_path)
+    assert result.returncode == 0 and "ok: stable serial 2" in result.stdout
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("warning: stable/manifest.json expires at ") and "in 5.0 days" in warning
+    assert "re-sign it before then (release.py resign)" in warning
+
+    line = refusal(verify(one_release, release_key.public_path, min_days=6))
+    assert "in 5.0 days, fewer than --min-days 6: re-sign it now (release.py resign)" in line
+    assert verify(one_release, release_key.public_path, min_days=4).returncode == 0
+
+    ok(tool("resign", "--root", one_release, "--key", release_key.private_path))  # 30 days: quiet again
+    ok(verify(one_release, release_key.public_path, min_days=7))
+
+
+# --- rollout control --------------------------------------------------------------------------
+
+
+def release_entry(site: Path, version: str) -> dict:
+    return next(r for r in published(site)["releases"] if r["version"] == version)
+
+
+def control(site: Path, key: Path, *args) -> subprocess.CompletedProcess:
+    return tool(args[0], "--root", site, "--key", key, *args[1:])
+
+
+@pytest.mark.slow
+def test_publish_rollout_stages_a_release_and_rollout_halt_resume_move_it(one_release, v110, release_key):
+    key = release_key.private_path
+    args = ["publish", "--root", one_release, "--base-url", BASE_URL, "--key", key, "--rollout", "10", v110]
+    assert "rolled out to 10%" in ok(tool(*args))
+    assert release_entry(one_release, "1.1.0")["rollout_percent"] == 10
+
+    assert "rolled out to 40% (was 10%" in ok(control(one_release, key, "rollout", "--percent", "40", "1.1.0"))
+    assert release_entry(one_release, "1.1.0")["rollout_percent"] == 40
+
+    said = ok(control(one_release, key, "halt", "1.1.0"))
+    assert "halted 1.1.0 on stable" in said and "no new installs" in said and "it was at 40%" in said
+    assert release_entry(one_release, "1.1.0")["rollout_percent"] == 0
+    assert json.loads((one_release / "stable" / "halted.json").read_text()) == {"1.1.0": 40}
+    manifest = parse_manifest(manifest_bytes(one_release))
+    assert manifest.releases[0].halted and str(manifest.latest.version) == "1.0.0"
+    assert "halted already" in refusal(control(one_release, key, "halt", "1.1.0"))
+
+    assert "rolled out to 40%" in ok(control(one_release, key, "resume", "1.1.0"))  # what it had
+    assert release_entry(one_release, "1.1.0")["rollout_percent"] == 40
+    assert not (one_release / "stable" / "halted.json").exists()
+    assert "is not halted" in refusal(control(one_release, key, "resume", "1.1.0"))
+
+    ok(control(one_release, key, "halt", "1.1.0"))
+    ok(control(one_release, key, "resume", "--percent", "100", "1.1.0"))  # 100: the field goes, absent means 100
+    assert "rollout_percent" not in release_entry(one_release, "1.1.0")
+    assert published(one_release)["serial"] == 7
+    ok(verify(one_release, release_key.public_path))
+
+
+@pytest.mark.slow
+def test_resume_without_a_record_of_the_percentage_rolls_out_to_everyone(one_release, release_key):
+    key = release_key.private_path
+    ok(control(one_release, key, "halt", "1.0.0"))
+    (one_release / "stable" / "halted.json").unlink()  # e.g. a tree restored without it
+    assert "rolled out to 100%" in ok(control(one_release, key, "resume", "1.0.0"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["halt", "9.9"], ["rollout", "--percent", "5", "9.9"], ["resume", "9.9"]])
+def test_rollout_control_refuses_an_unlisted_version_in_one_line_and_changes_nothing(one_release, release_key, args):
+    before = tree(one_release)
+    assert "version 9.9 is not in the stable manifest" in refusal(control(one_release, release_key.private_path,
+                                                                          *args))
+    assert tree(one_release) == before
+
+
+@pytest.mark.slow
+def test_a_yanked_release_cannot_be_halted_or_rolled_out(one_release, release_key):
+    key = release_key.private_path
+    ok(control(one_release, key, "yank", "--reason", "broken", "1.0.0"))
+    for args in (["halt", "1.0.0"], ["rollout", "--percent", "50", "1.0.0"]):
+        assert "1.0.0 is yanked" in refusal(control(one_release, key, *args))
+
+
+@pytest.mark.parametrize("percent", ["0", "101", "ten"])
+def test_a_rollout_percentage_out_of_range_is_a_usage_error(site, release_key, percent):
+    result = control(site, release_key.private_path, "rollout", "--percent", percent, "1.0.0")
+    assert result.returncode == 2 and "is not a whole number 1-100" in result.stderr
+
+
+@pytest.mark.slow
+def test_min_supported_sets_the_minimum_only_when_a_good_release_meets_it(one_release, v110, release_key):
+    key = release_key.private_path
+    ok(publish(one_release, v110, keys=[key]))
+    ok(control(one_release, key, "halt", "1.1.0"))
+    assert "no release at or above 1.1.0 is on offer" in refusal(control(one_release, key, "min-supported", "1.1.0"))
+    ok(control(one_release, key, "resume", "1.1.0"))
+    assert "installs below 1.1.0 must update" in ok(control(one_release, key, "min-supported", "1.1.0"))
+    manifest = parse_manifest(manifest_bytes(one_release))
+    assert str(manifest.min_supported_version) == "1.1.0" and manifest.required(manifest.releases[1].version)
+    ok(control(one_release, key, "min-supported", "--clear"))
+    assert "min_supported_version" not in published(one_release)
+
+
+# --- the manifest's size and prune ------------------------------------------------------------
+
+
+def padded_release(template: dict, version: str, notes: int) -> dict:
+    return {**template, "version": version, "notes": "n" * notes}
+
+
+def sign_document(site: Path, document: dict, key: Path) -> None:
+    """Write `document` as the signed stable manifest (what many earlier publishes would have left)."""
+    data = (json.dumps(document, indent=2) + "\n").encode()
+    private = load_private_key(key.read_bytes())
+    (site / "stable" / "manifest.json").write_bytes(data)
+    (site / "stable" / "manifest.json.sig").write_bytes(encode_signatures([sign(private, data)]))
+
+
+@pytest.mark.slow
+def test_publish_warns_past_three_quarters_of_the_cap_and_refuses_to_exceed_it(one_release, v110, release_key):
+    from pilot.update.manifest import MANIFEST_CAP
+
+    key = release_key.private_path
+    document = published(one_release)
+    template = document["releases"][0]
+    # 12 releases with 64 KiB of notes each: 78 % of the cap once 1.1.0 is added.
+    document["releases"] = [padded_release(template, f"0.{n}", 65536) for n in range(12)] + document["releases"]
+    sign_document(one_release, document, key)
+    result = publish(one_release, v110, keys=[key])
+    assert result.returncode == 0, result.stderr
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("warning: the stable manifest is ") and f"of the {MANIFEST_CAP} bytes a client" in warning
+    assert "release.py prune --keep N" in warning
+
+    document = published(one_release)  # without 1.1.0 again, and with 4 more: 1.1.0 no longer fits
+    document["releases"] = [r for r in document["releases"] if r["version"] != "1.1.0"]
+    document["releases"] += [padded_release(template, f"0.20.{n}", 65536) for n in range(4)]
+    sign_document(one_release, document, key)
+    before = tree(one_release)
+    line = refusal(publish(one_release, v110, keys=[key]))
+    assert f"more than the {MANIFEST_CAP} bytes (1 MiB) a client reads" in line
+    assert "release.py prune --keep N" in line
+    assert tree(one_release) == before  # nothing of the tree changed
+
+
+def test_how_many_releases_fit_under_the_cap():
+    """The figure docs/SECURITY.md gives: a release of four platforms, each archive listed under three
+    interpreters with its delta index, and no notes."""
+    from pilot.update.manifest import MANIFEST_CAP
+
+    def entry(python: str, platform: str) -> dict:
+        url = f"{BASE_URL}/releases/10.20.30/pilot-10.20.30-{platform}.pyz"
+        return {"python_tag": python, "platform_tag": platform, "url": url, "size": 12345678, "sha256": "a" * 64,
+                "build_id": "b" * 64, "delta_index": {"url": url + ".index", "size": 23456, "sha256": "c" * 64,
+                                                      "chunk_size": 65536}}
+
+    platforms = ("linux_x86_64", "linux_aarch64", "macos_arm64", "macos_x86_64")
+    release = {"version": "10.20.30", "released_at": "2030-01-01T00:00:00Z", "rollout_percent": 50,
+               "artifacts": [entry(python, platform) for platform in platforms for python in ("cp311", "cp312",
+                                                                                                "cp313")]}
+    def encoded(count: int) -> int:  # as release.py writes it
+        return len(json.dumps({"releases": [release] * count}, indent=2)) + 1
+
+    size = encoded(2) - encoded(1)
+    assert size < 8800 and (MANIFEST_CAP - encoded(0)) // size >= 120  # 120 fit; publish warns past 90
+
+
+@pytest.mark.slow
+def test_prune_never_removes_the_latest_the_rollback_target_or_anything_at_or_above_the_minimum(
+        one_release, v110, release_key):
+    key = release_key.private_path
+    ok(publish(one_release, v110, keys=[key]))
+    document = published(one_release)
+    template = document["releases"][-1]
+    releases = {v: padded_release(template, v, 0) for v in ("0.5", "0.6", "0.7", "0.8", "0.9", "0.9.5")}
+    releases["0.9.5"].update(rollout_percent=0)  # halted
+    document["releases"] = document["releases"] + list(releases.values())
+    document["releases"][0].update(yanked=True, yanked_reason="broken")  # 1.1.0, the latest, yanked
+    document["min_supported_version"] = "0.8"
+    sign_document(one_release, document, key)
+    for version in ("0.5", "0.6"):  # files a release left in the tree
+        (one_release / "releases" / version).mkdir(parents=True)
+        (one_release / artifact_path(template, version)).write_bytes(b"old")
+
+    said = ok(control(one_release, key, "prune", "--keep", "1", "--delete-files"))
+    # kept: 1.1.0 (latest, and the newest), 1.0.0 (the newest good), 0.9 (the rollback target below it),
+    # 0.9.5, 0.8 (at or above the minimum); removed: 0.7, 0.6, 0.5
+    assert "pruned 3 release(s) from stable: 0.7, 0.6, 0.5" in said
+    assert sorted(r["version"] for r in published(one_release)["releases"]) == ["0.8", "0.9", "0.9.5", "1.0.0",
+                                                                                 "1.1.0"]
+    assert not (one_release / "releases" / "0.5").exists() and not (one_release / "releases" / "0.6").exists()
+    assert (one_release / "releases" / "1.0.0").is_dir()
+    assert "nothing to prune" in ok(control(one_release, key, "prune", "--keep", "1"))
+
+
+@pytest.mark.slow
+def test_prune_keeps_the_files_another_channel_still_lists(one_release, v110, release_key):
+    key = release_key.private_path
+    ok(publish(one_release, v100_of(one_release), keys=[key], channel="beta"))
+    ok(publish(one_release, v110, keys=[key]))
+    said = ok(control(one_release, key, "prune", "--keep", "1", "--delete-files"))
+    assert "nothing to prune" in said  # 1.0.0 is the rollback target below 1.1.0
+    ok(control(one_release, key, "halt", "1.0.0"))  # no longer good: no longer the rollback target
+    said = ok(control(one_release, key, "prune", "--keep", "1", "--delete-files"))
+    assert "pruned 1 release(s) from stable: 1.0.0" in said
+    assert "kept the files of 1.0.0: the beta channel(s) still list it" in said
+    ok(verify(one_release, release_key.public_path, channel="beta"))
+
+
+def v100_of(site: Path) -> Path:
+    return next((site / "releases" / "1.0.0").glob("*.pyz"))
+
+
+def artifact_path(template: dict, version: str) -> str:
+    name = template["artifacts"][0]["url"].rsplit("/", 1)[1].replace(template["version"], version)
+    return f"releases/{version}/{name}"
