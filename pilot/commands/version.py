@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from pilot.buildinfo import current_build, current_version, install_method, platform_tag, python_tag
+from pilot.buildinfo import build_data, current_build, current_version, install_method, platform_tag, python_tag
+from pilot.launcher import build_pythons
 
 
 def describe() -> dict:
@@ -14,6 +15,7 @@ def describe() -> dict:
     return {
         "version": current_version(),
         "python": python_tag(),
+        "supported_pythons": build_pythons(build_data()) if build else None,  # those this archive runs under
         "platform": platform_tag(),
         "archive": str(build.archive) if build else None,
         "install_method": install_method(),

@@ -45,6 +45,7 @@ def test_the_archive_runs_and_updates_itself_under_each_supported_interpreter(py
     assert pilot.version() == "pilot 1.0.0"
     info = json.loads(pilot.run("version", "--json").stdout)
     assert (info["python"], info["interpreter"]) == (tag, str(python))
+    assert info["supported_pythons"] == ["cp311", "cp312", "cp313"]
     assert pilot.run("status").returncode == 0
     # It unpacked the shared files and this interpreter's native ones only, and compiled Pilot for it.
     copy = unpacked(pilot, v1)
