@@ -13,7 +13,12 @@ CI does on a tag is what the test suite checks on every change.
     pipeline.py restore     --site SITE --branch gh-pages [--remote origin]
     pipeline.py publish     --site SITE --channel stable --base-url URL (--private-key KEY | --private-key-env VAR) ...
                             [--expires-in 30d] [--version V] [--notes FILE] --artifacts DIR
+    pipeline.py resign      --site SITE (--private-key KEY | --private-key-env VAR) ... [--expires-in 30d]
+                            [--min-days 21]
     pipeline.py save        --site SITE --branch gh-pages [--remote origin] --message TEXT
+
+`resign` is .github/workflows/resign.yml's: every channel of SITE signed again with a fresh expiry, each
+checked first as `publish` checks the restored manifest, then verified with `release.py verify --min-days`.
 
 `restore` and `save` keep the release tree (SITE, see release.py) on a git branch of the
 repository the current directory belongs to: `restore` copies the branch's files into an
@@ -304,20 +309,37 @@ def lifetime(text: str) -> str:
     return text
 
 
+def signing_keys(args: argparse.Namespace, scratch: str) -> tuple[list[Path], list[Path], list[str]]:
+    """The signing keys of --private-key and --private-key-env (written 0600 into `scratch`, which the caller
+    removes), their public halves beside them, and their key ids."""
+    if not args.private_key and not args.private_key_env:
+        raise PipelineError("give the signing key(s): --private-key FILE or --private-key-env VAR")
+    private_keys = list(args.private_key)
+    for index, name in enumerate(args.private_key_env):
+        private_keys.append(Path(scratch) / f"signing-env-{index}.key")
+        private_key_from_env(name, private_keys[-1])
+    public_paths, keyids = [], []
+    for index, private_path in enumerate(private_keys):
+        public_path = Path(scratch) / f"signing-{index}.pub"
+        keyids.append(derive_public_key(private_path, public_path))
+        public_paths.append(public_path)
+    return private_keys, public_paths, keyids
+
+
+def verify_command(site: Path, channel: str, public_paths: list[Path]) -> list[str]:
+    command = [sys.executable, str(RELEASE_SCRIPT), "verify", "--root", str(site), "--channel", channel,
+               "--threshold", str(len(public_paths))]
+    for public_path in public_paths:
+        command += ["--trusted-key", str(public_path)]
+    return command
+
+
 def publish(args: argparse.Namespace) -> None:
     if not args.private_key and not args.private_key_env:
         raise PipelineError("give the signing key(s): --private-key FILE or --private-key-env VAR")
     archives = collect_artifacts(args.artifacts)
     with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
-        private_keys = list(args.private_key)
-        for index, name in enumerate(args.private_key_env):
-            private_keys.append(Path(scratch) / f"signing-env-{index}.key")
-            private_key_from_env(name, private_keys[-1])
-        public_paths, keyids = [], []
-        for index, private_path in enumerate(private_keys):
-            public_path = Path(scratch) / f"signing-{index}.pub"
-            keyids.append(derive_public_key(private_path, public_path))
-            public_paths.append(public_path)
+        private_keys, public_paths, keyids = signing_keys(args, scratch)
         check_signing_keys_trusted(archives, keyids)
         check_existing_manifest(args.site, args.channel, public_paths)
 
@@ -330,12 +352,32 @@ def publish(args: argparse.Namespace) -> None:
         if args.notes:
             command += ["--notes", str(args.notes)]
         run_tool([*command, *map(str, archives)], "release.py publish")
+        run_tool(verify_command(args.site, args.channel, public_paths), "release.py verify")
 
-        command = [sys.executable, str(RELEASE_SCRIPT), "verify", "--root", str(args.site),
-                   "--channel", args.channel, "--threshold", str(len(public_paths))]
-        for public_path in public_paths:
-            command += ["--trusted-key", str(public_path)]
-        run_tool(command, "release.py verify")
+
+def channels_of(site: Path) -> list[str]:
+    found = sorted(p.parent.name for p in site.glob("*/manifest.json") if p.is_file())
+    if not found:
+        raise PipelineError(f"{site}: no channel to re-sign (no <channel>/manifest.json)")
+    return found
+
+
+def resign(args: argparse.Namespace) -> None:
+    """Every channel signed again with a fresh expiry, so that none can lapse while no release comes."""
+    with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
+        private_keys, public_paths, _ = signing_keys(args, scratch)
+        channels = channels_of(args.site)
+        for channel in channels:  # all of them checked before any is signed
+            check_existing_manifest(args.site, channel, public_paths)
+        for channel in channels:
+            command = [sys.executable, str(RELEASE_SCRIPT), "resign", "--root", str(args.site), "--channel", channel,
+                       "--expires-in", args.expires_in]
+            for private_path in private_keys:
+                command += ["--key", str(private_path)]
+            run_tool(command, "release.py resign")
+            run_tool([*verify_command(args.site, channel, public_paths), "--min-days", str(args.min_days)],
+                     "release.py verify")
+    print(f"re-signed {len(channels)} channel(s): {', '.join(channels)}")
 
 
 # --- the release tree on a git branch ---------------------------------------------------------
@@ -483,6 +525,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", type=Path, help="release notes file")
     p.add_argument("--artifacts", type=Path, required=True, help="directory searched for .pyz archives")
     p.set_defaults(run=publish)
+
+    p = commands.add_parser("resign", help="re-sign every channel of SITE with a fresh expiry, and verify each")
+    p.add_argument("--site", type=Path, required=True)
+    p.add_argument("--private-key", type=Path, action="append", default=[], help="signing key; repeat for several")
+    p.add_argument("--private-key-env", metavar="VAR", action="append", default=[],
+                   help="an environment variable holding a signing key PEM (a CI secret); repeat for several")
+    p.add_argument("--expires-in", type=lifetime, default="30d", help="the new lifetime (default 30d)")
+    p.add_argument("--min-days", type=float, default=21.0,
+                   help="fail unless each channel then expires at least this many days ahead (default 21)")
+    p.set_defaults(run=resign)
 
     p = commands.add_parser("save", help="commit SITE onto the branch restore fetched and push it")
     tree_options(p)

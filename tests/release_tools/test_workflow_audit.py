@@ -1,6 +1,6 @@
-"""The release workflow, audited: what can reach the signing key must not be left open.
+"""The workflows that hold the signing key, audited: what can reach it must not be left open.
 
-zizmor (build/dev.lock installs it) audits .github/workflows/release.yml offline, with no
+zizmor (build/dev.lock installs it) audits .github/workflows/release.yml and resign.yml offline, with no
 GitHub token, no configuration file and no ignore comments honoured, so a high-severity
 finding cannot be waived from inside the repository: fix it instead. And every `uses:` names
 its action by full commit SHA, the release tag beside it in a comment, because a tag can be
@@ -21,7 +21,7 @@ import yaml
 
 from tests.support.archives import REPO
 
-WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
+WORKFLOWS = [REPO / ".github" / "workflows" / name for name in ("release.yml", "resign.yml")]
 # `uses: owner/repo[/path]@<40 hex>  # v1.2.3`, as a step key or the first key of a step.
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)\s*(?:#\s*(?P<comment>.*?))?\s*$")
 PINNED = re.compile(r"[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}")
@@ -37,12 +37,12 @@ def zizmor() -> str:
     return found
 
 
-def audit(tmp_path) -> list[dict]:
+def audit(tmp_path, workflow) -> list[dict]:
     """zizmor's findings for the workflow (its JSON output), offline."""
     env = {k: v for k, v in os.environ.items() if k not in {"GH_TOKEN", "GITHUB_TOKEN", "ZIZMOR_GITHUB_TOKEN",
                                                               "GH_HOST", "ZIZMOR_CONFIG"}}
     command = [zizmor(), "--offline", "--no-config", "--no-ignores", "--no-exit-codes", "--format", "json",
-               "--color", "never", "--cache-dir", str(tmp_path / "cache"), str(WORKFLOW)]
+               "--color", "never", "--cache-dir", str(tmp_path / "cache"), str(workflow)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, env={**env, "ZIZMOR_OFFLINE": "1"},
                                 cwd=REPO, timeout=120)
@@ -66,16 +66,18 @@ def describe(finding: dict) -> str:
             f"{finding['desc']}" + (f": {annotation}" if annotation else ""))
 
 
-def test_zizmor_finds_nothing_of_high_severity_in_the_release_workflow(tmp_path):
-    findings = audit(tmp_path)
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_zizmor_finds_nothing_of_high_severity_in_the_workflow(tmp_path, workflow):
+    findings = audit(tmp_path, workflow)
     high = [describe(f) for f in findings if f["determinations"]["severity"] == "High"]
     others = [describe(f) for f in findings if f["determinations"]["severity"] != "High"]
-    assert not high, ("zizmor (offline) found in .github/workflows/release.yml:\n  " + "\n  ".join(high)
+    assert not high, (f"zizmor (offline) found in .github/workflows/{workflow.name}:\n  " + "\n  ".join(high)
                       + ("\nand, below high:\n  " + "\n  ".join(others) if others else ""))
 
 
-def test_every_action_the_release_workflow_uses_is_pinned_by_commit_sha_with_its_tag_beside_it():
-    text = WORKFLOW.read_text()
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_every_action_the_workflow_uses_is_pinned_by_commit_sha_with_its_tag_beside_it(workflow):
+    text = workflow.read_text()
     lines = [(number, match) for number, line in enumerate(text.splitlines(), 1) if (match := USES_LINE.match(line))]
     workflow = yaml.safe_load(text)
     uses = [step["uses"] for job in workflow["jobs"].values() for step in job.get("steps", []) if "uses" in step]
