@@ -8,6 +8,7 @@ archives and a change to any input builds afresh.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -62,10 +63,27 @@ def run_build(version: str, out: Path, *, trusted_keys: Iterable[Path] = (), thr
         command += ["--trusted-key", str(key)]
     if overlay is not None:
         command += ["--overlay", str(overlay)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env or os.environ.copy(), timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, env=with_interpreters(env or os.environ.copy()),
+                            timeout=900)
     if result.returncode != 0:
         raise AssertionError(f"build failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def with_interpreters(env: dict) -> dict:
+    """env with this machine's CPythons first on PATH as python3.X, as the release builders have them, so that a
+    test's archive carries Pilot's bytecode for each, like a release's (a version manager's shims may not run
+    a version that is not selected)."""
+    from tests.support.pythons import interpreters
+
+    directory = CACHE / "interpreters"
+    directory.mkdir(parents=True, exist_ok=True)
+    for tag, python in interpreters().items():
+        link = directory / f"python{tag[2]}.{tag[3:]}"
+        if tag.startswith("cp3") and not link.exists():
+            link.unlink(missing_ok=True)
+            link.symlink_to(python)
+    return {**env, "PATH": f"{directory}{os.pathsep}{env.get('PATH', '')}"}
 
 
 class ArchiveFactory:
@@ -87,6 +105,13 @@ class ArchiveFactory:
             **({"compresslevel": compresslevel} if compresslevel != 6 else {}),
         }
         slot = CACHE / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / f".{slot.name}.lock", "w") as lock:  # two test runs in one checkout build it once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._build_into(slot, version, overlay, keys, threshold, compresslevel)
+
+    def _build_into(self, slot: Path, version: str, overlay: dict[str, str] | None, keys: list[Path], threshold: int,
+                    compresslevel: int) -> Path:
         done = slot / "archive.txt"
         if done.exists():
             path = Path(done.read_text().strip())
