@@ -35,10 +35,10 @@ sys.path.insert(0, str(HERE.parent))
 from fleet import machine, publish_release, publish_tree  # noqa: E402
 
 from pilot.update.fetch import HttpFetcher  # noqa: E402
+from pilot.update.manifest import MANIFEST_CAP  # noqa: E402
 from pilot.update.verify import KeySet, load_public_key, verify_manifest  # noqa: E402
 from tests.support.nginx import Nginx  # noqa: E402
 
-MANIFEST_CAP = 1 << 20
 SIGNATURES_CAP = 64 << 10
 
 

@@ -1,6 +1,7 @@
 """Build Pilot as one reproducible shiv archive for every supported CPython on this platform.
 
     python build/build.py --version 1.2.3 --out dist/ [--trusted-key keys/release.pub ...]
+                          [--root-key keys/root-a.pub ... --root-threshold N]
 
 Prints the archive's path (dist/pilot-1.2.3-linux_x86_64.pyz) as the last line of stdout.
 One archive serves CPython 3.11, 3.12 and 3.13 (pilot.launcher.PUBLISHED_PYTHONS): the
@@ -72,6 +73,13 @@ def parse_args() -> argparse.Namespace:
         help="Ed25519 public key (PEM) to embed as the update trust anchor; repeat for several",
     )
     parser.add_argument("--threshold", type=int, default=1, help="signatures required on a manifest (default 1)")
+    parser.add_argument(
+        "--root-key", action="append", default=[], type=Path, metavar="PUB",
+        help="Ed25519 public key (PEM) of a root key: only the root threshold may sign a later key set "
+             "(keys/<n>.json), the trusted keys then sign only manifests; repeat for several",
+    )
+    parser.add_argument("--root-threshold", type=int, default=1,
+                        help="root signatures required on a key set (default 1; with --root-key only)")
     parser.add_argument("--manifest-url", help="the default manifest URL the archive checks for updates")
     parser.add_argument("--overlay", type=Path, help=argparse.SUPPRESS)  # tests: files laid over site-packages
     # tests and benchmarks: another deflate level changes every member's bytes (a release sharing nothing)
@@ -179,6 +187,53 @@ def drop_what_no_start_reads(site_packages: Path) -> None:
             path.unlink()
 
 
+# Run by each interpreter on Pilot's own modules: the same bytecode the launcher's compile_for_interpreter
+# would write when it unpacks the archive (unchecked hash, named relative to the unpacked copy).
+COMPILE = """
+import py_compile, sys
+root, sources = sys.argv[1], sys.argv[2:]
+for source in sources:
+    py_compile.compile(root + "/" + source, dfile=source, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+def interpreters_for(tags: tuple[str, ...]) -> dict[str, str]:
+    """tag -> an interpreter of that version (this one, or python3.X on PATH) that compiles Pilot's bytecode
+    for the archive; an interpreter with none here compiles Pilot when it first unpacks the archive instead."""
+    found = {}
+    for tag in tags:
+        for python in (sys.executable, shutil.which(f"python{_dotted(tag)}")):
+            if python and _runs_as(python, tag):
+                found[tag] = python
+                break
+    return found
+
+
+def _runs_as(python: str, tag: str) -> bool:
+    try:  # a version manager's shim may exist on PATH and refuse a version that is not selected
+        result = subprocess.run([python, "-c", "import sys; print('cp%d%d' % sys.version_info[:2])"],
+                                capture_output=True, text=True, timeout=60)
+    except OSError:
+        return False
+    return result.returncode == 0 and result.stdout.strip() == tag
+
+
+def compile_pilot(site_packages: Path, pythons: tuple[str, ...]) -> None:
+    """Pilot's bytecode for each interpreter found (interpreters_for), beside its sources: the first start and
+    an update's pre-flight then need not compile it (~0.2 s). Each interpreter unpacks only its own .pyc files
+    (the cache tag in their names says whose: pilot.launcher.interpreter_of)."""
+    root = site_packages.parent
+    sources = sorted(p.relative_to(root).as_posix() for p in (site_packages / "pilot").rglob("*.py"))
+    found = interpreters_for(pythons)
+    for tag in pythons:
+        if tag not in found:
+            print(f"build: no python{_dotted(tag)} here: CPython {_dotted(tag)} compiles Pilot when it first unpacks "
+                  "the archive", file=sys.stderr)
+            continue
+        subprocess.run([found[tag], "-c", COMPILE, str(root), *sources], check=True, timeout=600)
+
+
 def check_sources_compile(site_packages: Path) -> None:
     """Pilot's own modules must compile. The archive carries sources only, since no .pyc serves two minor
     versions: each interpreter compiles Pilot when it unpacks the archive, the dependencies as it imports them."""
@@ -211,6 +266,25 @@ def trusted_keys(paths: list[Path]) -> list[dict]:
 
     keys = [load_public_key(path.read_bytes()) for path in paths]
     return [{"keyid": key.keyid, "public": key.raw.hex()} for key in keys]
+
+
+def key_roles(args: argparse.Namespace) -> dict:
+    """{"root_keys", "root_threshold"} for a build with --root-key, {} without (then key set 1 signs key sets too)."""
+    if not args.root_key:
+        if args.root_threshold != 1:
+            raise ValueError("--root-threshold needs --root-key")
+        return {}
+    if not args.trusted_key:
+        raise ValueError("--root-key needs --trusted-key: the release keys that sign the manifests")
+    root = trusted_keys(args.root_key)
+    if len({k["keyid"] for k in root}) != len(root):
+        raise ValueError("a --root-key is given twice")
+    if not 1 <= args.root_threshold <= len(root):
+        raise ValueError(f"--root-threshold {args.root_threshold} cannot be met by {len(root)} root key(s)")
+    if {k["keyid"] for k in root} & {k["keyid"] for k in trusted_keys(args.trusted_key)}:
+        raise ValueError("a key is both a --root-key and a --trusted-key: root keys sign only key sets, "
+                         "release keys only manifests")
+    return {"root_keys": root, "root_threshold": args.root_threshold}
 
 
 class ArchiveWriter:
@@ -315,6 +389,7 @@ def build(args: argparse.Namespace) -> Path:
     version = str(parse_version(args.version, "--version"))
     if args.trusted_key and not 1 <= args.threshold <= len(args.trusted_key):
         raise ValueError(f"--threshold {args.threshold} cannot be met by {len(args.trusted_key)} trusted key(s)")
+    roles = key_roles(args)
     epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="pilot-build-") as stage:
         site_packages = Path(stage) / "site-packages"
@@ -324,6 +399,7 @@ def build(args: argparse.Namespace) -> Path:
             shutil.copytree(args.overlay, site_packages, dirs_exist_ok=True)
         drop_what_no_start_reads(site_packages)
         check_sources_compile(site_packages)
+        compile_pilot(site_packages, PUBLISHED_PYTHONS)
         metadata = {
             "product": "pilot",
             "version": version,
@@ -336,6 +412,7 @@ def build(args: argparse.Namespace) -> Path:
             "manifest_url": args.manifest_url,
             "entry_point": ENTRY_POINT,  # the entry module imports this, not a name of its own
             "boot_protocol": BOOT_PROTOCOL,  # what the entry module understands (see pilot.launcher)
+            **roles,  # only in a build with root keys: one without is stamped exactly as before they existed
         }
         metadata["build_id"] = content_id(site_packages, metadata)
         args.out.mkdir(parents=True, exist_ok=True)

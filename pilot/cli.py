@@ -16,7 +16,7 @@ import sys
 
 from pilot import __version__
 from pilot.errors import EXIT_ERROR, EXIT_USAGE, PilotError
-from pilot.launcher import is_unwritable_output, rollback_untold, say, trial_path
+from pilot.launcher import is_unwritable_output, rollback_untold, say, standing_of, trial_path
 
 EPILOG = """\
 exit codes:
@@ -366,6 +366,15 @@ def announce_rollback() -> None:
             "(details: pilot self-update --status)")
 
 
+def announce_standing() -> None:
+    """Below the channel's minimum, yanked or halted: what the last update check said, one line on stderr."""
+    from pilot.buildinfo import current_version
+
+    line = standing_of(current_version())
+    if line:
+        say(f"pilot: {line}")
+
+
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse the command line; a new version that gets this far has started, even if the arguments are wrong."""
     try:
@@ -413,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command not in ("self-update", "start"):  # those two tell it their own way
         announce_rollback()
+        if args.command != "status":  # its own report has the line
+            announce_standing()
     ending, code = run(args)
     if ending is not None:  # `pilot start` that ended before its main loop was up (a no-op otherwise)
         settle_trial(lambda update: update.settle_boot(*ending))

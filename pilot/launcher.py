@@ -357,6 +357,19 @@ def rollback_untold():
     return state.get("notice_pending") is True and (state.get("last") or {}).get("state") == "rolled_back"
 
 
+def standing_of(running_version):
+    """What the last verified update check said of running_version (below the channel's minimum, yanked or
+    halted): update/state.json's "standing" (pilot.update.state.remember_standing); None otherwise. One stat
+    on a home that never updated."""
+    if running_version is None or not os.path.exists(state_path()):
+        return None
+    entry = (read_json(state_path()) or {}).get("standing")
+    if not isinstance(entry, dict) or entry.get("version") != running_version:
+        return None
+    line = entry.get("line")
+    return line if isinstance(line, str) and line else None
+
+
 def record_outcome(state, trial, outcome, reason=None, notice=True):
     """Fold how an update ended into the update state (pure: returns the new state).
 
@@ -818,6 +831,7 @@ def status_report(running_version=None):
         "user_rollbacks": list(state.get("user_rollbacks") or []),
         "rollback_pid": None if trial else last.get("rollback_pid"),
         "download": source.get("download"),
+        "standing": standing_of(running_version),
     }
 
 
@@ -1006,9 +1020,10 @@ def add_interpreter(zf, members, directory, build_id):
 
 
 def compile_for_interpreter(directory):
-    """Bytecode of the entry modules and of Pilot's package for this interpreter, in an unpacked copy: the
-    archive carries sources only, since no .pyc serves two minor versions. Unchecked hashes, as a build
-    would write them: no source check at import. The dependencies compile as they are first imported."""
+    """Bytecode of the entry modules and of Pilot's package for this interpreter, in an unpacked copy, where the
+    archive carries none for it (no .pyc serves two minor versions; a build ships Pilot's for each interpreter
+    it had at hand). Unchecked hashes, as a build writes them: no source check at import. The dependencies
+    compile as they are first imported."""
     import py_compile
 
     mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
@@ -1016,8 +1031,12 @@ def compile_for_interpreter(directory):
     for root, directories, files in os.walk(os.path.join(directory, "site-packages", "pilot")):
         directories[:] = sorted(d for d in directories if d != "__pycache__")
         sources += [os.path.join(root, name) for name in sorted(files) if name.endswith(".py")]
+    import importlib.util
+
     for source in sources:
-        if os.path.isfile(source):  # an archive built by a test may lack an entry module
+        # The archive may carry this interpreter's bytecode of Pilot (built where that interpreter was at hand);
+        # an archive built by a test may lack an entry module.
+        if os.path.isfile(source) and not os.path.isfile(importlib.util.cache_from_source(source)):
             # Named relative to the copy, the bytecode is the same wherever it is made (a staging copy, or
             # another SHIV_ROOT); an import names the code after the file it loads it for.
             name = os.path.relpath(source, directory).replace(os.sep, "/")

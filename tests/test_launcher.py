@@ -790,3 +790,19 @@ def test_an_archive_built_for_one_interpreter_still_says_which(monkeypatch):
     here = launcher.platform_tag()
     line = launcher.incompatibility({"version": "1.0.0", "python_tag": "cp311", "platform_tag": here})
     assert line == f"pilot: this archive is for CPython 3.11 on {here} but this is cp312-{here}: run it with python3.11"
+
+
+def test_unpacking_compiles_only_what_the_archive_brought_no_bytecode_for(tmp_path, monkeypatch):
+    import importlib.util
+
+    package = tmp_path / "site-packages" / "pilot"
+    package.mkdir(parents=True)
+    (package / "shipped.py").write_text("X = 1\n")
+    (package / "missing.py").write_text("Y = 2\n")
+    shipped = Path(importlib.util.cache_from_source(str(package / "shipped.py")))
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"the build's own bytecode")
+    launcher.compile_for_interpreter(str(tmp_path))
+    assert shipped.read_bytes() == b"the build's own bytecode"  # not compiled again
+    compiled = Path(importlib.util.cache_from_source(str(package / "missing.py"))).read_bytes()
+    assert compiled[:4] == importlib.util.MAGIC_NUMBER and compiled[4:8] == (1).to_bytes(4, "little")  # unchecked

@@ -83,7 +83,7 @@ def status(args: argparse.Namespace) -> int:
         "running": [task_json(t) for t in running],
         "last_update": last if last["state"] != "none" else None,
         # The last verified check's word on this version (below the minimum, yanked or halted), which the entry
-        # module's report carries once it reads update/state.json's "standing" (pilot.update.state.remember_standing).
+        # module's report reads from update/state.json's "standing" (pilot.update.state.remember_standing).
         "standing": last.get("standing"),
     }
     if args.json:

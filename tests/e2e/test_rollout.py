@@ -103,6 +103,9 @@ def test_a_halted_release_is_not_installed_by_a_fresh_client_and_is_reported_to_
     line = "pilot 2.0.0 was halted by its publisher (no new installs): go back to 1.0.0 with `pilot self-update`"
     assert told["standing"] == line
     assert recorded(on_v2) == {"version": "2.0.0", "line": line, "required": False}  # for every command to say
+    listing = on_v2.run("task", "list")
+    assert listing.returncode == 0 and listing.stderr == f"pilot: {line}\n"  # every command says it, once
+    assert f"update: {line}" in on_v2.run("status").stdout  # and the status report has it
 
     moved = on_v2.run("self-update", "--yes")  # the normal verified path, to an older release
     assert moved.returncode == 0, moved.stderr
