@@ -25,12 +25,14 @@ class TrustedKey(namedtuple("TrustedKey", "keyid public")):
 
 
 class BuildInfo(namedtuple("BuildInfo", "version python_tag platform_tag build_id archive trusted_keys threshold "
-                                        "source_commit manifest_url")):
+                                        "source_commit manifest_url root_keys root_threshold", defaults=((), 1))):
     """The metadata the build stamped into the archive's entry module (immutable).
 
     version, python_tag, platform_tag, build_id: str; archive: Path; trusted_keys: tuple[TrustedKey, ...];
     threshold: int; source_commit, manifest_url: str | None. python_tag is the interpreter the build runs as
     here: this one's, when the build supports it (an archive serves several), the build's oldest otherwise.
+    trusted_keys and threshold are key set 1, the release keys that sign manifests; root_keys (tuple[TrustedKey,
+    ...], empty in a build without them) and root_threshold are the keys that alone sign a later key set.
     """
 
     __slots__ = ()
@@ -48,6 +50,8 @@ class BuildInfo(namedtuple("BuildInfo", "version python_tag platform_tag build_i
             threshold=int(data.get("threshold", 1)),
             source_commit=data.get("source_commit"),
             manifest_url=data.get("manifest_url"),
+            root_keys=tuple(TrustedKey(k["keyid"], bytes.fromhex(k["public"])) for k in data.get("root_keys", ())),
+            root_threshold=int(data.get("root_threshold", 1)),
         )
 
 

@@ -22,20 +22,38 @@ def generate_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+PASSPHRASE_ENV = "PILOT_KEY_PASSPHRASE"  # where the release tools (and CI) take an encrypted key's passphrase from
+ENCRYPTED_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
+def is_encrypted(pem: bytes) -> bool:
+    """A PKCS#8 PEM encrypted at rest (keygen --encrypt): it needs its passphrase to be read."""
+    return ENCRYPTED_PEM in pem
+
+
+def load_private_key(pem: bytes, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM; an encrypted one (PKCS#8, keygen --encrypt) needs its passphrase."""
+    encrypted = is_encrypted(pem)
+    if encrypted and not passphrase:
+        raise VerificationError(f"an encrypted private key, and no passphrase was given (set {PASSPHRASE_ENV}, "
+                                "or run the command in a terminal to be asked)")
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        key = serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
     except (ValueError, TypeError):
-        raise VerificationError("not an unencrypted PEM private key") from None
+        if encrypted:
+            raise VerificationError("an encrypted private key that this passphrase does not open") from None
+        raise VerificationError("not a PEM private key (unencrypted, or encrypted with a passphrase)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise VerificationError("not an Ed25519 private key")
     return key
 
 
-def private_key_pem(private: Ed25519PrivateKey) -> bytes:
-    """PKCS#8, unencrypted: what keygen writes (mode 0600) and load_private_key reads."""
-    return private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+def private_key_pem(private: Ed25519PrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8: what keygen writes (mode 0600) and load_private_key reads; with a passphrase, encrypted at rest
+    (cryptography's BestAvailableEncryption)."""
+    encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                  else serialization.NoEncryption())
+    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
 def public_key_pem(private: Ed25519PrivateKey) -> bytes:

@@ -1,9 +1,12 @@
 """Ed25519 keys, key sets with a threshold, detached signatures and key rotation.
 
-Pure: bytes in, verdicts out. The trust anchor is the key set embedded in the archive at
-build time (`KeySet.embedded`); a later key set is trusted only through a chain of
-rotations each signed by the threshold of the set before it, re-walked from the anchor
-on every check, so nothing cached on disk is ever trusted on its own.
+Pure: bytes in, verdicts out. The trust anchor is what the archive embedded at build time
+(`KeySet.embedded`): key set 1, the release keys that sign manifests, and, in an archive
+built with root keys, the root keys that alone may sign a later key set. A later key set is
+trusted only through the chain of rotations from the anchor, re-walked on every check, so
+nothing cached on disk is ever trusted on its own. Each link is signed by the root threshold
+(an archive with root keys: a release key cannot sign a key set) or, in an archive without
+them, by the threshold of the set before it and its own (the one role of before).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
@@ -44,9 +47,16 @@ class Signature:
 
 @dataclass(frozen=True)
 class KeySet:
+    """Release keys and their threshold (what signs a manifest), version n of the chain.
+
+    `root`: the root keys and threshold that sign every later key set, carried along the walk
+    from the archive that embedded them; None in an archive built without root keys, whose
+    key sets are signed by the set before them and their own instead."""
+
     version: int
     threshold: int
     keys: tuple[PublicKey, ...]
+    root: KeySet | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.threshold <= len({k.keyid for k in self.keys}):
@@ -60,7 +70,9 @@ class KeySet:
         if not build.trusted_keys:
             raise VerificationError("this build has no trusted keys embedded, so it cannot verify updates")
         keys = tuple(PublicKey.from_raw(k.public) for k in build.trusted_keys)
-        return cls(version=1, threshold=build.threshold, keys=keys)
+        root_keys = tuple(PublicKey.from_raw(k.public) for k in getattr(build, "root_keys", ()) or ())
+        root = cls(version=1, threshold=build.root_threshold, keys=root_keys) if root_keys else None
+        return cls(version=1, threshold=build.threshold, keys=keys, root=root)
 
     def to_json(self, product: str = "pilot") -> dict:
         return {
@@ -92,12 +104,9 @@ def parse_signatures(data: bytes, what: str) -> list[Signature]:
     return [Signature(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in document["signatures"]]
 
 
-def verify_threshold(data: bytes, signatures: list[Signature], keyset: KeySet, what: str) -> set[str]:
-    """Return the ids of the trusted keys whose signature over `data` holds; raise below the threshold.
-
-    A key counts once however many signatures name it, and a signature by an unknown key counts for nothing.
-    """
-    trusted = {k.keyid: k for k in keyset.keys}
+def valid_signers(data: bytes, signatures: list[Signature], keys: tuple[PublicKey, ...]) -> set[str]:
+    """The ids of the keys among `keys` whose signature over `data` holds (each counted once)."""
+    trusted = {k.keyid: k for k in keys}
     valid: set[str] = set()
     for signature in signatures:
         key = trusted.get(signature.keyid)
@@ -108,6 +117,15 @@ def verify_threshold(data: bytes, signatures: list[Signature], keyset: KeySet, w
         except InvalidSignature:
             continue
         valid.add(key.keyid)
+    return valid
+
+
+def verify_threshold(data: bytes, signatures: list[Signature], keyset: KeySet, what: str) -> set[str]:
+    """Return the ids of the trusted keys whose signature over `data` holds; raise below the threshold.
+
+    A key counts once however many signatures name it, and a signature by an unknown key counts for nothing.
+    """
+    valid = valid_signers(data, signatures, keyset.keys)
     if len(valid) < keyset.threshold:
         named = "no signature" if not signatures else f"{len(valid)} valid signature(s)"
         raise VerificationError(
@@ -134,14 +152,30 @@ def parse_keyset(data: bytes, what: str) -> KeySet:
     return KeySet(version=document["version"], threshold=document["threshold"], keys=tuple(keys))
 
 
+def verify_root_signatures(data: bytes, signatures: list[Signature], root: KeySet, what: str) -> set[str]:
+    """The root threshold over `data`, or one line: only root keys sign a key set."""
+    valid = valid_signers(data, signatures, root.keys)
+    if len(valid) < root.threshold:
+        raise VerificationError(
+            f"{what} is not signed by the root keys: {len(valid)} valid root signature(s), {root.threshold} required "
+            "(a release key cannot sign a key set)")
+    return valid
+
+
 def verify_rotation(current: KeySet, data: bytes, signatures: list[Signature], what: str) -> KeySet:
-    """Accept key set N+1 only when the threshold of set N and its own threshold both signed it."""
+    """Accept key set N+1 only when the root threshold signed it (`current.root`, the archive's root keys), or,
+    for an archive without root keys, when the threshold of set N and its own threshold both signed it."""
     successor = parse_keyset(data, what)
     if successor.version != current.version + 1:
         raise VerificationError(f"{what}: version {successor.version} does not follow key set {current.version}")
-    verify_threshold(data, signatures, current, what)
-    verify_threshold(data, signatures, successor, what)
-    return successor
+    if current.root is None:
+        verify_threshold(data, signatures, current, what)
+        verify_threshold(data, signatures, successor, what)
+        return successor
+    verify_root_signatures(data, signatures, current.root, what)
+    if {k.keyid for k in successor.keys} & {k.keyid for k in current.root.keys}:
+        raise VerificationError(f"{what}: lists a root key as a release key (root keys sign only key sets)")
+    return replace(successor, root=current.root)
 
 
 KeysetFetch = Callable[[int], tuple[bytes, bytes]]  # n -> the bytes of keys/<n>.json and of its .sig
@@ -156,9 +190,10 @@ def keyset_path(version: int) -> str:
 def walk_keysets(anchor: KeySet, target: int, fetch: KeysetFetch) -> KeySet:
     """Key set `target`, reached from the anchor through every rotation in between.
 
-    `fetch(n)` returns the bytes of keys/<n>.json and of its .sig. Each set must be signed by
-    the threshold of the one before it and by its own; nothing is taken from a cache, so a
-    key that a rotation removed can never sign again for a client that walks past it."""
+    `fetch(n)` returns the bytes of keys/<n>.json and of its .sig. Each set must be signed as
+    `verify_rotation` says (the root threshold, or without root keys the set before it and its
+    own); nothing is taken from a cache, so a key that a rotation removed can never sign again
+    for a client that walks past it."""
     if target < anchor.version:
         raise VerificationError(f"key set {target} is older than key set {anchor.version}, which this install trusts")
     if target - anchor.version > MAX_ROTATIONS:

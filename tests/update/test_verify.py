@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pilot.errors import VerificationError
-from pilot.update.signing import encode_signatures, load_private_key, public_key_of, sign
+from pilot.update.signing import (
+    encode_signatures,
+    is_encrypted,
+    load_private_key,
+    private_key_pem,
+    public_key_of,
+    sign,
+)
 from pilot.update.verify import (
     KeySet,
     PublicKey,
@@ -84,10 +91,21 @@ def test_pem_keys_load_and_other_kinds_are_refused():
     assert refusal(load_private_key, ec_private) == "not an Ed25519 private key"
     assert refusal(load_public_key, b"garbage") == "not a PEM public key"
     assert refusal(load_public_key, private_pem) == "not a PEM public key"
-    assert refusal(load_private_key, public_pem) == "not an unencrypted PEM private key"
+    assert refusal(load_private_key, public_pem) == (
+        "not a PEM private key (unencrypted, or encrypted with a passphrase)")
     encrypted = A.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.BestAvailableEncryption(b"secret"))
-    assert refusal(load_private_key, encrypted) == "not an unencrypted PEM private key"
+    assert refusal(load_private_key, encrypted).startswith("an encrypted private key, and no passphrase was given")
+    assert refusal(load_private_key, encrypted, b"wrong") == (
+        "an encrypted private key that this passphrase does not open")
+    assert public_key_of(load_private_key(encrypted, b"secret")) == public_key_of(A)
+
+
+def test_private_key_pem_encrypts_at_rest_with_a_passphrase():
+    pem = private_key_pem(A, b"correct horse")
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") and is_encrypted(pem)
+    assert not is_encrypted(private_key_pem(A))
+    assert public_key_of(load_private_key(pem, b"correct horse")) == public_key_of(A)
 
 
 @pytest.mark.parametrize("threshold", [0, -1, 3])
@@ -277,6 +295,54 @@ def test_rotations_chain_from_the_anchor():
     # Set 1's keys no longer speak for set 3.
     with pytest.raises(VerificationError):
         verify_rotation(second, third_bytes, [sign(k, third_bytes) for k in (A, B, C, X)], "k")
+
+
+# --- key roles: root keys sign key sets, release keys sign manifests -------------------------
+
+
+ROOT_A, ROOT_B = (Ed25519PrivateKey.from_private_bytes(hashlib.sha256(n).digest()) for n in (b"root-a", b"root-b"))
+ROOT = keyset(ROOT_A, ROOT_B, threshold=2, version=1)
+WITH_ROOT = KeySet(version=1, threshold=2, keys=OLD.keys, root=ROOT)
+
+
+def test_with_root_keys_a_key_set_needs_the_root_threshold_and_nothing_else():
+    successor = rotate(ROOT_A, ROOT_B, current=WITH_ROOT)
+    assert successor == NEW and successor.root == ROOT  # the root keys carry on down the chain
+    third_bytes = keyset_bytes(keyset(E, X, threshold=1, version=3))
+    assert verify_rotation(successor, third_bytes, [sign(k, third_bytes) for k in (ROOT_A, ROOT_B)], "k").root == ROOT
+
+
+def test_with_root_keys_release_keys_cannot_sign_a_key_set():
+    line = refusal(rotate, A, B, C, D, E, current=WITH_ROOT)  # the old and the new release keys, all of them
+    assert line == ("keys/2.json is not signed by the root keys: 0 valid root signature(s), 2 required "
+                    "(a release key cannot sign a key set)")
+    assert "1 valid root signature(s), 2 required" in refusal(rotate, ROOT_A, A, B, D, E, current=WITH_ROOT)
+
+
+def test_with_root_keys_a_key_set_listing_a_root_key_is_refused():
+    data = keyset_bytes(keyset(ROOT_A, D, threshold=1, version=2))
+    assert "lists a root key as a release key" in refusal(rotate, ROOT_A, ROOT_B, data=data, current=WITH_ROOT)
+
+
+def test_without_root_keys_the_old_rule_holds():
+    assert OLD.root is None
+    assert rotate(A, B, D, E) == NEW and rotate(A, B, D, E).root is None
+    assert "from key set 1, 2 required" in refusal(rotate, ROOT_A, ROOT_B, D, E)  # root keys mean nothing here
+
+
+def test_the_embedded_anchor_carries_the_root_keys_only_when_the_build_has_them():
+    from pilot.buildinfo import BuildInfo, TrustedKey
+
+    def build(**fields) -> BuildInfo:
+        key = public_key_of(A)
+        return BuildInfo(version="1.0.0", python_tag="cp311", platform_tag="linux_x86_64", build_id="b" * 64,
+                         archive=None, trusted_keys=(TrustedKey(key.keyid, key.raw),), threshold=1,
+                         source_commit=None, manifest_url=None, **fields)
+
+    assert KeySet.embedded(build()).root is None
+    roots = tuple(TrustedKey(k.keyid, k.raw) for k in ROOT.keys)
+    assert KeySet.embedded(build(root_keys=roots, root_threshold=2)).root == ROOT
+    assert KeySet.embedded(build(root_keys=roots, root_threshold=2)).root.threshold == 2
 
 
 # --- check_digest -----------------------------------------------------------------------------
