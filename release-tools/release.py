@@ -1,6 +1,6 @@
 """Pilot's release tool: keys, signed manifests and the static release tree.
 
-    python release-tools/release.py keygen  --out DIR [--name NAME]
+    python release-tools/release.py keygen  --out DIR [--name NAME] [--encrypt]
     python release-tools/release.py publish --root SITE --channel stable --base-url URL --key KEY [--key KEY ...]
                                             [--expires-in 30d] [--notes FILE] [--version V] ARTIFACT...
                                             [--rollout PERCENT]
@@ -109,6 +109,8 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def keygen(args: argparse.Namespace) -> None:
+    import keys as key_roles
+
     from pilot.update.signing import generate_key, private_key_pem, public_key_of, public_key_pem
 
     private = generate_key()
@@ -116,11 +118,13 @@ def keygen(args: argparse.Namespace) -> None:
     public_path = args.out / f"{args.name}.pub"
     if private_path.exists():
         raise ReleaseError(f"{private_path} exists already; refusing to overwrite a signing key")
-    write_atomically(private_path, private_key_pem(private), mode=0o600)
+    secret = key_roles.passphrase(private_path, new=True) if args.encrypt else None
+    write_atomically(private_path, private_key_pem(private, secret), mode=0o600)
     write_atomically(public_path, public_key_pem(private))
     print(f"keyid {public_key_of(private).keyid}")
-    print(f"private key {private_path} (mode 0600: keep it secret, e.g. in a CI secret)")
-    print(f"public key  {public_path} (give it to build.py --trusted-key)")
+    print(f"private key {private_path} (mode 0600{', encrypted' if secret else ''}: keep it secret, e.g. in a CI "
+          "secret, or offline for a root key)")
+    print(f"public key  {public_path} (give it to build.py --trusted-key, or --root-key for a root key)")
 
 
 def load_keys(paths: list[Path], load) -> list:
@@ -137,9 +141,10 @@ def load_keys(paths: list[Path], load) -> list:
 
 
 def load_signing_keys(paths: list[Path]):
-    from pilot.update.signing import load_private_key
+    """Private keys; an encrypted one opened with PILOT_KEY_PASSPHRASE or a passphrase asked on the terminal."""
+    import keys as key_roles
 
-    return load_keys(paths, load_private_key)
+    return [load_keys([path], lambda pem, path=path: key_roles.read_private_key(pem, path))[0] for path in paths]
 
 
 # --- the manifest -----------------------------------------------------------------------------
@@ -743,6 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("keygen", help="write a new Ed25519 signing key (NAME.key, mode 0600) and NAME.pub")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", default="release")
+    p.add_argument("--encrypt", action="store_true", help="encrypt the private key at rest; the passphrase comes "
+                   "from PILOT_KEY_PASSPHRASE or is asked on the terminal (never an argument)")
     p.set_defaults(run=keygen)
 
     def tree_options(p: argparse.ArgumentParser, signing: bool = True) -> None:
