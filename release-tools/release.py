@@ -14,13 +14,17 @@
     python release-tools/release.py verify  --root SITE --channel stable --trusted-key PUB [...] [--threshold N]
                                             [--min-days N]
     python release-tools/release.py rotate-keys --root SITE --old-key KEY ... --new-key KEY ... --threshold N
+                                            [--root-key ROOTKEY ...]
+    python release-tools/release.py revoke  --root SITE --root-key ROOTKEY ... --release-key PUB ... [--threshold N]
 
 The tree it writes can be served by any static server, object store or GitHub Releases:
 
     SITE/<channel>/manifest.json        the signed bytes
     SITE/<channel>/manifest.json.sig    {"signatures": [{"keyid", "sig"}]}: Ed25519 over those exact bytes
     SITE/releases/<version>/pilot-<version>-<python tag>-<platform tag>.pyz
-    SITE/keys/<n>.json(.sig)            key set n (n >= 2), signed by set n-1's threshold and its own
+    SITE/keys/<n>.json(.sig)            key set n (n >= 2): the release keys that sign manifests, signed by
+                                        the root threshold (archives built with --root-key) or by set
+                                        n-1's threshold and its own (archives without root keys)
     SITE/<channel>/halted.json          publisher-side only, unsigned, read by no client: the rollout
                                         percentage each halted release had, for `resume`
 
@@ -605,29 +609,80 @@ def unique_keys(keys: list) -> list:
 
 
 def rotate_keys(args: argparse.Namespace) -> None:
-    """Publish key set n+1, signed by the old keys (set n's threshold) and the new ones (its own)."""
-    from pilot.update.signing import encode_signatures, public_key_of, sign
-    from pilot.update.verify import KeySet, keyset_path, parse_signatures, verify_rotation
+    """Publish key set n+1, signed by the old keys (set n's threshold) and the new ones (its own), and with
+    --root-key by the root keys too, so that archives with and without root keys both follow it."""
+    import keys as key_roles
+
+    from pilot.update.signing import public_key_of
+    from pilot.update.verify import KeySet
 
     old, new = unique_keys(load_signing_keys(args.old_key)), unique_keys(load_signing_keys(args.new_key))
+    root_private = load_signing_keys(args.root_key or [])
+    roots, _ = key_roles.roots_to_check(args.root, root_private)
+    if roots and not root_private:
+        raise ReleaseError(f"archives under {args.root / 'releases'} were built with root keys: they accept a key set "
+                           "only under the root threshold (give --root-key, or use revoke)")
     current = current_keyset_version(args.root)
     if current > 1:
         previous = read_keyset(args.root, current)
     else:  # set 1 is inside the archives: every old key given must be one of it, and they must meet its threshold
         previous = KeySet(version=1, threshold=len(old), keys=tuple(public_key_of(k) for k in old))
     successor = KeySet(version=current + 1, threshold=args.threshold, keys=tuple(public_key_of(k) for k in new))
-    data = (json.dumps(successor.to_json(PRODUCT), indent=2) + "\n").encode()
-    signatures = encode_signatures([sign(key, data) for key in unique_keys(old + new)])
-    what = keyset_path(successor.version)
-    verify_rotation(previous, data, parse_signatures(signatures, what + ".sig"), what)  # what every client checks
-    path = args.root / what
-    write_atomically(path.with_name(path.name + ".sig"), signatures)
-    write_atomically(path, data)
+    key_roles.check_roles(successor.keys, roots)
+    data = key_roles.keyset_bytes(successor, PRODUCT)
+    signatures = key_roles.sign_keyset(data, old + new + root_private)
+    key_roles.check_link(previous, data, signatures, roots=roots, legacy=True)  # what every client checks
+    path = write_keyset(args.root, successor, data, signatures)
     removed = {k.keyid for k in previous.keys} - {k.keyid for k in successor.keys}
     print(f"published key set {successor.version}: {len(successor.keys)} key(s), threshold {successor.threshold}"
-          + (f", {len(removed)} key(s) revoked" if removed else ""))
+          + (f", {len(removed)} key(s) revoked" if removed else "")
+          + (f", signed by {len(unique_keys(root_private))} root key(s) too" if root_private else ""))
     print("sign from now on with the new keys, and re-sign every channel now (resign) so clients move to this set")
     print(path)
+
+
+def revoke(args: argparse.Namespace) -> None:
+    """Publish key set n+1 with new release keys, signed by the root keys alone: the answer to a stolen release key
+    (none of the old release keys signs it). Archives with root keys follow it on their next check."""
+    import keys as key_roles
+
+    from pilot.update.verify import load_public_key
+
+    root_private = unique_keys(load_signing_keys(args.root_key))
+    release = tuple(load_keys(args.release_key, load_public_key))
+    current = current_keyset_version(args.root)
+    previous = read_keyset(args.root, current) if current > 1 else None
+    successor, data, signatures, without = key_roles.revocation(args.root, current, previous, release, args.threshold,
+                                                                 root_private, PRODUCT)
+    path = write_keyset(args.root, successor, data, signatures)
+    if without:
+        print(f"warning: {without} archive(s) under {args.root / 'releases'} have no root keys: their installs cannot "
+              "follow this set until they update to a build with --root-key", file=sys.stderr)
+    removed = key_roles.removed_keys(previous, successor)
+    gone = (f"revoked {', '.join(k[:16] + '...' for k in removed)}" if removed else
+            "key set 1, the release keys inside the archives, is replaced" if previous is None else "no key revoked")
+    print(f"published key set {successor.version}: {len(successor.keys)} release key(s), threshold "
+          f"{successor.threshold}, signed by {len(root_private)} root key(s); {gone}")
+    print("re-sign every channel now with the new release keys (resign --key ...): clients follow this set on their "
+          "next check and refuse manifests signed by any other key")
+    print(path)
+
+
+def write_keyset(root: Path, keyset, data: bytes, signatures: bytes) -> Path:
+    """keys/<n>.json and its .sig (the signatures first: a client reading between the two sees no set n yet),
+    then install.sh's release keys, which must be the ones that sign the manifests from now on."""
+    import installer
+    import keys as key_roles
+
+    from pilot.update.verify import keyset_path
+
+    path = root / keyset_path(keyset.version)
+    write_atomically(path.with_name(path.name + ".sig"), signatures)
+    write_atomically(path, data)
+    script = root / installer.INSTALLER
+    if script.is_file():
+        write_atomically(script, key_roles.installer_with_keys(script.read_bytes(), keyset), mode=0o644)
+    return path
 
 
 # --- verify -----------------------------------------------------------------------------------
@@ -818,7 +873,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-key", type=Path, action="append", required=True,
                    help="private key of the new set (all of them sign it); repeat for several")
     p.add_argument("--threshold", type=int, default=1, help="signatures the new set requires (default 1)")
+    p.add_argument("--root-key", type=Path, action="append",
+                   help="private root key: signs the new set too, for archives built with --root-key; repeat")
     p.set_defaults(run=rotate_keys)
+
+    p = commands.add_parser("revoke", help="publish the next key set with new release keys, signed by the root keys "
+                            "alone (a stolen release key)")
+    p.add_argument("--root", type=Path, required=True, help="the release tree (SITE)")
+    p.add_argument("--root-key", type=Path, action="append", required=True,
+                   help="private root key; repeat until the archives' root threshold is met")
+    p.add_argument("--release-key", type=Path, action="append", required=True,
+                   help="public key (PEM) of a new release key; repeat for several. Every key not given is revoked")
+    p.add_argument("--threshold", type=int, default=1, help="signatures a manifest needs from them (default 1)")
+    p.set_defaults(run=revoke)
 
     p = commands.add_parser("verify", help="check signatures, schema, expiry and every artifact")
     tree_options(p, signing=False)
