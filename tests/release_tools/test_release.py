@@ -702,3 +702,158 @@ def v100_of(site: Path) -> Path:
 def artifact_path(template: dict, version: str) -> str:
     name = template["artifacts"][0]["url"].rsplit("/", 1)[1].replace(template["version"], version)
     return f"releases/{version}/{name}"
+
+
+# --- key roles: keygen --encrypt, revoke, rotate-keys --root-key ------------------------------
+
+
+PASSPHRASE = "a long enough passphrase"
+
+
+def key_tool(*args, passphrase: str | None = None) -> subprocess.CompletedProcess:
+    """release.py with no terminal to ask on (stdin is /dev/null) and the passphrase, if any, in the environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PILOT_RELEASE_NOW", "PILOT_KEY_PASSPHRASE")}
+    if passphrase is not None:
+        env["PILOT_KEY_PASSPHRASE"] = passphrase
+    return subprocess.run([sys.executable, str(RELEASE_TOOL), *map(str, args)], capture_output=True, text=True,
+                          env=env, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def fake_archive(site: Path, version: str, *, root: list | None = None, root_threshold: int = 1) -> Path:
+    """An archive under SITE/releases/ whose pilot-build.json embeds these root keys (only what revoke reads)."""
+    meta = {"version": version, "platform_tag": "linux_x86_64", "trusted_keys": []}
+    if root:
+        meta.update(root_keys=[{"keyid": k.public.keyid, "public": k.public.raw.hex()} for k in root],
+                    root_threshold=root_threshold)
+    path = site / "releases" / version / f"pilot-{version}-linux_x86_64.pyz"
+    path.parent.mkdir(parents=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("pilot-build.json", json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="module")
+def roots(session_dir):
+    from tests.support.keys import make_key
+
+    return [make_key(name, session_dir / "root-keys") for name in ("root-a", "root-b")]
+
+
+def keyset_files(site: Path, version: int) -> tuple[bytes, bytes]:
+    return (site / "keys" / f"{version}.json").read_bytes(), (site / "keys" / f"{version}.json.sig").read_bytes()
+
+
+def test_keygen_encrypt_takes_the_passphrase_from_the_environment_and_never_from_an_argument(tmp_path):
+    out = tmp_path / "keys"
+    ok(key_tool("keygen", "--encrypt", "--out", out, "--name", "ci", passphrase=PASSPHRASE))
+    pem = (out / "ci.key").read_bytes()
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") and PASSPHRASE.encode() not in pem
+    assert stat.S_IMODE((out / "ci.key").stat().st_mode) == 0o600
+    assert public_key_of(load_private_key(pem, PASSPHRASE.encode())) == load_public_key((out / "ci.pub").read_bytes())
+    usage = subprocess.run([sys.executable, str(RELEASE_TOOL), "keygen", "--help"], capture_output=True, text=True)
+    assert "--encrypt" in usage.stdout and "--passphrase" not in usage.stdout  # no option takes a secret
+
+
+def test_keygen_encrypt_without_a_passphrase_or_a_terminal_is_refused_and_writes_nothing(tmp_path):
+    line = refusal(key_tool("keygen", "--encrypt", "--out", tmp_path, "--name", "ci"))
+    assert "needs a passphrase: set PILOT_KEY_PASSPHRASE, or run the command in a terminal" in line
+    assert list(tmp_path.iterdir()) == []
+    assert "at least 8 characters" in refusal(key_tool("keygen", "--encrypt", "--out", tmp_path, passphrase="short"))
+
+
+def test_an_encrypted_key_is_read_with_its_passphrase_and_refused_in_one_line_without(tmp_path, site, roots,
+                                                                                     release_key):
+    encrypted = tmp_path / "root-a.key"
+    encrypted.write_bytes(private_key_pem_of(roots[0], PASSPHRASE))
+    args = ["revoke", "--root", site, "--root-key", encrypted, "--release-key", release_key.public_path]
+    assert "it is encrypted and needs a passphrase" in refusal(key_tool(*args))
+    assert "this passphrase does not open" in refusal(key_tool(*args, passphrase="not the passphrase"))
+    assert not (site / "keys").exists()
+    ok(key_tool(*args, passphrase=PASSPHRASE))
+    assert (site / "keys" / "2.json").exists()
+
+
+def private_key_pem_of(key, passphrase: str) -> bytes:
+    from pilot.update.signing import private_key_pem
+
+    return private_key_pem(key.private, passphrase.encode())
+
+
+def test_revoke_is_signed_by_the_root_keys_alone_and_followed_only_by_archives_with_root_keys(
+        site, roots, release_key, other_key):
+    fake_archive(site, "1.0.0", root=roots, root_threshold=2)
+    out = ok(key_tool("revoke", "--root", site, "--root-key", roots[0].private_path, "--root-key",
+                      roots[1].private_path, "--release-key", other_key.public_path, "--threshold", "1"))
+    assert "published key set 2: 1 release key(s), threshold 1, signed by 2 root key(s)" in out
+    _, signatures = keyset_files(site, 2)
+    assert {s.keyid for s in parse_signatures(signatures, "sig")} == {k.public.keyid for k in roots}
+    root = KeySet(1, 2, tuple(k.public for k in roots))
+    with_root = KeySet(1, 1, (release_key.public,), root=root)
+    from pilot.update.verify import walk_keysets
+
+    assert walk_keysets(with_root, 2, lambda n: keyset_files(site, n)).keys == (other_key.public,)
+    with pytest.raises(PilotError, match="0 valid signature"):  # an archive without root keys cannot follow it
+        walk_keysets(KeySet(1, 1, (release_key.public,)), 2, lambda n: keyset_files(site, n))
+
+    # A second revocation drops the key the first one added: it is named as revoked.
+    out = ok(key_tool("revoke", "--root", site, "--root-key", roots[0].private_path, "--root-key",
+                      roots[1].private_path, "--release-key", release_key.public_path))
+    assert f"revoked {other_key.public.keyid[:16]}..." in out
+
+
+def test_revoke_refuses_what_the_archives_root_threshold_would_refuse_and_writes_nothing(
+        site, roots, release_key, other_key):
+    fake_archive(site, "1.0.0", root=roots, root_threshold=2)
+    line = refusal(key_tool("revoke", "--root", site, "--root-key", roots[0].private_path,
+                            "--release-key", other_key.public_path))
+    assert "keys/2.json is not signed by the root keys: 1 valid root signature(s), 2 required" in line
+    line = refusal(key_tool("revoke", "--root", site, "--root-key", release_key.private_path,  # a release key
+                            "--release-key", other_key.public_path))
+    assert "0 valid root signature(s), 2 required" in line
+    line = refusal(key_tool("revoke", "--root", site, "--root-key", roots[0].private_path, "--root-key",
+                            roots[1].private_path, "--release-key", roots[0].public_path))
+    assert "a root key cannot be a release key" in line
+    assert not (site / "keys").exists()
+
+
+def test_revoke_warns_about_archives_without_root_keys(site, roots, other_key):
+    fake_archive(site, "1.0.0")
+    fake_archive(site, "1.1.0", root=roots[:1])
+    result = key_tool("revoke", "--root", site, "--root-key", roots[0].private_path,
+                      "--release-key", other_key.public_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: 1 archive(s) under") and "have no root keys" in result.stderr
+
+
+def test_rotate_keys_needs_the_root_keys_when_archives_have_them_and_then_both_kinds_follow(
+        site, roots, release_key, other_key):
+    fake_archive(site, "1.0.0", root=roots, root_threshold=2)
+    line = refusal(key_tool("rotate-keys", "--root", site, "--old-key", release_key.private_path,
+                            "--new-key", other_key.private_path))
+    assert "were built with root keys" in line and not (site / "keys").exists()
+    out = ok(key_tool("rotate-keys", "--root", site, "--old-key", release_key.private_path, "--new-key",
+                      other_key.private_path, "--root-key", roots[0].private_path, "--root-key",
+                      roots[1].private_path))
+    assert "signed by 2 root key(s) too" in out
+    from pilot.update.verify import walk_keysets
+
+    root = KeySet(1, 2, tuple(k.public for k in roots))
+    for anchor in (KeySet(1, 1, (release_key.public,)), KeySet(1, 1, (release_key.public,), root=root)):
+        assert walk_keysets(anchor, 2, lambda n: keyset_files(site, n)).keys == (other_key.public,)
+
+
+def test_revoke_rewrites_the_release_keys_in_install_sh(site, roots, release_key, other_key):
+    sys.path.insert(0, str(REPO / "release-tools"))
+    import installer
+
+    script = installer.render(site="https://example.test/pilot", channel="stable",
+                              keys=[(release_key.public.keyid, release_key.public.raw)], threshold=1,
+                              pythons=["cp311"])
+    (site / "install.sh").write_bytes(script)
+    ok(key_tool("revoke", "--root", site, "--root-key", roots[0].private_path, "--release-key", other_key.public_path,
+                "--release-key", roots[1].public_path, "--threshold", "2"))
+    text = (site / "install.sh").read_text()
+    assert release_key.public.keyid not in text and other_key.public.keyid in text and "THRESHOLD=2 " in text
+    expected = installer.render(site="https://example.test/pilot", channel="stable", threshold=2, pythons=["cp311"],
+                                keys=[(k.public.keyid, k.public.raw) for k in (other_key, roots[1])])
+    assert text.encode() == expected
