@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pilot import launcher
 from tests.conftest import run_release_tool
 
 pytestmark = pytest.mark.slow
@@ -62,7 +63,7 @@ def assert_one_clean_extraction(root: Path, archive: Path) -> Path:
     """root holds the archive's extraction, complete, and no staging or half-swapped copies."""
     directory = root / f"pilot_{build_id(archive)}"
     assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [directory.name]
-    assert (directory / ".pilot-complete").read_text().strip() == build_id(archive)
+    assert (directory / ".pilot-complete").read_text().split() == [build_id(archive), launcher.python_tag()]
     assert (directory / "site-packages" / "pilot" / "cli.py").is_file()
     return directory
 
@@ -161,7 +162,8 @@ def test_self_update_leaves_the_new_build_unpacked_for_its_first_start(
     result = run(install, "self-update", "--no-restart", "--yes", env=env)
     assert result.returncode == 0, result.stderr
 
-    assert (new_dir / ".pilot-complete").read_text().strip() == build_id(v2)  # the pre-flight unpacked it
+    assert (new_dir / ".pilot-complete").read_text().split() == [build_id(v2), launcher.python_tag()]  # the
+    # pre-flight unpacked it, for this interpreter
     names = imported(install, "status")  # the first real start after the swap
     assert "zipfile" not in names
     assert run(install, "version", "--json", env=env).stdout.count(build_id(v2)) == 1

@@ -201,7 +201,8 @@ def test_no_artifact_for_this_platform(v1, v2, release_site, install_factory, re
 
     release_site.publish(v2)
     document = json.loads(release_site.manifest.read_bytes())
-    document["releases"][0]["artifacts"][0]["platform_tag"] = "linux_riscv64"
+    for artifact in document["releases"][0]["artifacts"]:  # the one archive, under each interpreter
+        artifact["platform_tag"] = "linux_riscv64"
     data = (json.dumps(document, indent=2) + "\n").encode()
     release_site.manifest.write_bytes(data)
     (release_site.manifest.parent / "manifest.json.sig").write_bytes(
@@ -209,7 +210,8 @@ def test_no_artifact_for_this_platform(v1, v2, release_site, install_factory, re
     pilot = install_factory(v1)
     result = pilot.run("self-update", "--yes")
     assert result.returncode == 3
-    assert "has no build for cp311-linux_x86_64 (it has cp311-linux_riscv64)" in result.stderr
+    assert "has no build for cp311-linux_x86_64 (it has cp311-linux_riscv64, cp312-linux_riscv64, " \
+           "cp313-linux_riscv64)" in result.stderr
     assert pilot.version() == "pilot 1.0.0"
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
-from pilot.launcher import artifact_name
+from pilot.launcher import artifact_name, build_pythons, python_tag
 from pilot.update.install import read_metadata
 from pilot.update.manifest import format_timestamp
 from pilot.update.signing import encode_signatures, sign
@@ -65,12 +65,14 @@ class RepoSim:
         """Copy an archive into releases/<version>/ and return its artifact entry (as release.py would)."""
         meta = read_metadata(archive)
         version = version or meta["version"]
-        name = name or artifact_name(version, meta["python_tag"], meta["platform_tag"])
+        name = name or artifact_name(version, meta["platform_tag"])
         target = self.root / "releases" / version / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(archive, target)
         data = target.read_bytes()
-        return {"python_tag": meta["python_tag"], "platform_tag": meta["platform_tag"],
+        # The entry for the interpreter these tests run under (release.py lists one for each the archive serves).
+        tag = python_tag() if python_tag() in build_pythons(meta) else meta["python_tag"]
+        return {"python_tag": tag, "platform_tag": meta["platform_tag"],
                 "url": f"{self.url}/releases/{version}/{name}", "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(), "build_id": meta["build_id"]}
 
