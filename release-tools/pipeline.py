@@ -124,7 +124,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_key(args: argparse.Namespace) -> None:
     """Write a key held in an environment variable (a CI secret) to a file, checking what it is."""
-    from pilot.update.signing import load_private_key, public_key_of
+    from pilot.update.signing import public_key_of
     from pilot.update.verify import load_public_key
 
     text = os.environ.get(args.from_env, "").strip()
@@ -132,7 +132,7 @@ def write_key(args: argparse.Namespace) -> None:
         raise PipelineError(f"{args.from_env} is unset or empty (store the {args.kind} key PEM in that secret)")
     data = (text.replace("\r\n", "\n") + "\n").encode()
     try:  # never echo the value: it may be a private key in the wrong secret
-        key = public_key_of(load_private_key(data)) if args.kind == "private" else load_public_key(data)
+        key = public_key_of(open_private_key(data)) if args.kind == "private" else load_public_key(data)
         keyid = key.keyid
     except Exception as error:
         raise PipelineError(f"{args.from_env} does not hold an Ed25519 {args.kind} key in PEM form "
@@ -143,17 +143,23 @@ def write_key(args: argparse.Namespace) -> None:
     print(f"{args.kind} key {keyid[:16]}... written to {args.out}")
 
 
+def open_private_key(data: bytes):
+    """The key in a PEM; an encrypted one (release.py keygen --encrypt) with the passphrase in PILOT_KEY_PASSPHRASE,
+    which release.py, run by publish and resign, reads from the same environment."""
+    from pilot.update.signing import PASSPHRASE_ENV, load_private_key
+
+    return load_private_key(data, os.environ.get(PASSPHRASE_ENV, "").encode() or None)
+
+
 def private_key_from_env(name: str, out: Path) -> None:
     """A signing key held in an environment variable (a CI secret), checked and written 0600 into publish's
     own scratch directory for release.py; that directory is removed when publish ends, so no copy is left."""
-    from pilot.update.signing import load_private_key
-
     text = os.environ.get(name, "").strip()
     if not text:
         raise PipelineError(f"{name} is unset or empty (store the private key PEM in that secret)")
     data = (text.replace("\r\n", "\n") + "\n").encode()
     try:  # never echo the value
-        load_private_key(data)
+        open_private_key(data)
     except Exception as error:
         raise PipelineError(f"{name} does not hold an Ed25519 private key in PEM form "
                             f"({getattr(error, 'message', type(error).__name__)})") from None
@@ -161,10 +167,10 @@ def private_key_from_env(name: str, out: Path) -> None:
 
 
 def derive_public_key(private_path: Path, out: Path) -> str:
-    from pilot.update.signing import load_private_key, public_key_of, public_key_pem
+    from pilot.update.signing import public_key_of, public_key_pem
 
     try:
-        private = load_private_key(private_path.read_bytes())
+        private = open_private_key(private_path.read_bytes())
     except OSError as error:
         raise PipelineError(f"cannot read key {private_path}: {error.strerror}") from None
     except Exception as error:

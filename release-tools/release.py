@@ -701,8 +701,10 @@ def verify(args: argparse.Namespace) -> None:
     except OSError as error:
         raise ReleaseError(f"cannot read {error.filename}: {error.strerror}") from None
     keys = load_keys(args.trusted_key, load_public_key)
+    roots = tuple(load_keys(args.root_key, load_public_key))  # a client built with root keys trusts these too
+    root = KeySet(version=1, threshold=args.root_threshold, keys=roots) if roots else None
     try:
-        anchor = KeySet(version=1, threshold=args.threshold, keys=tuple(keys))
+        anchor = KeySet(version=1, threshold=args.threshold, keys=tuple(keys), root=root)
         manifest = verify_manifest(
             data, signatures, anchor=anchor, fetch_keyset=lambda n: read_keyset_files(args.root, n),
             product=PRODUCT, channel=args.channel, now=now()).manifest
@@ -891,6 +893,9 @@ def build_parser() -> argparse.ArgumentParser:
     tree_options(p, signing=False)
     p.add_argument("--trusted-key", type=Path, action="append", required=True)
     p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--root-key", type=Path, action="append", default=[], metavar="PUB",
+                   help="a root key the archives embed (build.py --root-key): key sets are checked under these")
+    p.add_argument("--root-threshold", type=int, default=1)
     p.add_argument("--min-days", type=float, default=0.0, metavar="DAYS",
                    help="fail when the manifest expires sooner than this (it warns within 7 days whatever this is)")
     p.set_defaults(run=verify)

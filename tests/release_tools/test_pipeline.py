@@ -301,9 +301,10 @@ def test_the_signing_key_and_the_git_token_reach_only_the_steps_that_use_them():
     assert shlex.split(step["run"])[2] == "publish" and "--private-key-env PILOT_RELEASE_SIGNING_KEY" in step["run"]
     assert "--private-key " not in step["run"]
     assert not any("--kind private" in step.get("run", "") for _, step in steps), "no step writes the signing key"
+    assert step["env"]["PILOT_KEY_PASSPHRASE"] == "${{ secrets.PILOT_KEY_PASSPHRASE }}"  # for an encrypted key
     # Other secrets: only the public key, in the build job's write-key step.
     others = {secret for _, step in steps for secret in re.findall(r"secrets\.(\w+)", json.dumps(step))}
-    assert others == {"PILOT_RELEASE_SIGNING_KEY", "PILOT_RELEASE_PUBLIC_KEY"}
+    assert others == {"PILOT_RELEASE_SIGNING_KEY", "PILOT_KEY_PASSPHRASE", "PILOT_RELEASE_PUBLIC_KEY"}
 
     # The job's token: no checkout keeps it; only publish's restore and save steps (git fetch and push) get it.
     for _, step in steps:
@@ -607,3 +608,19 @@ def test_a_pages_url_it_cannot_derive_is_one_line(repository, override):
     result = run_pipeline("pages-url", "--repository", repository, "--override", override)
     assert result.returncode != 0 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_encrypted_signing_key_in_ci_is_opened_with_the_passphrase_secret(tmp_path, release_key):
+    from pilot.update.signing import load_private_key, private_key_pem
+
+    encrypted = private_key_pem(load_private_key(release_key.private_path.read_bytes()), b"correct horse battery")
+    env = {**os.environ, "KEY": encrypted.decode()}
+    env.pop("PILOT_KEY_PASSPHRASE", None)
+    refused = run_pipeline("write-key", "--from-env", "KEY", "--kind", "private",
+                           "--out", str(tmp_path / "refused.key"), env=env)
+    assert refused.returncode != 0 and "passphrase" in refused.stderr and refused.stderr.count("\n") == 1
+    assert not (tmp_path / "refused.key").exists()
+    opened = run_pipeline("write-key", "--from-env", "KEY", "--kind", "private", "--out", str(tmp_path / "ci.key"),
+                          env={**env, "PILOT_KEY_PASSPHRASE": "correct horse battery"})
+    assert opened.returncode == 0, opened.stderr
+    assert release_key.public.keyid[:16] in opened.stdout

@@ -73,7 +73,8 @@ def test_the_signing_key_and_the_git_token_reach_only_the_steps_that_use_them():
     signing = [step for _, step in steps if "secrets." in json.dumps(step)]
     assert len(signing) == 1 and jobs["resign"]["environment"] == "resign"
     (step,) = signing
-    assert step["env"] == {"PILOT_RELEASE_SIGNING_KEY": "${{ secrets.PILOT_RELEASE_SIGNING_KEY }}"}
+    assert step["env"] == {"PILOT_RELEASE_SIGNING_KEY": "${{ secrets.PILOT_RELEASE_SIGNING_KEY }}",
+                           "PILOT_KEY_PASSPHRASE": "${{ secrets.PILOT_KEY_PASSPHRASE }}"}  # for an encrypted key
     assert shlex.split(step["run"])[2] == "resign" and "--private-key-env PILOT_RELEASE_SIGNING_KEY" in step["run"]
     for _, step in steps:
         if action_name(step) == "actions/checkout":
