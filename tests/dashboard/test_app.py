@@ -158,6 +158,26 @@ async def test_notice_u_progress_and_reexec(updatable):
 
 
 @pytest.mark.slow
+async def test_below_the_channels_minimum_it_says_so_and_upgrades_unasked(updatable, release_site):
+    from tests.conftest import run_release_tool
+
+    result = run_release_tool("min-supported", "--root", str(release_site.root), "--channel", "stable", "--key",
+                              str(release_site.key), "2.0.0")
+    assert result.returncode == 0, result.stderr
+    app = RecordingApp(updatable)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        check_now(updatable)
+        await wait_until(pilot, lambda: app.return_value is not None or "below" in screen_text(app), timeout=60)
+        assert app.return_value is not None or "2.0.0" in screen_text(app)
+        await wait_until(pilot, lambda: app.return_value is not None, timeout=120)  # nobody pressed u
+    reexec = app.return_value
+    assert isinstance(reexec, Reexec)
+    assert reexec.prepared.candidate.read_bytes() == updatable.v2.read_bytes()
+    reexec.prepared.discard()
+
+
+@pytest.mark.slow
 async def test_a_running_task_finishes_before_the_upgrade_and_counts_once(updatable, store, tmp_path):
     gate = tmp_path / "gate"  # the task ends only once the test has seen the upgrade wait for it
     script = (f"import json, os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
