@@ -21,6 +21,8 @@ The tree it writes can be served by any static server, object store or GitHub Re
 
     SITE/<channel>/manifest.json        the signed bytes
     SITE/<channel>/manifest.json.sig    {"signatures": [{"keyid", "sig"}]}: Ed25519 over those exact bytes
+    SITE/<channel>/manifests/<serial>.json(.sig)  the same bytes and signatures under names that never change,
+                                        the last SNAPSHOTS_KEPT signings: what a client verifies manifest.json with
     SITE/releases/<version>/pilot-<version>-<python tag>-<platform tag>.pyz
     SITE/keys/<n>.json(.sig)            key set n (n >= 2): the release keys that sign manifests, signed by
                                         the root threshold (archives built with --root-key) or by set
@@ -57,6 +59,7 @@ DEFAULT_LIFETIME = "30d"
 EXPIRY_WARNING = timedelta(days=7)  # verify warns when a manifest expires sooner than this
 HALTED_FILE = "halted.json"
 LONGEST_LIFETIME = timedelta(days=3650)  # beyond this, expiry no longer defends against a frozen mirror
+SNAPSHOTS_KEPT = 10  # immutable manifests kept per channel (SITE/<channel>/manifests/<serial>.json and .sig)
 
 
 class ReleaseError(Exception):
@@ -212,6 +215,8 @@ def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Pat
     from pilot.update.verify import parse_signatures, verify_threshold
 
     document["keyset_version"] = current_keyset_version(root)
+    # An immutable name is never written twice: past a signing that died before its manifest.json, go on above it.
+    document["serial"] = max(document["serial"], max(snapshot_serials(root, channel), default=0) + 1)
     check_against_schema(document)
     data = encode_manifest(document)
     signatures = encode_signatures([sign(key, data) for key in load_signing_keys(key_paths)])
@@ -219,12 +224,44 @@ def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Pat
         keyset = read_keyset(root, document["keyset_version"])
         verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "the new manifest")
     path = manifest_path(root, channel)
-    # Signatures first: a client reading between the two writes sees old bytes under new
-    # signatures, fails verification and keeps what it has; it never installs anything unsigned.
+    # First the immutable copy (manifests/<serial>.json and .sig, the signatures a current client fetches for the
+    # serial it reads in manifest.json), then the mutable pair, signatures first, for installs from before: one
+    # reading between the two writes sees old bytes under new signatures, refuses them and keeps what it has.
+    snapshot = snapshot_file(root, channel, document["serial"])
+    write_atomically(snapshot.with_name(snapshot.name + ".sig"), signatures)
+    write_atomically(snapshot, data)
     write_atomically(path.with_name(path.name + ".sig"), signatures)
     write_atomically(path, data)
+    prune_snapshots(root, channel)  # only now: the manifest.json that names the newest is in place
     warn_about_size(data, channel)
     return SignedFile(data, signatures)
+
+
+def snapshot_file(root: Path, channel: str, serial: int) -> Path:
+    """SITE/<channel>/manifests/<serial>.json: the manifest of that serial, never rewritten (its .sig beside it)."""
+    from pilot.update.manifest import snapshot_path
+
+    return root / channel / snapshot_path(serial)
+
+
+def snapshot_serials(root: Path, channel: str) -> list[int]:
+    """The serials whose immutable copy (or its signatures) lies in SITE/<channel>/manifests/."""
+    from pilot.update.manifest import SNAPSHOTS
+
+    names = (p.name.removesuffix(".sig") for p in (root / channel / SNAPSHOTS).glob("*.json*"))
+    return sorted({int(name[:-5]) for name in names if name.endswith(".json") and name[:-5].isdigit()})
+
+
+def prune_snapshots(root: Path, channel: str, keep: int = SNAPSHOTS_KEPT) -> None:
+    """Delete all but the `keep` newest immutable copies: a cache's manifest.json up to that many signings old
+    still finds its signatures (docs/SCALE.md: its max-age must be shorter than that many signings apart)."""
+    for serial in snapshot_serials(root, channel)[:-keep]:
+        snapshot = snapshot_file(root, channel, serial)
+        for path in (snapshot, snapshot.with_name(snapshot.name + ".sig")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                raise ReleaseError(f"cannot remove {path}: {error.strerror}") from None
 
 
 def new_document(previous: dict | None, channel: str, expires_in: timedelta) -> dict:

@@ -219,6 +219,32 @@ def parse_version(text: str, what: str = "version") -> Version:
         raise ManifestError(f"{what}: {quote_untrusted(text)} is not a PEP 440 version") from None
 
 
+SERIAL_LIMIT = 9007199254740991  # manifest.schema.json's largest counter
+# Every signing also writes <channel>/manifests/<serial>.json and .sig (release.py sign_and_write): the same bytes
+# and signatures under a name that never changes, so that no cache can pair a manifest with another's signatures.
+SNAPSHOTS = "manifests"
+
+
+def snapshot_path(serial: int) -> str:
+    """Where the immutable copy of the manifest of this serial lies, relative to the channel's manifest.json."""
+    return f"{SNAPSHOTS}/{int(serial)}.json"
+
+
+def peek_serial(data: bytes) -> int | None:
+    """The serial unverified bytes claim, to choose which immutable signature file to fetch beside them:
+    strict JSON (load_json) whose top level is an object with an integer serial in the schema's range.
+    None for anything else; such bytes then meet the normal verification, which names what is wrong.
+    Nothing is trusted on its strength: the signatures it leads to must still verify these exact bytes."""
+    if len(data) > MANIFEST_CAP:
+        return None
+    try:
+        document = load_json(data, "manifest")
+    except ManifestError:
+        return None
+    serial = document.get("serial") if isinstance(document, dict) else None
+    return serial if type(serial) is int and 1 <= serial <= SERIAL_LIMIT else None
+
+
 def parse_manifest(data: bytes) -> Manifest:
     """Validate against manifest.schema.json, then the rules a schema cannot say."""
     document = load_json(data, "manifest")

@@ -20,7 +20,7 @@ import os
 import signal
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,15 @@ from pilot.buildinfo import BuildInfo, current_build, install_method
 from pilot.config import Config, load_config, parse_duration, release_auth
 from pilot.errors import (
     ConfigError,
+    DownloadError,
     InstallError,
+    ManifestError,
     PilotError,
     StateError,
     UpdateCancelled,
     UpdateError,
     UsageError,
+    VerificationError,
 )
 from pilot.launcher import (
     BOOT_PROTOCOL,
@@ -65,7 +68,9 @@ from pilot.update.manifest import (
     check_artifact_url,
     choose_update,
     parse_version,
+    peek_serial,
     release_root,
+    snapshot_path,
 )
 from pilot.update.restart import exec_archive
 from pilot.update.verify import KeySet, check_digest, keyset_path, verify_manifest
@@ -126,6 +131,11 @@ class Settings:
                    fetch_deadline=seconds(DEADLINE_ENV, DEFAULT_DEADLINE),
                    first_check_delay=seconds(FIRST_CHECK_ENV, None),
                    unpack_during_download=choice(EARLY_UNPACK_ENV, early.MODES), delta=choice(DELTA_ENV, DELTA_MODES))
+
+
+def snapshot_url(manifest_url: str, serial: int) -> str:
+    """The immutable copy of the manifest of `serial` beside manifest.json: <channel>/manifests/<serial>.json."""
+    return urllib.parse.urljoin(manifest_url, snapshot_path(serial))
 
 
 def check_manifest_url(url: str) -> None:
@@ -198,6 +208,7 @@ class CachedManifest:
     etag: str | None
     data: bytes
     signatures: bytes
+    serial: int = 0  # of the verified manifest these bytes are
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -246,21 +257,74 @@ class Updater:
         return result
 
     def fetch_verified_manifest(self) -> Manifest:
+        """The channel's manifest, verified (pilot.update.verify.verify_manifest) with signatures no cache can
+        have paired with other bytes: those of the immutable <channel>/manifests/<serial>.json.sig, the serial
+        peeked from the bytes fetched (and vouched for by nothing but those signatures).
+
+        A site or mirror without that file (404, or any failure without Retry-After) falls back to the mutable
+        manifest.json.sig, as before. A cache or mirror mixing old and new files costs no error while this
+        updater holds a verified manifest (the ETag cache): bytes claiming an older serial than it are never
+        accepted, and bytes that fail against the mutable signatures are a mix, not news; either way it keeps
+        the manifest it holds, verified again, its ETag unchanged so that the next check fetches afresh. The
+        high-water marks are only ever raised, so nothing here can accept an older manifest."""
         url, cached = self.settings.manifest_url, self._cached
         response = self.fetcher.fetch(url, max_bytes=MANIFEST_CAP, etag=cached.etag if cached else None)
         if response.status == 304 and cached is not None:
-            data, signatures = cached.data, cached.signatures  # verified again below like fresh bytes
-        else:
-            data = response.data
-            signatures = self.fetcher.fetch(url + ".sig", max_bytes=SIGNATURES_CAP).data
-        known = state.load()
-        verified = verify_manifest(
+            verified = self._verify(cached.data, cached.signatures)  # verified again like fresh bytes
+            self._accept(verified, replace(cached, etag=response.etag or cached.etag))
+            return verified.manifest
+        data, serial = response.data, peek_serial(response.data)
+        if cached is not None and serial is not None and serial < cached.serial:
+            kept = self._kept(cached)  # an older manifest.json than the one held: a lagging cache, or a replay
+            if kept is not None:
+                return kept
+        signatures, immutable = self._fetch_signatures(url, serial)
+        try:
+            verified = self._verify(data, signatures)
+        except (ManifestError, VerificationError):
+            # Against the immutable file a failure is the bytes' own; against the mutable one it may be a mix.
+            kept = None if immutable or cached is None or serial is None else self._kept(cached)
+            if kept is None:
+                raise
+            return kept
+        self._accept(verified, CachedManifest(response.etag or (cached.etag if cached else None), data, signatures,
+                                              verified.manifest.serial))
+        return verified.manifest
+
+    def _fetch_signatures(self, url: str, serial: int | None) -> tuple[bytes, bool]:
+        """(the signatures, whether they came from the immutable file of `serial`)."""
+        if serial is not None:
+            try:
+                return self.fetcher.fetch(snapshot_url(url, serial) + ".sig", max_bytes=SIGNATURES_CAP).data, True
+            except DownloadError as error:
+                if error.retry_after is not None:  # the server asks for a pause: no second request now
+                    raise
+        return self.fetcher.fetch(url + ".sig", max_bytes=SIGNATURES_CAP).data, False
+
+    def _verify(self, data: bytes, signatures: bytes):
+        known = self._high_water()
+        return verify_manifest(
             data, signatures, anchor=KeySet.embedded(self.build), fetch_keyset=self._fetch_keyset, product=PRODUCT,
             channel=self.settings.channel, now=self.now(), highest_serial=known.highest_serial,
             accepted_keyset=known.highest_keyset_version)
-        state.remember_manifest(verified.manifest.serial, verified.keyset.version)
-        self._cached = CachedManifest(response.etag or (cached.etag if cached else None), data, signatures)
-        return verified.manifest
+
+    def _kept(self, cached: CachedManifest) -> Manifest | None:
+        """The manifest this updater holds, if it still verifies (signatures, expiry, high-water marks)."""
+        try:
+            return self._verify(cached.data, cached.signatures).manifest
+        except PilotError:
+            return None
+
+    def _accept(self, verified, cached: CachedManifest) -> None:
+        self._remember(verified.manifest.serial, verified.keyset.version)
+        self._cached = cached
+
+    def _high_water(self) -> state.UpdateState:
+        """The serial and key set high-water marks this install keeps (pilot.update.state)."""
+        return state.load()
+
+    def _remember(self, serial: int, keyset_version: int) -> None:
+        state.remember_manifest(serial, keyset_version)
 
     def _fetch_keyset(self, version: int) -> tuple[bytes, bytes]:
         """keys/<version>.json and its .sig, from the release root beside the channel directory."""

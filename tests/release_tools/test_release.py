@@ -213,7 +213,8 @@ def test_publish_writes_a_signed_manifest_and_the_artifact_and_verify_passes(sit
     meta = json.loads(zipfile.ZipFile(v100).read("pilot-build.json"))
     relpath = f"releases/1.0.0/{v100.name}"
     assert sorted(tree(site)) == ["install.sh", relpath, relpath + ".index", relpath + ".pieces",
-                                  "stable/manifest.json", "stable/manifest.json.sig"]
+                                  "stable/manifest.json", "stable/manifest.json.sig",
+                                  "stable/manifests/1.json", "stable/manifests/1.json.sig"]
     assert (site / relpath).read_bytes() == v100.read_bytes()
     index = (site / (relpath + ".index")).read_bytes()
 
@@ -857,3 +858,56 @@ def test_revoke_rewrites_the_release_keys_in_install_sh(site, roots, release_key
     expected = installer.render(site="https://example.test/pilot", channel="stable", threshold=2, pythons=["cp311"],
                                 keys=[(k.public.keyid, k.public.raw) for k in (other_key, roots[1])])
     assert text.encode() == expected
+
+
+# --- consistent snapshots: the immutable copy of every signing ----------------------------------------------
+
+
+def resign(site: Path, release_key) -> None:
+    ok(tool("resign", "--root", site, "--channel", "stable", "--key", release_key.private_path))
+
+
+def snapshots(site: Path) -> list[str]:
+    return sorted((p.name for p in (site / "stable" / "manifests").iterdir()), key=lambda n: (int(n.split(".")[0]), n))
+
+
+def test_every_signing_writes_an_immutable_copy_first_and_the_last_ten_are_kept(one_release, release_key):
+    site = one_release
+    signed = {1: (manifest_bytes(site), (site / "stable" / "manifest.json.sig").read_bytes())}
+    for serial in range(2, 13):  # eleven more signings (one of them a yank): serials 1 and 2 are pruned
+        if serial == 7:
+            ok(tool("yank", "--root", site, "--channel", "stable", "--key", release_key.private_path, "--reason",
+                    "broken", "1.0.0"))
+        else:
+            resign(site, release_key)
+        signed[serial] = manifest_bytes(site), (site / "stable" / "manifest.json.sig").read_bytes()
+        assert published(site)["serial"] == serial
+    assert snapshots(site) == [f"{n}.json{sig}" for n in range(3, 13) for sig in ("", ".sig")]
+    anchor = KeySet(1, 1, (release_key.public,))
+    for serial in range(3, 13):  # each copy is exactly what manifest.json and its .sig were after that signing
+        data = (site / "stable" / "manifests" / f"{serial}.json").read_bytes()
+        signatures = (site / "stable" / "manifests" / f"{serial}.json.sig").read_bytes()
+        assert (data, signatures) == signed[serial]
+        assert verify_manifest(data, signatures, anchor=anchor, fetch_keyset=pytest.fail, product="pilot",
+                               channel="stable", now=datetime.now(UTC)).manifest.serial == serial
+    ok(verify(site, release_key.public_path))
+
+
+def test_a_signing_that_died_before_manifest_json_never_has_its_serial_written_again(one_release, release_key):
+    """Its copy may be in a cache already: the next signing goes on above it and leaves its files as they are."""
+    site = one_release
+    dead = site / "stable" / "manifests" / "2.json"
+    dead.write_bytes(b"the bytes of a signing that died\n")
+    dead.with_name("2.json.sig").write_bytes(b"its signatures\n")
+    resign(site, release_key)
+    assert published(site)["serial"] == 3
+    assert dead.read_bytes() == b"the bytes of a signing that died\n"
+    assert (site / "stable" / "manifests" / "3.json").read_bytes() == manifest_bytes(site)
+    assert snapshots(site) == ["1.json", "1.json.sig", "2.json", "2.json.sig", "3.json", "3.json.sig"]
+
+
+def test_a_refused_signing_writes_no_copy(one_release, release_key):
+    before = tree(one_release)
+    refusal(tool("yank", "--root", one_release, "--channel", "stable", "--key", release_key.private_path,
+                 "--reason", "x", "9.9.9"))
+    assert tree(one_release) == before

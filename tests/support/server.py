@@ -66,3 +66,30 @@ def throttle(server: StaticServer, bytes_per_second: int, suffix: str = ".pyz") 
         return True
 
     server.override = override
+
+
+def serve_chosen(server: StaticServer, choose: Callable[[str], bytes | None]) -> None:
+    """Answer every request from `choose(path)` instead of the directory: the bytes of the version of that file
+    to serve now, or None for a 404. What a cache or mirror holding any mix of a site's files does: each answer
+    has a strong ETag (the bytes' sha256), and a matching If-None-Match is answered 304."""
+    import hashlib
+
+    def override(handler: SimpleHTTPRequestHandler) -> bool:
+        data = choose(handler.path)
+        if data is None:
+            handler.send_error(404)
+            return True
+        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        if handler.headers.get("If-None-Match") == etag:
+            handler.send_response(304)
+            handler.send_header("ETag", etag)
+            handler.end_headers()
+            return True
+        handler.send_response(200)
+        handler.send_header("ETag", etag)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        return True
+
+    server.override = override
