@@ -224,6 +224,8 @@ def check_git_credentials(env: dict, scratch: Path) -> None:
 def evaluate(text: str, context: dict) -> str:
     def lookup(match: re.Match) -> str:
         value = context
+        if match[1].startswith("secrets.") and match[1].split(".", 1)[1] not in context["secrets"]:
+            return ""  # as on GitHub: a secret that is not set is the empty string
         for part in match[1].split("."):
             assert isinstance(value, dict) and part in value, f"unknown expression ${{{{ {match[1]} }}}}"
             value = value[part]
