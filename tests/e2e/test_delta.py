@@ -79,8 +79,10 @@ def body_bytes(served: list[Served], *, skip: tuple[str, ...] = ()) -> int:
 
 
 def signed_part(served: list[Served]) -> int:
-    """What the update's check fetched: the manifest, its signatures and any key set (not the download)."""
-    return sum(s.body_bytes for s in served if s.path in SIGNED_FILES or s.path.startswith("/keys/"))
+    """What the update's check fetched: the manifest, its signatures (the immutable copy a client verifies it with,
+    or the mutable one) and any key set (not the download)."""
+    return sum(s.body_bytes for s in served if s.path in SIGNED_FILES or s.path.startswith(("/keys/",
+                                                                                             "/stable/manifests/")))
 
 
 def ranged(served: list[Served]) -> list[Served]:

@@ -126,8 +126,16 @@ def tamper_artifact(site, version):
 def sign_with_intruder(site, other_key):
     from pilot.update.signing import encode_signatures, sign
 
-    signature = encode_signatures([sign(other_key.private, site.manifest.read_bytes())])
-    (site.manifest.parent / "manifest.json.sig").write_bytes(signature)
+    data = site.manifest.read_bytes()
+    signature = encode_signatures([sign(other_key.private, data)])
+    for path in signature_files(site.manifest):  # every file that signs these bytes: the intruder controls the site
+        path.write_bytes(signature)
+
+
+def signature_files(manifest) -> list:
+    """manifest.json.sig and the immutable copy a client verifies manifest.json with (manifests/<serial>.json.sig)."""
+    serial = json.loads(manifest.read_bytes())["serial"]
+    return [manifest.parent / "manifest.json.sig", manifest.parent / "manifests" / f"{serial}.json.sig"]
 
 
 def truncate_downloads(site):
@@ -205,8 +213,8 @@ def test_no_artifact_for_this_platform(v1, v2, release_site, install_factory, re
         artifact["platform_tag"] = "linux_riscv64"
     data = (json.dumps(document, indent=2) + "\n").encode()
     release_site.manifest.write_bytes(data)
-    (release_site.manifest.parent / "manifest.json.sig").write_bytes(
-        encode_signatures([sign(release_key.private, data)]))
+    for path in signature_files(release_site.manifest):
+        path.write_bytes(encode_signatures([sign(release_key.private, data)]))
     pilot = install_factory(v1)
     result = pilot.run("self-update", "--yes")
     assert result.returncode == 3
