@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,13 +194,36 @@ def build(args: argparse.Namespace) -> None:
                "--threshold", str(args.threshold)]
     for key in args.public_key:
         command += ["--trusted-key", str(key)]
-    result = run_tool(command, "build.py", capture=True)
+    with tempfile.TemporaryDirectory(prefix="pilot-roots-") as scratch:
+        roots = root_keys_from_env(args.root_keys_env, Path(scratch)) if args.root_keys_env else []
+        if roots:
+            command += [arg for root in roots for arg in ("--root-key", str(root))]
+            command += ["--root-threshold", str(args.root_threshold)]
+        elif args.root_keys_env:
+            print(f"pipeline: {args.root_keys_env} is empty: the archive is built without root keys, so its release "
+                  "keys also sign key sets (a stolen one could rotate the keys)", file=sys.stderr)
+        result = run_tool(command, "build.py", capture=True)
     lines = result.stdout.strip().splitlines()
     archive = Path(lines[-1]) if lines else None
     if archive is None or not archive.is_file() or archive.parent.resolve() != args.out.resolve():
         raise PipelineError(f"build.py did not report an archive in {args.out}")
     smoke_test(archive, args.version)
     print(archive)
+
+
+PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def root_keys_from_env(name: str, scratch: Path) -> list[Path]:
+    """The root public keys (PEM blocks, one after another) in an environment variable (a repository variable:
+    public keys are no secret), each written to a file for build.py --root-key."""
+    blocks = PEM_BLOCK.findall(os.environ.get(name, ""))
+    paths = []
+    for index, block in enumerate(blocks):
+        path = scratch / f"root-{index}.pub"
+        write_file(path, (block.replace("\r\n", "\n") + "\n").encode())
+        paths.append(path)
+    return paths
 
 
 def smoke_test(archive: Path, version: str) -> None:
@@ -507,6 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", type=Path, action="append", required=True,
                    help="the release public key to embed; repeat for several")
     p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("--root-keys-env", metavar="VAR",
+                   help="an environment variable holding the root public keys (PEM blocks) to embed")
+    p.add_argument("--root-threshold", type=lambda text: int(text) if text.strip() else 1, default=1,
+                   help="root signatures a key set needs (default 1; empty: 1)")
     p.set_defaults(run=build)
 
     def tree_options(p: argparse.ArgumentParser) -> None:

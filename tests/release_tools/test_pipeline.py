@@ -30,7 +30,7 @@ import yaml
 from pilot.launcher import PUBLISHED_PLATFORMS, PUBLISHED_PYTHONS, platform_tag
 from pilot.update.manifest import parse_manifest
 from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_threshold
-from tests.support.archives import REPO
+from tests.support.archives import REPO, build_metadata
 from tests.support.pythons import interpreters, need
 from tests.support.server import StaticServer
 
@@ -82,10 +82,11 @@ class WorkflowRunner:
     """Runs jobs of release.yml on this machine, one fresh workspace per job, like a runner does."""
 
     def __init__(self, workflow: dict, root: Path, *, secrets: dict[str, str], origin: Path,
-                 pages: StaticServer) -> None:
+                 pages: StaticServer, variables: dict[str, str] | None = None) -> None:
         self.workflow = workflow
         self.root = root
         self.secrets = secrets
+        self.variables = variables or {}
         self.origin = origin
         self.pages = pages
         self.artifact_store = root / "artifact-store"
@@ -105,7 +106,7 @@ class WorkflowRunner:
         git("remote", "add", "origin", self.origin.as_uri(), cwd=workspace)
         # The loopback server stands in for Pages: the repository variable for a custom domain names it.
         context = {"github": {"ref": ref, "token": LOCAL_TOKEN, "server_url": SERVER_URL, "repository": "pilot/pilot"},
-                   "vars": {"PILOT_RELEASE_BASE_URL": self.pages.url}, "secrets": self.secrets,
+                   "vars": {"PILOT_RELEASE_BASE_URL": self.pages.url, **self.variables}, "secrets": self.secrets,
                    "matrix": matrix or {}, "runner": {"temp": str(runner_temp)}, "steps": {}}
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
         base_env.update(CI="true", GITHUB_REF=ref, GITHUB_WORKSPACE=str(workspace), RUNNER_TEMP=str(runner_temp))
@@ -224,8 +225,9 @@ def check_git_credentials(env: dict, scratch: Path) -> None:
 def evaluate(text: str, context: dict) -> str:
     def lookup(match: re.Match) -> str:
         value = context
-        if match[1].startswith("secrets.") and match[1].split(".", 1)[1] not in context["secrets"]:
-            return ""  # as on GitHub: a secret that is not set is the empty string
+        kind, _, name = match[1].partition(".")
+        if kind in ("secrets", "vars") and name not in context[kind]:
+            return ""  # as on GitHub: a secret or variable that is not set is the empty string
         for part in match[1].split("."):
             assert isinstance(value, dict) and part in value, f"unknown expression ${{{{ {match[1]} }}}}"
             value = value[part]
@@ -319,7 +321,8 @@ def test_the_signing_key_and_the_git_token_reach_only_the_steps_that_use_them():
 # --- end to end -------------------------------------------------------------------------------
 
 
-def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tmp_path, release_key, archives):
+def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tmp_path, release_key, other_key,
+                                                                              archives):
     workflow = load_workflow()
     origin = tmp_path / "origin.git"
     git("init", "--bare", "--quiet", str(origin))
@@ -329,7 +332,10 @@ def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tm
                "PILOT_RELEASE_SIGNING_KEY": release_key.private_path.read_text()}
 
     with StaticServer(served) as pages:
-        runner = WorkflowRunner(workflow, tmp_path / "runs", secrets=secrets, origin=origin, pages=pages)
+        # The offline root key, as a repository variable (public keys are no secret): the build embeds it.
+        runner = WorkflowRunner(workflow, tmp_path / "runs", secrets=secrets, origin=origin, pages=pages,
+                                variables={"PILOT_ROOT_PUBLIC_KEYS": other_key.public_path.read_text(),
+                                           "PILOT_ROOT_THRESHOLD": "1"})
         matrix = local_matrix(workflow)
 
         # v1.0.0, the first release: no gh-pages branch yet. Its build job ran elsewhere: the
@@ -374,6 +380,9 @@ def test_a_tag_builds_signs_publishes_and_serves_a_release_clients_can_verify(tm
         archive = downloads / artifact.url.rsplit("/", 1)[1]
         assert archive.name.startswith("pilot-1.2.3-")
         assert archive.name.endswith(f"{RUNNER_PLATFORMS[matrix['os']]}.pyz")
+        built = build_metadata(archive)  # the release keys sign manifests; only the root key signs key sets
+        assert [k["keyid"] for k in built["trusted_keys"]] == [release_key.public.keyid]
+        assert ([k["keyid"] for k in built["root_keys"]], built["root_threshold"]) == ([other_key.public.keyid], 1)
         result = subprocess.run([sys.executable, str(archive), "--version"], capture_output=True, text=True,
                                 timeout=120)
         assert (result.returncode, result.stdout.strip()) == (0, "pilot 1.2.3"), result.stderr
