@@ -995,7 +995,7 @@ def extract(archive, build_id, directory, verify=False):
             with open_payload(outer, stream) as zf:
                 members = [info for info in zf.infolist() if not info.is_dir() and unpacked_here(info.filename)]
                 if extraction_complete(directory, build_id) and not (verify and damaged(directory, members)):
-                    return add_interpreter(zf, members, directory, build_id)
+                    return add_interpreter(zf, members, directory)
                 shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
                 unpack(zf, members, staging)
         place_extraction(staging, directory, build_id)
@@ -1004,7 +1004,7 @@ def extract(archive, build_id, directory, verify=False):
         os.close(lock)  # closing releases the lock
 
 
-def add_interpreter(zf, members, directory, build_id):
+def add_interpreter(zf, members, directory):
     """Under extraction_lock, make a complete copy ready for this interpreter too: its native files unpacked and
     Pilot's bytecode compiled beside the other interpreters' (the names differ), the marker rewritten last.
     False when it is ready already. Processes running from the copy meanwhile see only files appear."""
@@ -1024,6 +1024,7 @@ def compile_for_interpreter(directory):
     archive carries none for it (no .pyc serves two minor versions; a build ships Pilot's for each interpreter
     it had at hand). Unchecked hashes, as a build writes them: no source check at import. The dependencies
     compile as they are first imported."""
+    import importlib.util
     import py_compile
 
     mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
@@ -1031,8 +1032,6 @@ def compile_for_interpreter(directory):
     for root, directories, files in os.walk(os.path.join(directory, "site-packages", "pilot")):
         directories[:] = sorted(d for d in directories if d != "__pycache__")
         sources += [os.path.join(root, name) for name in sorted(files) if name.endswith(".py")]
-    import importlib.util
-
     for source in sources:
         # The archive may carry this interpreter's bytecode of Pilot (built where that interpreter was at hand);
         # an archive built by a test may lack an entry module.
