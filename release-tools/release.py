@@ -291,14 +291,6 @@ def read_artifact_metadata(path: Path) -> dict:
         raise ReleaseError(error.one_line()) from None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def artifact_relpath(version: str, platform_tag: str) -> str:
     from pilot.launcher import artifact_name
 
@@ -322,6 +314,7 @@ def publish(args: argparse.Namespace) -> None:
 
     from pilot.launcher import build_pythons
     from pilot.update.delta import COALESCE_GAP, INDEX_SUFFIX
+    from pilot.update.install import sha256_of
     from pilot.update.manifest import parse_version
 
     metas = [(path, read_artifact_metadata(path)) for path in args.artifacts]
@@ -772,6 +765,8 @@ def check_expiry(expires_at: datetime, channel: str, min_days: float) -> None:
 
 
 def check_artifact(root: Path, version: str, artifact) -> None:
+    from pilot.update.install import sha256_of
+
     relpath = artifact_relpath(version, artifact.platform_tag)
     if not artifact.url.endswith("/" + relpath):
         raise ReleaseError(f"{version}: artifact URL {artifact.url} does not point at {relpath}")

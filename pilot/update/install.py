@@ -127,6 +127,15 @@ def receive(chunks: Iterator[bytes], target: Path, artifact: Artifact, progress:
     check_digest(received, digest.hexdigest(), size=artifact.size, sha256=artifact.sha256, what="the download")
 
 
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read a MiB at a time: the release tools' and `pilot install`'s check of a whole file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_metadata(archive: Path) -> dict:
     """The archive's pilot-build.json, read with zipfile (never by running the archive)."""
     try:

@@ -25,7 +25,7 @@ from pilot.launcher import (
     remember_interpreter,
     update_dir,
 )
-from pilot.update.install import Paths, ensure_writable, fsync_file, read_metadata, swap_in, temp_file
+from pilot.update.install import Paths, ensure_writable, fsync_file, read_metadata, sha256_of, swap_in, temp_file
 
 INSTALL_NAME = "pilot"
 READ_BYTES = 1 << 20
@@ -63,9 +63,10 @@ def install_copy(build: BuildInfo, directory: Path | str | None = None) -> Place
     ensure_writable(target_dir)
     paths = Paths.for_archive(target_dir / INSTALL_NAME)
     with holding_the_update_lock():
-        replaced = installed_version(paths.install)
-        changed = not _same_file(build.archive, paths.install) and \
-            (replaced is None or read_metadata(paths.install).get("build_id") != build.build_id)
+        there = installed_metadata(paths.install)
+        replaced = str(there.get("version")) if there is not None else None
+        changed = not _same_file(build.archive, paths.install) and (there is None or
+                                                                    there.get("build_id") != build.build_id)
         if changed:
             with temp_file(paths.install.parent) as candidate:
                 copy_checked(build, candidate)
@@ -75,12 +76,12 @@ def install_copy(build: BuildInfo, directory: Path | str | None = None) -> Place
                   on_path(target_dir), _found_first(paths.install))
 
 
-def installed_version(path: Path) -> str | None:
-    """The version of the Pilot archive at path; None when nothing is there; InstallError for another file."""
+def installed_metadata(path: Path) -> dict | None:
+    """The build metadata of the Pilot archive at path; None when nothing is there; InstallError for another file."""
     if not os.path.lexists(path):
         return None
     try:
-        return str(read_metadata(path).get("version"))
+        return read_metadata(path)
     except VerificationError:
         raise InstallError(f"{path} exists and is not a Pilot archive",
                            hint="move it away, or choose another --dir") from None
@@ -97,20 +98,12 @@ def copy_checked(build: BuildInfo, target: Path) -> None:
     except OSError as error:
         raise InstallError(f"cannot copy {build.archive} to {target.parent}: {error.strerror}") from None
     fsync_file(target)
-    if _sha256(target) != digest.hexdigest():
+    if sha256_of(target) != digest.hexdigest():
         raise VerificationError(f"the copy in {target.parent} does not read back as written (a failing disk?)")
     if read_metadata(target).get("build_id") != build.build_id:
         raise VerificationError(f"{build.archive} changed while it was copied (an update replaced it?): run "
                                 "the command again")
     os.chmod(target, 0o755)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(READ_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _same_file(a: Path, b: Path) -> bool:
