@@ -357,13 +357,15 @@ def rollback_untold():
     return state.get("notice_pending") is True and (state.get("last") or {}).get("state") == "rolled_back"
 
 
-def standing_of(running_version):
+def standing_of(running_version, state=None):
     """What the last verified update check said of running_version (below the channel's minimum, yanked or
     halted): update/state.json's "standing" (pilot.update.state.remember_standing); None otherwise. One stat
-    on a home that never updated."""
-    if running_version is None or not os.path.exists(state_path()):
-        return None
-    entry = (read_json(state_path()) or {}).get("standing")
+    on a home that never updated; none when the caller has read the state already."""
+    if state is None:
+        if running_version is None or not os.path.exists(state_path()):
+            return None
+        state = read_json(state_path()) or {}
+    entry = state.get("standing")
     if not isinstance(entry, dict) or entry.get("version") != running_version:
         return None
     line = entry.get("line")
@@ -831,7 +833,7 @@ def status_report(running_version=None):
         "user_rollbacks": list(state.get("user_rollbacks") or []),
         "rollback_pid": None if trial else last.get("rollback_pid"),
         "download": source.get("download"),
-        "standing": standing_of(running_version),
+        "standing": standing_of(running_version, state),
     }
 
 
