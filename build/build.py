@@ -5,10 +5,12 @@
 
 Prints the archive's path (dist/pilot-1.2.3-linux_x86_64.pyz) as the last line of stdout.
 One archive serves CPython 3.11, 3.12 and 3.13 (pilot.launcher.PUBLISHED_PYTHONS): the
-pure-Python code and cryptography's abi3 library once, the extension modules of cffi and
-PyYAML once per minor version (their file names say which), all as sources: each interpreter
-unpacks only its own native files and compiles Pilot's bytecode when it unpacks the archive
-(pilot.launcher.compile_for_interpreter); the dependencies compile as they are first imported.
+pure-Python code as sources and cryptography's abi3 library once, the extension modules of
+cffi and PyYAML once per minor version, and Pilot's own bytecode for each interpreter the
+build finds (the file names say whose: pilot.launcher.interpreter_of). Each interpreter
+unpacks only the shared files and its own, and compiles what the archive lacks for it when it
+unpacks it (pilot.launcher.compile_for_interpreter); the dependencies compile as they are
+first imported.
 
 Two builds of the same commit with the same inputs are byte-identical: dependencies come
 from the hash-pinned build/requirements.lock, every zip member carries the zip epoch
@@ -187,14 +189,14 @@ def drop_what_no_start_reads(site_packages: Path) -> None:
             path.unlink()
 
 
-# Run by each interpreter on Pilot's own modules: the same bytecode the launcher's compile_for_interpreter
-# would write when it unpacks the archive (unchecked hash, named relative to the unpacked copy).
+# Run by each interpreter: the launcher's own compile_for_interpreter, so the bytecode shipped is exactly what
+# an interpreter would write when it unpacks the archive.
 COMPILE = """
-import py_compile, sys
-root, sources = sys.argv[1], sys.argv[2:]
-for source in sources:
-    py_compile.compile(root + "/" + source, dfile=source, doraise=True,
-                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("pilot_launcher_for_build", sys.argv[1])
+launcher = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(launcher)
+launcher.compile_for_interpreter(sys.argv[2])
 """
 
 
@@ -223,20 +225,19 @@ def compile_pilot(site_packages: Path, pythons: tuple[str, ...]) -> None:
     """Pilot's bytecode for each interpreter found (interpreters_for), beside its sources: the first start and
     an update's pre-flight then need not compile it (~0.2 s). Each interpreter unpacks only its own .pyc files
     (the cache tag in their names says whose: pilot.launcher.interpreter_of)."""
-    root = site_packages.parent
-    sources = sorted(p.relative_to(root).as_posix() for p in (site_packages / "pilot").rglob("*.py"))
     found = interpreters_for(pythons)
     for tag in pythons:
         if tag not in found:
             print(f"build: no python{_dotted(tag)} here: CPython {_dotted(tag)} compiles Pilot when it first unpacks "
                   "the archive", file=sys.stderr)
             continue
-        subprocess.run([found[tag], "-c", COMPILE, str(root), *sources], check=True, timeout=600)
+        subprocess.run([found[tag], "-c", COMPILE, str(site_packages / "pilot" / "launcher.py"),
+                        str(site_packages.parent)], check=True, timeout=600)
 
 
 def check_sources_compile(site_packages: Path) -> None:
-    """Pilot's own modules must compile. The archive carries sources only, since no .pyc serves two minor
-    versions: each interpreter compiles Pilot when it unpacks the archive, the dependencies as it imports them."""
+    """Pilot's own modules must compile, under the building interpreter at least (compile_pilot compiles them for
+    the others it finds; an interpreter it lacked compiles them when it unpacks the archive)."""
     for source in sorted((site_packages / "pilot").rglob("*.py")):
         try:
             compile(source.read_bytes(), str(source.relative_to(site_packages)), "exec", dont_inherit=True)
