@@ -16,14 +16,19 @@ INSTALLER = "install.sh"  # at the site's root: curl -fsSL SITE/install.sh | sh
 ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")  # DER SubjectPublicKeyInfo of a raw Ed25519 key
 
 
+def key_lines(keys: list[tuple[str, bytes]]) -> str:
+    """install.sh's KEYS: a line per key, its keyid and the key as base64 DER (what openssl -pubin reads)."""
+    return "\n".join(f"{keyid} {base64.b64encode(ED25519_SPKI_PREFIX + raw).decode()}" for keyid, raw in keys)
+
+
 def render(*, site: str, channel: str, keys: list[tuple[str, bytes]], threshold: int, pythons: list[str]) -> bytes:
-    """The script for site (its root URL, no trailing slash); keys: (keyid, raw 32-byte public key)."""
+    """The script for site (its root URL, no trailing slash); keys: (keyid, raw 32-byte public key).
+    ValueError for a value that cannot go into it (a quote in the site's URL)."""
     from pilot.launcher import python_span
 
     versions = [f"{tag[2]}.{tag[3:]}" for tag in sorted(pythons, key=lambda tag: int(tag[3:]), reverse=True)]
-    lines = [f"{keyid} {base64.b64encode(ED25519_SPKI_PREFIX + raw).decode()}" for keyid, raw in keys]
     values = {"SITE": site, "CHANNEL": channel, "VERSIONS": " ".join(versions), "THRESHOLD": str(threshold),
-              "SPAN": python_span(sorted(pythons, key=lambda tag: int(tag[3:]))), "KEYS": "\n".join(lines)}
+              "SPAN": python_span(sorted(pythons, key=lambda tag: int(tag[3:]))), "KEYS": key_lines(keys)}
     for name, value in values.items():
         if "'" in value:
             raise ValueError(f"{name} {value!r}: a quote cannot go into install.sh")

@@ -13,7 +13,6 @@ PILOT_KEY_PASSPHRASE or, in a terminal, a prompt; never from the command line.
 
 from __future__ import annotations
 
-import base64
 import getpass
 import json
 import os
@@ -158,10 +157,10 @@ def removed_keys(previous: KeySet | None, successor: KeySet) -> list[str]:
 
 def installer_with_keys(script: bytes, keyset: KeySet) -> bytes:
     """An install.sh already written (by publish) with its release keys and threshold replaced by this set's."""
-    from installer import ED25519_SPKI_PREFIX
+    from installer import key_lines
 
     text = script.decode()
-    lines = "\n".join(f"{k.keyid} {base64.b64encode(ED25519_SPKI_PREFIX + k.raw).decode()}" for k in keyset.keys)
+    lines = key_lines([(k.keyid, k.raw) for k in keyset.keys])
     text, thresholds = re.subn(r"^THRESHOLD=\d+", f"THRESHOLD={keyset.threshold}", text, count=1, flags=re.M)
     text, keys = re.subn(r"^KEYS='[^']*'", lambda _: f"KEYS='{lines}'", text, count=1, flags=re.M)
     if thresholds != 1 or keys != 1:

@@ -310,6 +310,7 @@ def delta_index_files(artifact: Path, relpath: str) -> list[tuple[str, bytes]]:
 
 
 def publish(args: argparse.Namespace) -> None:
+    import installer
     from packaging.version import Version
 
     from pilot.launcher import build_pythons
@@ -356,21 +357,24 @@ def publish(args: argparse.Namespace) -> None:
     document["releases"] = [release, *document["releases"]]
     check_against_schema(document)  # before any file of the tree changes
     load_signing_keys(args.key)  # so is a key that cannot sign
+    script = installer_for(args.root, base_url, args.channel, metas)  # and an install.sh that cannot be written
     for path, meta in metas:
         relpath = artifact_relpath(version, meta["platform_tag"])
         write_atomically(args.root / relpath, path.read_bytes())
         for name, data in indexes[relpath]:  # beside it, before the manifest that signs them
             write_atomically(args.root / name, data)
     sign_and_write(args.root, args.channel, document, args.key)
-    write_installer(args.root, base_url, args.channel, metas)
+    if script is not None:
+        write_atomically(args.root / installer.INSTALLER, script, mode=0o644)
     staged = f", rolled out to {args.rollout}%" if args.rollout != 100 else ""
     print(f"published {version} to {args.channel} (serial {document['serial']}, {len(metas)} artifact(s){staged}, "
           f"expires {document['expires_at']})")
     print(manifest_path(args.root, args.channel))
 
 
-def write_installer(root: Path, base_url: str, channel: str, metas: list[tuple[Path, dict]]) -> None:
-    """install.sh at the site's root, trusting what a fresh client would: the key set that signs the manifest."""
+def installer_for(root: Path, base_url: str, channel: str, metas: list[tuple[Path, dict]]) -> bytes | None:
+    """install.sh for the site's root, trusting what a fresh client would: the key set that signs the manifest.
+    None (and a line saying so) for archives that trust no key."""
     import installer
 
     from pilot.launcher import build_pythons
@@ -385,10 +389,12 @@ def write_installer(root: Path, base_url: str, channel: str, metas: list[tuple[P
         keys, threshold = [(key.keyid, key.raw) for key in keyset.keys], keyset.threshold
     if not keys:  # such archives cannot verify an update either: nothing to install from here
         print("install.sh not written: the archives trust no signing key (built without --trusted-key)")
-        return
+        return None
     pythons = sorted({tag for _, meta in metas for tag in build_pythons(meta)}, key=lambda tag: int(tag[3:]))
-    script = installer.render(site=base_url, channel=channel, keys=keys, threshold=threshold, pythons=pythons)
-    write_atomically(root / installer.INSTALLER, script, mode=0o644)
+    try:
+        return installer.render(site=base_url, channel=channel, keys=keys, threshold=threshold, pythons=pythons)
+    except ValueError as error:
+        raise ReleaseError(f"--base-url {base_url}: {error}") from None
 
 
 def next_document(args: argparse.Namespace) -> dict:

@@ -911,3 +911,11 @@ def test_a_refused_signing_writes_no_copy(one_release, release_key):
     refusal(tool("yank", "--root", one_release, "--channel", "stable", "--key", release_key.private_path,
                  "--reason", "x", "9.9.9"))
     assert tree(one_release) == before
+
+
+@pytest.mark.slow
+def test_a_site_address_install_sh_cannot_hold_is_refused_before_anything_is_published(site, v100, release_key):
+    line = refusal(tool("publish", "--root", site, "--channel", "stable", "--base-url", "https://example.org/it's",
+                        "--key", release_key.private_path, v100))
+    assert "a quote cannot go into install.sh" in line
+    assert tree(site) == {}  # no archive, no manifest, no installer
