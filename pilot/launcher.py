@@ -697,8 +697,7 @@ def guard_boot(build, start_app, archive=None, may_claim=True):
     may_claim is False for a start that will not run the application (`--version`, the wrong
     interpreter, the recovery commands): it must not become the new version's trial."""
     if not os.path.exists(trial_path()):
-        unblock_inherited_signals()
-        return start_app()
+        return start_plainly(start_app)
     trial = read_json(trial_path())
     at_install = archive is not None and trial is not None and \
         os.path.realpath(archive) == trial.get("install_path")
@@ -708,22 +707,36 @@ def guard_boot(build, start_app, archive=None, may_claim=True):
         claimed = claim_trial(trial, sys.argv[1:])
         if claimed is not None:
             return run_trial(claimed, start_app)  # which unblocks the signals once its handlers are in place
-    unblock_inherited_signals()
     if decision == "rollback":
+        unblock_inherited_signals(handled=False)  # as before the exec: a stop now ends the rollback's process
         reason = "%s did not finish starting (its process ended or hung before confirming)" % trial["to_version"]
         roll_back(trial, reason, sys.argv[1:])
     elif decision == "void":
         void_trial(trial)
-    return start_app()
+    return start_plainly(start_app)
 
 
-def unblock_inherited_signals():
-    """An updater may exec us with the stop signals blocked (so none is lost in the exec): take them back.
+def start_plainly(start_app):
+    """A start that is no trial. A stop that waited across an updater's exec, or comes before the
+    application handles stops itself, ends it with one line and 128 + N: never by the signal, never a traceback."""
+    try:
+        unblock_inherited_signals()
+        return start_app()
+    except KeyboardInterrupt as error:  # the application's own handling (pilot.cli.run) was not in place yet
+        say("pilot: interrupted while it started")
+        return exit_status_for(error)
 
-    A trial boot does it once its handlers are in place; every other start at once, whatever it runs."""
+
+def unblock_inherited_signals(handled=True):
+    """An updater may exec us with the stop signals blocked (so none is lost in the exec): take them back,
+    `handled` by handle_stop_signals first, so that a stop which waited is an Interrupted, not a death.
+
+    A trial boot does it once its own handlers are in place; every other start at once, whatever it runs."""
     if os.environ.pop(SIGNALS_BLOCKED_ENV, None):
         import signal
 
+        if handled:
+            handle_stop_signals()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals())
 
 

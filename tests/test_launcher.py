@@ -718,6 +718,8 @@ from pilot import launcher
 
 signal.pthread_sigmask(signal.SIG_BLOCK, launcher.stop_signals())  # as an updater's exec leaves them
 os.environ[launcher.SIGNALS_BLOCKED_ENV] = "1"
+if "pending" in sys.argv[2:]:
+    os.kill(os.getpid(), signal.SIGTERM)  # a stop that came during the exec
 if sys.argv[1] == "trial":
     launcher.write_json(launcher.trial_path(), {"to_build_id": "new-build", "to_version": "2.0.0", "pid": os.getpid(),
                         "started_at": 1.0, "deadline": 9e9, "booted": False, "from_version": "1.0.0",
@@ -739,6 +741,21 @@ def test_signals_an_updater_kept_blocked_across_its_exec_are_unblocked_whatever_
     result = run_python(BLOCKED_DRIVER, start)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_a_stop_that_waited_across_the_exec_ends_a_plain_start_in_one_line_not_by_the_signal():
+    result = run_python(BLOCKED_DRIVER, "plain", "pending")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr == "pilot: interrupted while it started\n"
+    assert result.stdout == ""  # the application never ran
+
+
+def test_a_stop_that_waited_across_the_exec_hands_a_trial_back():
+    result = run_python(BLOCKED_DRIVER, "trial", "pending")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr == "pilot: 2.0.0 was interrupted while it started; it starts again with your next command\n"
+    trial = read_json(trial_path())
+    assert (trial["pid"], trial["booted"]) == (None, False)
 
 
 # --- one archive, several interpreters --------------------------------------------------------

@@ -23,13 +23,16 @@ log = logging.getLogger("pilot")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pilot.daemon.headless import install_stop_handlers, note_stop_signals
     from pilot.daemon.runtime import BannerText, Runtime
 
+    noted = note_stop_signals()  # first: `pilot status` names this daemon once it holds the lock
     home = Path(pilot_home())
     check_home(home)  # an unusable PILOT_HOME is one line (exit 4) before the log is opened in it
     configure_logging(home, to_stderr=not args.dashboard)  # the dashboard owns the terminal: the file only
     hold_daemon_lock(home, current_version())
     runtime = Runtime.open()
+    install_stop_handlers(runtime, noted)
     mode = "dashboard" if args.dashboard else "headless"
     log.info("pilot %s daemon started (pid %d, %s, session %d)", runtime.version, os.getpid(), mode,
              runtime.session.id)
@@ -44,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         except PilotError as error:
             log.error("upgrade failed: %s", error.one_line())
             runtime = Runtime.open()
+            install_stop_handlers(runtime)  # the restart had its own in place
             text = f"Upgrade failed, still running v{runtime.version}: {error.one_line()}"
             runtime.banner = BannerText("error", text)
 

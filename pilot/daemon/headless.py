@@ -23,19 +23,32 @@ log = logging.getLogger("pilot")
 POLL_SECONDS = 0.5
 
 
-def install_stop_handlers(runtime: Runtime) -> None:
+def note_stop_signals() -> list[int]:
+    """Until the runtime exists, a stop signal is only noted here; install_stop_handlers hands it over.
+
+    So a daemon stopped while it starts, or while it restarts into a new version, stops as a running one
+    does: its main loop comes up (a trial boot is confirmed), then it drains and ends its session."""
+    noted: list[int] = []
+    for signum in stop_signals():
+        signal.signal(signum, lambda received, _frame: noted.append(received))
+    return noted
+
+
+def install_stop_handlers(runtime: Runtime, noted: list[int] | None = None) -> None:
     """SIGINT, SIGTERM and SIGHUP ask the runtime to stop: the first drains, the next cancels at once.
 
     The handler only notes the signal; the loops take it within their poll interval. They stay
-    installed after the loop, for the drain; `Runtime.reexec` puts its own in place."""
+    installed after the loop, for the drain; `Runtime.reexec` puts its own in place. `noted`: the
+    signals note_stop_signals received before the runtime was there."""
     for signum in stop_signals():
         signal.signal(signum, lambda received, _frame: runtime.signal_received(received))
+    for signum in noted or ():
+        runtime.signal_received(signum)
 
 
 def run_headless(runtime: Runtime) -> Reexec | None:
     """Run tasks until a stop is asked for (None) or an idle upgrade is ready to exec (a Reexec)."""
-    runtime.main_loop_up()  # first: a trial boot is confirmed before anything can stop it
-    install_stop_handlers(runtime)
+    runtime.main_loop_up()  # first: a trial boot is confirmed before a stop (noted meanwhile) is taken
     runtime.start_checker()
     while not runtime.stopping.wait(POLL_SECONDS):
         runtime.take_signals()

@@ -107,6 +107,10 @@ class PilotApp(App[Reexec | None]):
     def boot_is_up(self) -> None:
         """The first frame is drawn: commit a trial boot and show how the last update ended."""
         self.runtime.main_loop_up()  # also reads the install path: a stale daemon is shown from the start
+        self.runtime.take_signals()  # a stop that came while the dashboard started: it leaves now, as on_mount's would
+        if self.runtime.stopping.is_set():
+            self.exit(None)
+            return
         self.show_banner()
         self.show_notice()
 

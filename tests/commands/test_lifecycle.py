@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 
 import pytest
 
 from pilot.buildinfo import SOURCE_VERSION
-from tests.commands.conftest import add_task, pid_gone, pilot, sleeper, task, wait_until
+from tests.commands.conftest import REPO, add_task, pid_gone, pilot, sleeper, task, wait_until
 
 LINUX = sys.platform.startswith("linux")
 
@@ -32,6 +34,37 @@ def test_sigterm_lets_the_running_task_finish_starts_nothing_new_and_exits_zero(
            "(a second stop signal or `pilot stop --cancel-running` cancels it)" in log
     assert f"daemon stopped (pid {pilotd.pid}, SIGTERM): 1 task drained, 0 cancelled; exit status 0" in log
     assert "daemon stopped" in pilotd.output()  # headless: the same lines on stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_while_the_daemon_starts_is_a_clean_stop(signum, configure, isolated_home, tmp_path):
+    """A stop the instant `pilot status` can name the daemon (it holds its lock; its runtime is not up yet,
+    as right after it restarts into a new version): it comes up, stops as a running daemon does, ends its
+    session and exits 0. Not death by the signal, not a traceback."""
+    from pilot.state.store import open_store
+
+    configure()
+    lock, stderr_path = isolated_home / "daemon.lock", tmp_path / "stderr"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "pilot", "start"], cwd=REPO, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            deadline = time.monotonic() + 30
+            while not (lock.exists() and lock.read_text().startswith(f"{process.pid} ")):
+                assert process.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
+                time.sleep(0.001)
+            process.send_signal(signum)
+            assert process.wait(timeout=30) == 0, stderr_path.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = stderr_path.read_text()
+    assert "Traceback" not in output
+    assert f"daemon stopped (pid {process.pid}, {signal.Signals(signum).name}): 0 tasks drained" in output
+    with open_store(isolated_home, app_version=SOURCE_VERSION) as store:
+        assert store.session(1).ended_at is not None
 
 
 def test_a_task_longer_than_the_drain_timeout_is_cancelled_and_the_exit_status_says_so(configure, daemon):

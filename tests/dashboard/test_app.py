@@ -431,6 +431,22 @@ async def test_a_stop_signal_quits_at_once_while_tasks_run(runtime, store):
     runtime.shutdown()
 
 
+async def test_a_stop_noted_while_the_dashboard_started_ends_it_once_its_start_is_confirmed(runtime, monkeypatch):
+    """`pilot start --dashboard` stopped while it starts, or while it restarts into a new version: the
+    signal was noted before the dashboard took SIGTERM; it leaves after committing the start, unasked."""
+    committed = []
+    monkeypatch.setattr(runtime, "main_loop_up", lambda: committed.append(True))
+    runtime.signal_received(signal.SIGTERM)
+    app = PilotApp(runtime)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: not app.is_running, timeout=10)
+    assert committed == [True]
+    assert app.return_value is None and not app.quit_armed
+    assert runtime.stopping.is_set() and runtime.stop_signal == signal.SIGTERM
+    assert not runtime.cancel_now.is_set()  # one stop: a drain, not the cancel a second one asks for
+    runtime.shutdown()
+
+
 # -- TASKS and METRICS -----------------------------------------------------------------------
 
 
