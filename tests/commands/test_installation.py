@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 def pilot(archive: Path, *args: str) -> subprocess.CompletedProcess:
+    # The user's shell decides which profile the PATH hint names; CI may have no SHELL at all.
     return subprocess.run([sys.executable, str(archive), *args], capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL, env=os.environ.copy())
+                          stdin=subprocess.DEVNULL, env={**os.environ, "SHELL": "/bin/bash"})
 
 
 def unpacked(archive: Path) -> Path:
