@@ -27,6 +27,7 @@ from textual.widgets import Footer
 from textual.worker import get_current_worker
 
 from pilot.daemon.runtime import BannerText, Reexec, Runtime
+from pilot.dashboard.driver import DashboardDriver
 from pilot.dashboard.widgets import Banner, Logo, Metrics, TaskTable, UpdateNotice, UpgradeProgress
 from pilot.errors import PilotError
 from pilot.launcher import stop_signals
@@ -75,7 +76,7 @@ class PilotApp(App[Reexec | None]):
     ]
 
     def __init__(self, runtime: Runtime) -> None:
-        super().__init__()
+        super().__init__(driver_class=DashboardDriver)  # tests run headless: Textual's own driver then
         self.runtime = runtime
         self.upgrading = False
         self.quit_armed = False

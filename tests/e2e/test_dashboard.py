@@ -38,8 +38,8 @@ def terminal():
     tmux.close()
 
 
-def test_hot_upgrade_in_a_real_terminal_keeps_pid_tokens_and_history(v1, v2, release_site, install_factory,
-                                                                      terminal):
+def start_dashboard(v1, release_site, install_factory, terminal):
+    """v1.0.0 installed and its dashboard up in the terminal, checking for updates every second."""
     release_site.publish(v1)
     pilot = install_factory(v1)
     pilot.home.mkdir(parents=True, exist_ok=True)
@@ -47,9 +47,14 @@ def test_hot_upgrade_in_a_real_terminal_keeps_pid_tokens_and_history(v1, v2, rel
     env = {**pilot.env, "PILOT_HOME": str(pilot.home), "SHIV_ROOT": os.environ["SHIV_ROOT"],
            "HOME": os.environ["HOME"], "PYENV_ROOT": os.environ["PYENV_ROOT"], "PILOT_FIRST_CHECK_DELAY": "0.2"}
     pilot.env = env
-
     terminal.start([sys.executable, str(pilot.path), "start", "--dashboard"], env)
     terminal.wait_for("v1.0.0", "METRICS", "TASKS")
+    return pilot
+
+
+def test_hot_upgrade_in_a_real_terminal_keeps_pid_tokens_and_history(v1, v2, release_site, install_factory,
+                                                                      terminal):
+    pilot = start_dashboard(v1, release_site, install_factory, terminal)
     pid = terminal.pane_pid()
     assert f"pid {pid}" in terminal.screen()
 
@@ -82,6 +87,39 @@ def test_hot_upgrade_in_a_real_terminal_keeps_pid_tokens_and_history(v1, v2, rel
     while not terminal.pane_dead() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert terminal.pane_dead()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+@pytest.mark.parametrize("upgraded", [False, True], ids=["as started", "after a hot upgrade"])
+def test_closing_the_terminal_stops_the_dashboard(upgraded, v1, v2, release_site, install_factory, terminal):
+    """The terminal goes away (its window closed, ssh dropped): the kernel sends SIGHUP and SIGCONT, and the
+    daemon must end, its session closed, whether it is the process that started or the version it exec'd
+    into. A stray SIGCONT before (`kill -CONT`) starts no second screen: no second writer or input thread."""
+    from tests.daemon.test_process import gone
+
+    pilot = start_dashboard(v1, release_site, install_factory, terminal)
+    pid = terminal.pane_pid()
+    if upgraded:
+        release_site.publish(v2)
+        terminal.wait_for("Update available: v2.0.0 (press 'u' to upgrade)", timeout=30)
+        terminal.send("u")
+        terminal.wait_for("v2.0.0", "Upgraded from v1.0.0", timeout=120)
+    time.sleep(1)  # the start's passing threads have come and gone
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    for _ in range(3):
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.3)
+    assert pilot.run("task", "add", "after", "--", *stream_json_task(500, 5, 0.001)).returncode == 0
+    terminal.wait_for("$0.0010")  # the screen still follows the numbers
+    assert len(os.listdir(f"/proc/{pid}/task")) == threads
+
+    terminal.close()
+    log = pilot.home / "logs" / "pilot.log"
+    assert gone(pid, timeout=20), log.read_text()
+    version = "2.0.0" if upgraded else "1.0.0"
+    assert f"pilot {version} daemon stopped (pid {pid}, SIGHUP): 0 tasks drained, 0 cancelled; exit status 0" \
+        in log.read_text()
+    assert "Traceback" not in log.read_text()
 
 
 def start_headless(pilot) -> subprocess.Popen:
