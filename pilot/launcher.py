@@ -722,8 +722,10 @@ def start_plainly(start_app):
     try:
         unblock_inherited_signals()
         return start_app()
-    except KeyboardInterrupt as error:  # the application's own handling (pilot.cli.run) was not in place yet
-        say("pilot: interrupted while it started")
+    except KeyboardInterrupt as error:  # outside the application's own handling (pilot.cli.run): the same line
+        import signal
+
+        say("pilot: interrupted (%s)" % signal.Signals(exit_status_for(error) - 128).name)
         return exit_status_for(error)
 
 

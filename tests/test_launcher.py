@@ -746,7 +746,7 @@ def test_signals_an_updater_kept_blocked_across_its_exec_are_unblocked_whatever_
 def test_a_stop_that_waited_across_the_exec_ends_a_plain_start_in_one_line_not_by_the_signal():
     result = run_python(BLOCKED_DRIVER, "plain", "pending")
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
-    assert result.stderr == "pilot: interrupted while it started\n"
+    assert result.stderr == "pilot: interrupted (SIGTERM)\n"  # as pilot.cli says it
     assert result.stdout == ""  # the application never ran
 
 
