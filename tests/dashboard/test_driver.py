@@ -61,7 +61,13 @@ def recording_driver(monkeypatch) -> tuple[DashboardDriver, list[str]]:
 
 async def test_a_sigcont_without_a_suspend_changes_nothing(monkeypatch, handlers_restored):
     """The kernel sends SIGCONT with SIGHUP when the terminal hangs up; `kill -CONT` does it by hand."""
+    import signal
+
     driver, steps = recording_driver(monkeypatch)
+    # The handlers Textual installs are the methods overridden here (a Textual that renamed them fails this).
+    assert signal.getsignal(signal.SIGCONT) == driver._sigcont_application
+    assert signal.getsignal(signal.SIGTSTP) == driver._sigtstp_application
+    assert isinstance(driver._file, TerminalOutput)  # what its WriterThread is given
     driver._sigcont_application()
     driver._sigcont_application()
     assert steps == []
