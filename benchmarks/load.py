@@ -46,11 +46,11 @@ sys.path.insert(0, str(HERE.parent))
 from fleet import machine, publish_release, publish_tree, release_tool  # noqa: E402
 
 from pilot.buildinfo import BuildInfo, TrustedKey  # noqa: E402
-from pilot.update import state  # noqa: E402
 from pilot.update.fetch import HttpFetcher  # noqa: E402
 from pilot.update.manifest import MANIFEST_CAP  # noqa: E402
 from pilot.update.updater import Settings, Updater  # noqa: E402
 from pilot.update.verify import KeySet, load_public_key, verify_manifest  # noqa: E402
+from tests.support.marks import MemoryMarks  # noqa: E402
 from tests.support.nginx import Nginx  # noqa: E402
 
 SIGNATURES_CAP = 64 << 10
@@ -174,15 +174,7 @@ class FleetUpdater(Updater):
                           source_commit=None, manifest_url=None)
         settings = Settings(manifest_url=url, channel="stable", boot_timeout=60.0, fetch_deadline=60.0,
                             first_check_delay=None)
-        super().__init__(build=build, settings=settings, fetcher=HttpFetcher(retries=0))
-        self.marks = state.UpdateState()
-
-    def _high_water(self) -> state.UpdateState:
-        return self.marks
-
-    def _remember(self, serial: int, keyset_version: int) -> None:
-        self.marks = state.UpdateState(highest_serial=max(serial, self.marks.highest_serial),
-                                       highest_keyset_version=max(keyset_version, self.marks.highest_keyset_version))
+        super().__init__(build=build, settings=settings, fetcher=HttpFetcher(retries=0), marks=MemoryMarks())
 
 
 @dataclass

@@ -214,17 +214,29 @@ class CachedManifest:
 # --- the engine -------------------------------------------------------------------------------
 
 
+class InstallMarks:
+    """The serial and key set high-water marks this install keeps in update/state.json: the Updater's own.
+    (A simulation of many installs in one process gives each updater marks of its own instead.)"""
+
+    def load(self) -> state.UpdateState:
+        return state.load()
+
+    def remember(self, serial: int, keyset_version: int) -> None:
+        state.remember_manifest(serial, keyset_version)
+
+
 class Updater:
     def __init__(self, *, build: BuildInfo, settings: Settings, fetcher: Fetcher,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  self_test: Callable[..., None] = install.preflight,
-                 execute: Callable[..., None] = exec_archive) -> None:
+                 execute: Callable[..., None] = exec_archive, marks: InstallMarks | None = None) -> None:
         self.build = build
         self.settings = settings
         self.fetcher = fetcher
         self.now = now
         self.self_test = self_test
         self.execute = execute
+        self.marks = InstallMarks() if marks is None else marks
         self.paths = install.Paths.for_archive(build.archive)
         self._cached: CachedManifest | None = None  # in memory only: a 304 reuses bytes that are verified again
 
@@ -302,7 +314,7 @@ class Updater:
         return self.fetcher.fetch(url + ".sig", max_bytes=SIGNATURES_CAP).data, False
 
     def _verify(self, data: bytes, signatures: bytes):
-        known = self._high_water()
+        known = self.marks.load()
         return verify_manifest(
             data, signatures, anchor=KeySet.embedded(self.build), fetch_keyset=self._fetch_keyset, product=PRODUCT,
             channel=self.settings.channel, now=self.now(), highest_serial=known.highest_serial,
@@ -316,15 +328,8 @@ class Updater:
             return None
 
     def _accept(self, verified, cached: CachedManifest) -> None:
-        self._remember(verified.manifest.serial, verified.keyset.version)
+        self.marks.remember(verified.manifest.serial, verified.keyset.version)
         self._cached = cached
-
-    def _high_water(self) -> state.UpdateState:
-        """The serial and key set high-water marks this install keeps (pilot.update.state)."""
-        return state.load()
-
-    def _remember(self, serial: int, keyset_version: int) -> None:
-        state.remember_manifest(serial, keyset_version)
 
     def _fetch_keyset(self, version: int) -> tuple[bytes, bytes]:
         """keys/<version>.json and its .sig, from the release root beside the channel directory."""

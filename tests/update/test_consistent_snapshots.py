@@ -30,6 +30,7 @@ from pilot.update.signing import encode_signatures, public_key_of, sign
 from pilot.update.updater import Settings, Updater, snapshot_url
 from pilot.update.verify import KeySet, verify_manifest
 from tests.support.keys import make_key
+from tests.support.marks import MemoryMarks
 from tests.support.server import StaticServer, serve_chosen
 
 BASE = "https://releases.example.org/pilot/"
@@ -131,20 +132,9 @@ class Install(Updater):
                           threshold=1, source_commit=None, manifest_url=None)
         settings = Settings(manifest_url=BASE + POINTER, channel="stable", boot_timeout=60.0, fetch_deadline=60.0,
                             first_check_delay=None)
-        super().__init__(build=build, settings=settings, fetcher=fetcher,
+        super().__init__(build=build, settings=settings, fetcher=fetcher, marks=None if shared_state else MemoryMarks(),
                          **({"now": now} if now is not None else {}))
-        self.shared_state = shared_state
-        self.marks = state.UpdateState()
         self.seen: list[int] = []
-
-    def _high_water(self):
-        return state.load() if self.shared_state else self.marks
-
-    def _remember(self, serial: int, keyset_version: int) -> None:
-        if self.shared_state:
-            return super()._remember(serial, keyset_version)
-        self.marks = state.UpdateState(highest_serial=max(serial, self.marks.highest_serial),
-                                       highest_keyset_version=max(keyset_version, self.marks.highest_keyset_version))
 
     def serial(self) -> int:
         serial = self.fetch_verified_manifest().serial
@@ -213,7 +203,7 @@ def test_a_publish_between_any_two_fetches_yields_the_old_or_the_new_manifest(ke
         step()
     assert got == (3 if before_first >= 4 else 2)  # the manifest.json it read decides, and nothing else
     assert origin.requests[0] == POINTER and LEGACY not in origin.requests  # the immutable file was always there
-    assert client.marks.highest_serial == got
+    assert client.marks.load().highest_serial == got
     assert client.serial() == 3  # the next check sees the new one
 
 
@@ -272,7 +262,7 @@ def test_past_ten_signings_the_copy_is_pruned_and_an_install_keeps_what_it_holds
     origin.before = {1: eleven_more(3)}
     assert holding.serial() == 1  # kept: manifest.json (2) read, its copy pruned, manifest.json.sig (13) no fit
     assert origin.requests == [POINTER, snapshot_sig(2), LEGACY]
-    assert holding.marks.highest_serial == 1
+    assert holding.marks.load().highest_serial == 1
     origin.before = {}
     assert holding.serial() == 13
 
@@ -321,7 +311,7 @@ def test_any_mix_of_files_yields_a_verified_manifest_never_an_older_one(key, poi
         assert got == holding and files.requests == [POINTER]  # older bytes: not even their signatures fetched
     else:
         assert got == (pointer if consistent else holding)
-    assert client.marks.highest_serial == max(got, holding or 0)
+    assert client.marks.load().highest_serial == max(got, holding or 0)
     if snapshots == "all" and pointer >= (holding or 0):
         assert LEGACY not in files.requests
 
@@ -373,7 +363,7 @@ def test_bytes_that_fail_their_immutable_signatures_are_refused_even_by_an_insta
     with pytest.raises(VerificationError, match="0 valid signature"):
         client.serial()
     assert files.requests == [POINTER, snapshot_sig(3)]
-    assert client.marks.highest_serial == 2
+    assert client.marks.load().highest_serial == 2
 
 
 def test_unsigned_bytes_claiming_a_high_serial_are_refused_fresh_and_cost_a_holding_install_nothing(key):
@@ -391,7 +381,7 @@ def test_unsigned_bytes_claiming_a_high_serial_are_refused_fresh_and_cost_a_hold
     client = Install(key, fetcher=mix(signed, 2, 2, "all"))
     client.serial()
     client.fetcher.files[POINTER] = forged
-    assert client.serial() == 2 and client.marks.highest_serial == 2
+    assert client.serial() == 2 and client.marks.load().highest_serial == 2
 
 
 def test_a_held_manifest_is_kept_only_while_it_verifies(key):
