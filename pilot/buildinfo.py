@@ -39,18 +39,21 @@ class BuildInfo(namedtuple("BuildInfo", "version python_tag platform_tag build_i
 
     @classmethod
     def from_dict(cls, data: dict, archive) -> BuildInfo:
-        keys = tuple(TrustedKey(k["keyid"], bytes.fromhex(k["public"])) for k in data.get("trusted_keys", ()))
+        def keys(name: str) -> tuple[TrustedKey, ...]:
+            return tuple(TrustedKey(k["keyid"], bytes.fromhex(k["public"])) for k in data.get(name, ()))
+
+        pythons = build_pythons(data)
         return cls(
             version=data["version"],
-            python_tag=python_tag() if python_tag() in build_pythons(data) else build_pythons(data)[0],
+            python_tag=python_tag() if python_tag() in pythons else pythons[0],
             platform_tag=data["platform_tag"],
             build_id=data["build_id"],
             archive=archive,
-            trusted_keys=keys,
+            trusted_keys=keys("trusted_keys"),
             threshold=int(data.get("threshold", 1)),
             source_commit=data.get("source_commit"),
             manifest_url=data.get("manifest_url"),
-            root_keys=tuple(TrustedKey(k["keyid"], bytes.fromhex(k["public"])) for k in data.get("root_keys", ())),
+            root_keys=keys("root_keys"),
             root_threshold=int(data.get("root_threshold", 1)),
         )
 

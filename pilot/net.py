@@ -174,7 +174,7 @@ class ReleaseAuth:
     """The header that carries a private release host's token, bound to one scheme://host:port: the
     manifest URL's, under which the client accepts every file it fetches. The token is in no repr."""
 
-    __slots__ = ("_value", "endpoint", "header")
+    __slots__ = ("_token", "endpoint", "header")
 
     def __init__(self, manifest_url: str, token: str, header: str = AUTH_HEADER) -> None:
         problem = header_name_problem(header) or token_problem(token)
@@ -183,7 +183,12 @@ class ReleaseAuth:
         parts = urllib.parse.urlsplit(manifest_url)
         self.endpoint = _endpoint(parts.scheme, parts.hostname or "", parts.port)
         self.header = header
-        self._value = f"Bearer {token}" if header.lower() == AUTH_HEADER.lower() else token
+        self._token = token
+
+    @property
+    def _value(self) -> str:
+        """What the header says: "Bearer <token>" in Authorization, the bare token in a CDN's own header."""
+        return f"Bearer {self._token}" if self.header.lower() == AUTH_HEADER.lower() else self._token
 
     def headers_for(self, scheme: str, host: str, port: int | None) -> dict[str, str]:
         """{header: value} for a request to the release host itself, else {}: another port, host or scheme
@@ -194,8 +199,7 @@ class ReleaseAuth:
     def secrets(self) -> tuple[str, ...]:
         """What `redact` must remove wherever it might show up: the header's value and the bare token, also
         percent-encoded (a hostile release host may echo it into a redirect's URL)."""
-        token = self._value.removeprefix("Bearer ") if self.header.lower() == AUTH_HEADER.lower() else self._value
-        return tuple(dict.fromkeys((self._value, token, urllib.parse.quote(token, safe=""))))
+        return tuple(dict.fromkeys((self._value, self._token, urllib.parse.quote(self._token, safe=""))))
 
     def __repr__(self) -> str:
         scheme, host, port = self.endpoint

@@ -101,8 +101,8 @@ def update(updater, args: argparse.Namespace) -> int:
 
     def confirm(result) -> None:
         back = result.version < result.current  # off a yanked or halted release, to the newest good one below it
-        if result.standing_line():
-            print(f"pilot: {result.standing_line()}", file=sys.stderr)
+        if line := result.standing_line():
+            print(f"pilot: {line}", file=sys.stderr)
         ask(f"{'Move' if back else 'Update'} pilot {version} {'back ' if back else ''}to {result.version}?", args.yes,
             doing="updating")
         print(f"updating pilot {version} -> {result.version}", file=sys.stderr)

@@ -103,7 +103,6 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def daemon_line(info: dict) -> str:
     if not info["daemon_pid"]:
         return "not running (start it: pilot start)"

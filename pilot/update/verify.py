@@ -70,7 +70,7 @@ class KeySet:
         if not build.trusted_keys:
             raise VerificationError("this build has no trusted keys embedded, so it cannot verify updates")
         keys = tuple(PublicKey.from_raw(k.public) for k in build.trusted_keys)
-        root_keys = tuple(PublicKey.from_raw(k.public) for k in getattr(build, "root_keys", ()) or ())
+        root_keys = tuple(PublicKey.from_raw(k.public) for k in build.root_keys)
         root = cls(version=1, threshold=build.root_threshold, keys=root_keys) if root_keys else None
         return cls(version=1, threshold=build.threshold, keys=keys, root=root)
 
