@@ -111,10 +111,12 @@ def install_dependencies(site_packages: Path, pythons: tuple[str, ...]) -> None:
     extension modules of cffi and PyYAML are the same files, which the merge keeps once. A file that
     differs between versions and is not an extension module named for its version fails the build:
     the archive could not serve both."""
+    from pilot.launcher import dotted
+
     stage = site_packages.with_name("per-python")
     installs = {tag: subprocess.Popen(  # at once: mostly waiting on the index and on the disk
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes", "--only-binary=:all:",
-         "--no-compile", "--python-version", _dotted(tag), "--target", str(stage / tag), "-r", str(RUNTIME_LOCK)],
+         "--no-compile", "--python-version", dotted(tag), "--target", str(stage / tag), "-r", str(RUNTIME_LOCK)],
         env=toolenv.pip_environment()) for tag in pythons}
     failed = [tag for tag, install in installs.items() if install.wait() != 0]
     if failed:
@@ -147,10 +149,6 @@ def merge_installs(stage: Path, pythons: tuple[str, ...], site_packages: Path) -
             target = site_packages / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-
-
-def _dotted(tag: str) -> str:
-    return f"{tag[2]}.{tag[3:]}"  # cp311 -> 3.11
 
 
 def strip_machine_details(site_packages: Path) -> None:
@@ -203,9 +201,11 @@ launcher.compile_for_interpreter(sys.argv[2])
 def interpreters_for(tags: tuple[str, ...]) -> dict[str, str]:
     """tag -> an interpreter of that version (this one, or python3.X on PATH) that compiles Pilot's bytecode
     for the archive; an interpreter with none here compiles Pilot when it first unpacks the archive instead."""
+    from pilot.launcher import dotted
+
     found = {}
     for tag in tags:
-        for python in (sys.executable, shutil.which(f"python{_dotted(tag)}")):
+        for python in (sys.executable, shutil.which(f"python{dotted(tag)}")):
             if python and _runs_as(python, tag):
                 found[tag] = python
                 break
@@ -225,10 +225,12 @@ def compile_pilot(site_packages: Path, pythons: tuple[str, ...]) -> None:
     """Pilot's bytecode for each interpreter found (interpreters_for), beside its sources: the first start and
     an update's pre-flight then need not compile it (~0.2 s). Each interpreter unpacks only its own .pyc files
     (the cache tag in their names says whose: pilot.launcher.interpreter_of)."""
+    from pilot.launcher import dotted
+
     found = interpreters_for(pythons)
     for tag in pythons:
         if tag not in found:
-            print(f"build: no python{_dotted(tag)} here: CPython {_dotted(tag)} compiles Pilot when it first unpacks "
+            print(f"build: no python{dotted(tag)} here: CPython {dotted(tag)} compiles Pilot when it first unpacks "
                   "the archive", file=sys.stderr)
             continue
         subprocess.run([found[tag], "-c", COMPILE, str(site_packages / "pilot" / "launcher.py"),

@@ -939,7 +939,7 @@ def incompatibility(build):
     line = "pilot: this archive is for CPython %s on %s but this is %s" % (
         python_span(tags), build["platform_tag"], this)
     if build["platform_tag"] == platform_tag():
-        return line + ": run it with python%s" % _dotted(tags[-1])
+        return line + ": run it with python%s" % dotted(tags[-1])
     if platform_tag() in PUBLISHED_PLATFORMS:
         return line + ": download %s" % artifact_name(build["version"], platform_tag())
     return line + ": Pilot is published for CPython %s on %s" % (
@@ -948,11 +948,12 @@ def incompatibility(build):
 
 def python_span(tags):
     """cp311..cp313 -> `3.11 to 3.13`; a single one -> `3.11`."""
-    return _dotted(tags[0]) if len(tags) == 1 else "%s to %s" % (_dotted(tags[0]), _dotted(tags[-1]))
+    return dotted(tags[0]) if len(tags) == 1 else "%s to %s" % (dotted(tags[0]), dotted(tags[-1]))
 
 
-def _dotted(tag):
-    return tag[2] + "." + tag[3:]  # cp311 -> 3.11
+def dotted(tag):
+    """cp311 -> 3.11: the version a python tag names, as in `python3.11`."""
+    return tag[2] + "." + tag[3:]
 
 
 COMPLETE_FILE = ".pilot-complete"
@@ -1366,7 +1367,7 @@ def preamble(build):
     """The sh preamble for a build's metadata (build/build.py writes it in front of the zip)."""
     tags = build_pythons(build)
     return PREAMBLE % {"version": build["version"], "build_id": build["build_id"], "span": python_span(tags),
-                       "candidates": " ".join("python" + _dotted(tag) for tag in reversed(tags))}
+                       "candidates": " ".join("python" + dotted(tag) for tag in reversed(tags))}
 
 
 def interpreter_record():
