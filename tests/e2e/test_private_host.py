@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from tests.e2e.conftest import sha256
@@ -56,5 +59,19 @@ def test_self_update_from_a_private_host_sends_the_token_and_never_shows_it(v1, 
     assert given.returncode == 0 and "(set, hidden)" in given.stdout and TOKEN not in given.stdout
     for output in (result.stdout, result.stderr, shown.stdout, shown.stderr):
         assert TOKEN not in output
-    log = (pilot.home / "logs" / "pilot.log")
-    assert not log.exists() or TOKEN not in log.read_text()
+
+    # The daemon checks the private host with the token too, and its log never shows it.
+    log = pilot.home / "logs" / "pilot.log"
+    sent = release_site.server.authorizations.count(f"Bearer {TOKEN}")
+    daemon = pilot.popen("start", extra_env={**env, "PILOT_FIRST_CHECK_DELAY": "0.2"})
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and "update check: up to date (2.0.0)" in log.read_text()):
+            assert daemon.poll() is None and time.monotonic() < deadline, "the daemon's check never ended"
+            time.sleep(0.2)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, err
+    assert release_site.server.authorizations.count(f"Bearer {TOKEN}") > sent
+    assert TOKEN not in log.read_text() and TOKEN not in err
