@@ -121,13 +121,18 @@ def test_the_scheduled_run_re_signs_every_channel_and_serves_it(tmp_path, releas
 @pytest.mark.slow
 def test_resign_refuses_a_channel_its_key_did_not_sign_and_signs_none(tmp_path, release_key, other_key, v1):
     site = tmp_path / "site"
-    publish_expiring(site, v1, release_key.private_path, "stable", "https://example.test/pilot", days_left=5)
-    publish_expiring(site, v1, other_key.private_path, "beta", "https://example.test/pilot", days_left=5)
-    before = (site / "stable" / "manifest.json").read_bytes()
+    # Channels go in sorted order (beta, stable): the bad one is the last, so a loop that checked and signed
+    # each channel in turn would have re-signed beta before reaching stable.
+    publish_expiring(site, v1, release_key.private_path, "beta", "https://example.test/pilot", days_left=5)
+    publish_expiring(site, v1, other_key.private_path, "stable", "https://example.test/pilot", days_left=5)
+    before = {path: path.read_bytes() for path in site.glob("*/manifest.json*")}
     result = run_pipeline("resign", "--site", str(site), "--private-key", str(release_key.private_path))
     assert result.returncode == 1
-    assert "the restored beta manifest is not one these release keys signed" in result.stderr
-    assert (site / "stable" / "manifest.json").read_bytes() == before  # every channel is checked first
+    assert result.stderr.splitlines() == [
+        "pipeline: resign: the restored stable manifest is not one these release keys signed for pilot stable, "
+        "refusing to sign over it (manifest.json: 0 valid signature(s) from key set 1, 1 required (the file was "
+        "altered or signed by a key this build does not trust))"]
+    assert {path: path.read_bytes() for path in site.glob("*/manifest.json*")} == before  # every one checked first
 
 
 @pytest.mark.slow
