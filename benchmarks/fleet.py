@@ -54,13 +54,14 @@ from pilot.daemon.checker import (  # noqa: E402  (the repository's own code, no
     next_delay,
     random_first_delay,
 )
+from pilot.launcher import PUBLISHED_PLATFORMS, PUBLISHED_PYTHONS  # noqa: E402
 from pilot.update.fetch import HttpFetcher  # noqa: E402
 
 DAY = 86400
 HOUR = 3600
 RELEASE_TOOL = REPO / "release-tools" / "release.py"
-PLATFORMS = ("linux_x86_64", "macos_arm64", "macos_x86_64")
-PYTHONS = ("cp311", "cp312", "cp313")
+PLATFORMS = PUBLISHED_PLATFORMS  # a channel as the release publishes it: one archive per platform, each for every
+PYTHONS = PUBLISHED_PYTHONS  # interpreter (listed under each python tag)
 # Response sizes beyond the body, from nginx on loopback (benchmarks/load.py prints them: bytes_sent minus
 # body_bytes_sent of its log, with ETag, Last-Modified and keep-alive): a 304's headers, a 200's headers, and
 # a 503 page with its headers (an estimate: nginx's own 503 page is 197 bytes of HTML).

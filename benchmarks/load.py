@@ -4,7 +4,7 @@
     python benchmarks/load.py [--clients 200] [--checks 20] [--deadline 120] [--json]
 
 A release tree signed by `release-tools/release.py` (benchmarks/fleet.py's publish_tree: ten releases of
-three platforms) is served by Debian's nginx (tests/support/nginx.py) on 127.0.0.1. Each client is a thread
+four platforms) is served by Debian's nginx (tests/support/nginx.py) on 127.0.0.1. Each client is a thread
 with its own `HttpFetcher` (its own connection pool) that checks as the daemon's checker does: the manifest
 with If-None-Match once it has an ETag, the signature file only after a 200, and every 200 verified with
 `pilot.update.verify.verify_manifest` against the release key. Halfway, once every client has done half of
@@ -43,17 +43,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from fleet import machine, publish_release, publish_tree, release_tool  # noqa: E402
+from fleet import machine, percentile, publish_release, publish_tree, release_tool  # noqa: E402
 
 from pilot.buildinfo import BuildInfo, TrustedKey  # noqa: E402
 from pilot.update.fetch import HttpFetcher  # noqa: E402
 from pilot.update.manifest import MANIFEST_CAP  # noqa: E402
-from pilot.update.updater import Settings, Updater  # noqa: E402
+from pilot.update.updater import SIGNATURES_CAP, Settings, Updater  # noqa: E402
 from pilot.update.verify import KeySet, load_public_key, verify_manifest  # noqa: E402
 from tests.support.marks import MemoryMarks  # noqa: E402
 from tests.support.nginx import Nginx  # noqa: E402
-
-SIGNATURES_CAP = 64 << 10
 
 
 @dataclass
@@ -111,11 +109,6 @@ def run_clients(clients: list[Client], checks: int, between_halves) -> float:
     for thread in threads:
         thread.join()
     return time.perf_counter() - began
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def load_test(clients: int, checks: int, releases: int) -> dict:
