@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import sha256
+from tests.support.server import reply
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cr3t-release-token"
@@ -22,10 +23,7 @@ def require_token(server) -> None:
         server.authorizations.append(sent)
         if sent == f"Bearer {TOKEN}":
             return False  # served as usual
-        handler.send_response(401)
-        handler.send_header("WWW-Authenticate", "Bearer")
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
+        reply(handler, 401, headers={"WWW-Authenticate": "Bearer"})
         return True
 
     server.override = gate

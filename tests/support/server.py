@@ -5,8 +5,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+
+def reply(h: BaseHTTPRequestHandler, status: int = 200, body: bytes = b"", *, length: int | None = -1,
+          headers: dict[str, str] | None = None) -> None:
+    """Answer one request; length=-1 sends the true Content-Length, None sends none (body ends at close)."""
+    h.send_response(status)
+    for name, value in (headers or {}).items():
+        h.send_header(name, value)
+    if length is not None:
+        h.send_header("Content-Length", str(len(body) if length == -1 else length))
+    h.end_headers()
+    h.wfile.write(body)
 
 
 class _Handler(SimpleHTTPRequestHandler):

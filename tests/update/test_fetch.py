@@ -16,7 +16,7 @@ import trustme
 from pilot.errors import DownloadError
 from pilot.update.fetch import HttpFetcher, Response
 from tests.support.proxy import FakeProxy
-from tests.support.server import StaticServer
+from tests.support.server import StaticServer, reply
 
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -43,18 +43,6 @@ def server(site) -> Iterator[StaticServer]:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def reply(h: BaseHTTPRequestHandler, status: int = 200, body: bytes = b"", *, length: int | None = -1,
-          headers: dict[str, str] | None = None) -> None:
-    """Answer one request; length=-1 sends the true Content-Length, None sends none (body ends at close)."""
-    h.send_response(status)
-    for name, value in (headers or {}).items():
-        h.send_header(name, value)
-    if length is not None:
-        h.send_header("Content-Length", str(len(body) if length == -1 else length))
-    h.end_headers()
-    h.wfile.write(body)
 
 
 def serve(server: StaticServer, answer: Callable[[BaseHTTPRequestHandler], None]) -> None:

@@ -17,6 +17,7 @@ from pilot.errors import DownloadError
 from pilot.update.fetch import HttpFetcher, RangesUnsupported
 from tests.support.nginx import Nginx, needs_nginx
 from tests.support.ranges import RangeServer, Served
+from tests.support.server import reply
 
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 SIZE = 300_000
@@ -246,10 +247,7 @@ def test_a_redirect_is_followed_with_the_same_range(site, blob):
         def moved(handler) -> bool:
             if handler.path != "/old.bin":
                 return False
-            handler.send_response(302)
-            handler.send_header("Location", "/blob.bin")
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+            reply(handler, 302, headers={"Location": "/blob.bin"})
             return True
 
         server.override = moved
@@ -264,9 +262,7 @@ def test_a_busy_server_is_asked_again_for_the_same_range(site, blob):
         def unavailable_once(handler) -> bool:
             if not busy:
                 return False
-            handler.send_response(busy.pop())
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
+            reply(handler, busy.pop())
             return True
 
         server.override = unavailable_once
