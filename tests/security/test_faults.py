@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -11,12 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import sha256
 from tests.security.conftest import refused
+from tests.support.mounts import mounted
 from tests.support.repo_sim import RepoSim, TLSServer, failing
 
 pytestmark = pytest.mark.slow
@@ -28,21 +27,6 @@ def survived(name: str, defence: str):
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, **kwargs)
-
-
-@contextlib.contextmanager
-def mounted(*mount_args: str, target: Path):
-    """`mount ... target` for the duration, or skip when this machine does not let us mount."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting needs root")
-    target.mkdir(parents=True, exist_ok=True)
-    result = run(["mount", *mount_args, str(target)])
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount here: {result.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        run(["umount", "-l", str(target)])
 
 
 def updated(pilot, result) -> None:

@@ -25,7 +25,8 @@ import pytest
 
 from pilot.launcher import archive_version
 from tests.e2e.conftest import BROKEN, slow_cli
-from tests.security.test_faults import mounted, stop_daemon, wait_for
+from tests.security.test_faults import stop_daemon, wait_for
+from tests.support.mounts import mounted
 from tests.support.repo_sim import failing, trickle
 
 pytestmark = pytest.mark.slow
