@@ -210,7 +210,9 @@ def encode_manifest(document: dict) -> bytes:
     return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Path]) -> SignedFile:
+def sign_and_write(root: Path, channel: str, document: dict, signing_keys: list) -> SignedFile:
+    """Sign the document with these private keys (loaded once by the caller: an encrypted one asks once) and write
+    it into the tree."""
     from pilot.update.signing import encode_signatures, sign
     from pilot.update.verify import parse_signatures, verify_threshold
 
@@ -219,7 +221,7 @@ def sign_and_write(root: Path, channel: str, document: dict, key_paths: list[Pat
     document["serial"] = max(document["serial"], max(snapshot_serials(root, channel), default=0) + 1)
     check_against_schema(document)
     data = encode_manifest(document)
-    signatures = encode_signatures([sign(key, data) for key in load_signing_keys(key_paths)])
+    signatures = encode_signatures([sign(key, data) for key in signing_keys])
     if document["keyset_version"] > 1:  # set 1 lives only inside the archives; later ones are published
         keyset = read_keyset(root, document["keyset_version"])
         verify_threshold(data, parse_signatures(signatures, "manifest.json.sig"), keyset, "the new manifest")
@@ -356,14 +358,14 @@ def publish(args: argparse.Namespace) -> None:
         release["notes"] = args.notes.read_text(encoding="utf-8")
     document["releases"] = [release, *document["releases"]]
     check_against_schema(document)  # before any file of the tree changes
-    load_signing_keys(args.key)  # so is a key that cannot sign
+    signing_keys = load_signing_keys(args.key)  # so is a key that cannot sign (loaded once: one passphrase prompt)
     script = installer_for(args.root, base_url, args.channel, metas)  # and an install.sh that cannot be written
     for path, meta in metas:
         relpath = artifact_relpath(version, meta["platform_tag"])
         write_atomically(args.root / relpath, path.read_bytes())
         for name, data in indexes[relpath]:  # beside it, before the manifest that signs them
             write_atomically(args.root / name, data)
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, signing_keys)
     if script is not None:
         write_atomically(args.root / installer.INSTALLER, script, mode=0o644)
     staged = f", rolled out to {args.rollout}%" if args.rollout != 100 else ""
@@ -422,7 +424,7 @@ def listed_release(document: dict, version: str, channel: str) -> dict:
 def yank(args: argparse.Namespace) -> None:
     document = next_document(args)
     listed_release(document, args.version, args.channel).update(yanked=True, yanked_reason=args.reason)
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     print(f"yanked {args.version} from {args.channel} (serial {document['serial']})")
 
 
@@ -477,7 +479,7 @@ def rollout(args: argparse.Namespace) -> None:
     set_rollout(release, args.percent)
     halted = read_halted(args.root, args.channel)
     halted.pop(release["version"], None)  # rolling a halted release out again resumes it
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     write_halted(args.root, args.channel, halted)
     print(f"{release['version']} on {args.channel}: rolled out to {args.percent}% (was {before}%; "
           f"serial {document['serial']})")
@@ -492,7 +494,7 @@ def halt(args: argparse.Namespace) -> None:
     halted[release["version"]] = rollout_of(release)
     write_halted(args.root, args.channel, halted)  # first: resume can always find the percentage again
     set_rollout(release, 0)
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     print(f"halted {release['version']} on {args.channel} (serial {document['serial']}): no new installs; "
           f"installs that run it are told so (it was at {halted[release['version']]}%: "
           f"release.py resume {release['version']})")
@@ -507,7 +509,7 @@ def resume(args: argparse.Namespace) -> None:
     percent = args.percent or halted.get(release["version"], 100)
     set_rollout(release, percent)
     halted.pop(release["version"], None)
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     write_halted(args.root, args.channel, halted)
     print(f"resumed {release['version']} on {args.channel}: rolled out to {percent}% (serial {document['serial']})")
 
@@ -519,7 +521,7 @@ def min_supported(args: argparse.Namespace) -> None:
     document = next_document(args)
     if args.clear:
         document.pop("min_supported_version", None)
-        sign_and_write(args.root, args.channel, document, args.key)
+        sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
         print(f"{args.channel}: no minimum supported version any more (serial {document['serial']})")
         return
     if args.version is None:
@@ -535,7 +537,7 @@ def min_supported(args: argparse.Namespace) -> None:
         raise ReleaseError(f"no release at or above {minimum} is on offer in {args.channel} (neither yanked nor "
                            "halted): installs below it would be told to update with nothing to update to")
     document["min_supported_version"] = str(minimum)
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     print(f"{args.channel}: installs below {minimum} must update (serial {document['serial']})")
 
 
@@ -572,7 +574,7 @@ def prune(args: argparse.Namespace) -> None:
         print(f"nothing to prune: {args.channel} lists {len(newest)} release(s), all kept")
         return
     document["releases"] = [r for r in document["releases"] if r["version"] in kept]
-    signed = sign_and_write(args.root, args.channel, document, args.key)
+    signed = sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     print(f"pruned {len(removed)} release(s) from {args.channel}: {', '.join(r['version'] for r in removed)} "
           f"(serial {document['serial']}, {len(document['releases'])} kept, {len(signed.data)} bytes)")
     if args.delete_files:  # only now: no signed manifest points at a file that is gone
@@ -606,7 +608,7 @@ def delete_release_files(root: Path, channel: str, release: dict) -> None:
 
 def resign(args: argparse.Namespace) -> None:
     document = next_document(args)
-    sign_and_write(args.root, args.channel, document, args.key)
+    sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     print(f"re-signed {args.channel} (serial {document['serial']}, expires {document['expires_at']})")
 
 

@@ -919,3 +919,57 @@ def test_a_site_address_install_sh_cannot_hold_is_refused_before_anything_is_pub
                         "--key", release_key.private_path, v100))
     assert "a quote cannot go into install.sh" in line
     assert tree(site) == {}  # no archive, no manifest, no installer
+
+
+# --- in this process: a terminal's passphrase prompt ------------------------------------------
+
+
+class TerminalStdin:
+    """sys.stdin as a terminal: what makes release.py ask for a passphrase instead of refusing."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def release_module(monkeypatch):
+    """release.py imported into this process, its commands called directly, so that getpass can be patched."""
+    monkeypatch.syspath_prepend(str(REPO / "release-tools"))
+    monkeypatch.delenv("PILOT_KEY_PASSPHRASE", raising=False)
+    monkeypatch.delenv("PILOT_RELEASE_NOW", raising=False)
+    import release
+
+    return release
+
+
+@pytest.fixture
+def prompts(monkeypatch) -> list[str]:
+    """Every passphrase prompt shown on a terminal, each answered with PASSPHRASE."""
+    import getpass
+
+    asked: list[str] = []
+
+    def answer(prompt: str = "") -> str:
+        asked.append(prompt)
+        return PASSPHRASE
+
+    monkeypatch.setattr(sys, "stdin", TerminalStdin())
+    monkeypatch.setattr(getpass, "getpass", answer)
+    return asked
+
+
+def run_command(release, *args) -> None:
+    parsed = release.build_parser().parse_args([str(a) for a in args])
+    parsed.run(parsed)
+
+
+@pytest.mark.slow
+def test_publish_with_an_encrypted_key_asks_for_its_passphrase_once(release_module, prompts, site, v100,
+                                                                    release_key, tmp_path, capsys):
+    encrypted = tmp_path / "release.key"
+    encrypted.write_bytes(private_key_pem_of(release_key, PASSPHRASE))
+    run_command(release_module, "publish", "--root", site, "--base-url", BASE_URL, "--key", encrypted, v100)
+    assert prompts == [f"passphrase for {encrypted}: "]
+    assert capsys.readouterr().out.startswith("published 1.0.0 to stable (serial 1")
+    signatures = parse_signatures((site / "stable" / "manifest.json.sig").read_bytes(), "manifest.json.sig")
+    assert [s.keyid for s in signatures] == [release_key.public.keyid]
