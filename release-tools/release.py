@@ -574,21 +574,39 @@ def prune(args: argparse.Namespace) -> None:
         print(f"nothing to prune: {args.channel} lists {len(newest)} release(s), all kept")
         return
     document["releases"] = [r for r in document["releases"] if r["version"] in kept]
+    # Before anything is signed: a channel whose manifest cannot be read is refused while the tree is untouched.
+    listed = other_channels_listing(args.root, args.channel, removed) if args.delete_files else {}
     signed = sign_and_write(args.root, args.channel, document, load_signing_keys(args.key))
     print(f"pruned {len(removed)} release(s) from {args.channel}: {', '.join(r['version'] for r in removed)} "
           f"(serial {document['serial']}, {len(document['releases'])} kept, {len(signed.data)} bytes)")
     if args.delete_files:  # only now: no signed manifest points at a file that is gone
         for release in removed:
-            delete_release_files(args.root, args.channel, release)
+            delete_release_files(args.root, release, listed[release["version"]])
 
 
-def delete_release_files(root: Path, channel: str, release: dict) -> None:
-    """A pruned release's archives, delta indexes and listings, unless another channel still lists the version."""
+def other_channels_listing(root: Path, channel: str, releases: list[dict]) -> dict[str, list[str]]:
+    """{version: the other channels whose manifest still lists it} for these releases, each channel's manifest
+    read as every command reads its own (read_manifest_document): a broken one is refused in one line."""
+    from pilot.errors import PilotError
+
+    listed: dict[str, list[str]] = {release["version"]: [] for release in releases}
+    for name in sorted(p.parent.name for p in root.glob("*/manifest.json") if p.parent.name != channel):
+        try:
+            document = read_manifest_document(root, name)
+        except PilotError as error:
+            raise ReleaseError(f"the {name} channel: {error.one_line()} (prune --delete-files reads every "
+                               "channel's manifest; nothing was pruned)") from None
+        for release in (document or {}).get("releases", []):
+            if release["version"] in listed:
+                listed[release["version"]].append(name)
+    return listed
+
+
+def delete_release_files(root: Path, release: dict, others: list[str]) -> None:
+    """A pruned release's archives, delta indexes and listings, unless another channel (`others`) still lists it."""
     from pilot.update.delta import INDEX_SUFFIX, LISTING_SUFFIX
 
     version = release["version"]
-    others = [p.parent.name for p in root.glob("*/manifest.json") if p.parent.name != channel
-              and any(r["version"] == version for r in json.loads(p.read_bytes()).get("releases", []))]
     if others:
         print(f"kept the files of {version}: the {', '.join(sorted(others))} channel(s) still list it")
         return

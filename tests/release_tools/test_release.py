@@ -696,6 +696,19 @@ def test_prune_keeps_the_files_another_channel_still_lists(one_release, v110, re
     ok(verify(one_release, release_key.public_path, channel="beta"))
 
 
+@pytest.mark.slow
+def test_prune_delete_files_refuses_a_broken_other_channel_before_it_signs_anything(one_release, v110, release_key):
+    key = release_key.private_path
+    ok(publish(one_release, v110, keys=[key]))
+    ok(control(one_release, key, "halt", "1.0.0"))  # no longer the rollback target: prune --keep 1 removes it
+    (one_release / "beta").mkdir()
+    (one_release / "beta" / "manifest.json").write_bytes(b"{not json")
+    before = tree(one_release)
+    line = refusal(control(one_release, key, "prune", "--keep", "1", "--delete-files"))
+    assert line.startswith("release: the beta channel: manifest: not valid JSON")
+    assert tree(one_release) == before  # not signed, no file deleted
+
+
 def v100_of(site: Path) -> Path:
     return next((site / "releases" / "1.0.0").glob("*.pyz"))
 
