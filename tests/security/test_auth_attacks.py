@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from pilot.config import load_config, release_auth
 from pilot.errors import ConfigError, DownloadError, ManifestError
+from pilot.net import TOKEN_HINT, one_line
 from pilot.update.fetch import HttpFetcher
 from pilot.update.manifest import check_artifact_url, release_root
 from tests.update.test_fetch_auth import BODY, TOKEN, Host, manifest_url
@@ -96,10 +98,15 @@ def test_token_echoed_into_a_refused_redirect_is_not_shown(release, caplog):
 @pytest.mark.parametrize("token", ["t\r\nX-Injected: 1", "t\nHost: evil.example", "t\x00x"], ids=["CRLF", "LF", "NUL"])
 @threat("token that injects a header or splits the request", "only visible ASCII is sent; refused before any request")
 def test_header_injection_through_the_token_is_refused_before_any_request(release, token):
-    with pytest.raises(ConfigError) as raised:
-        client_for(manifest_url(release), {"PILOT_UPDATE_TOKEN": token})
-    assert raised.value.exit_code == 4 and "Injected" not in raised.value.one_line()
-    assert release.seen == []
+    url = manifest_url(release)
+    refusal = "PILOT_UPDATE_TOKEN: the token holds a space, a control or a non-ASCII character"
+    with pytest.raises(ConfigError, match=f"^{re.escape(refusal)}$") as raised:
+        client_for(url, {"PILOT_UPDATE_TOKEN": token}).fetch(url, max_bytes=1000)  # what the updater would do
+    assert raised.value.exit_code == 4 and raised.value.hint == TOKEN_HINT
+    line = raised.value.one_line()
+    assert token not in line and one_line(token) not in line  # neither raw nor escaped
+    assert "Injected" not in line and "evil.example" not in line
+    assert release.seen == []  # the fetch would have reached the release host had the token got that far
 
 
 @threat("token file replaced by a link to a file others can read",
