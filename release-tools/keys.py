@@ -44,12 +44,20 @@ def passphrase(path: Path, *, new: bool = False) -> bytes:
         raise KeyRefusal(f"{path}: {'encrypting it' if new else 'it is encrypted and'} needs a passphrase: set "
                          f"{PASSPHRASE_ENV}, or run the command in a terminal to be asked")
     else:
-        secret = getpass.getpass(f"passphrase for {path}: ")
-        if new and getpass.getpass(f"the same passphrase again for {path}: ") != secret:
+        secret = ask(f"passphrase for {path}: ", path)
+        if new and ask(f"the same passphrase again for {path}: ", path) != secret:
             raise KeyRefusal(f"{path}: the two passphrases differ; nothing was written")
     if new and len(secret) < MIN_PASSPHRASE:
         raise KeyRefusal(f"{path}: a passphrase needs at least {MIN_PASSPHRASE} characters")
     return secret.encode()
+
+
+def ask(prompt: str, path: Path) -> str:
+    """getpass; Ctrl-D or Ctrl-C at its prompt is a refusal in one line, not a traceback."""
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise KeyRefusal(f"{path}: no passphrase given") from None
 
 
 def read_private_key(pem: bytes, path: Path):

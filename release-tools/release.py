@@ -136,12 +136,16 @@ def keygen(args: argparse.Namespace) -> None:
 
 def load_keys(paths: list[Path], load) -> list:
     """Each key file read with `load` (a private or public PEM loader); one line for the first that fails."""
+    from keys import KeyRefusal
+
     keys = []
     for path in paths:
         try:
             keys.append(load(path.read_bytes()))
         except OSError as error:
             raise ReleaseError(f"cannot read key {path}: {error.strerror}") from None
+        except KeyRefusal as error:  # its line names the key already
+            raise ReleaseError(error.one_line()) from None
         except Exception as error:
             raise ReleaseError(f"{path}: {getattr(error, 'message', None) or error}") from None
     return keys

@@ -986,3 +986,47 @@ def test_publish_with_an_encrypted_key_asks_for_its_passphrase_once(release_modu
     assert capsys.readouterr().out.startswith("published 1.0.0 to stable (serial 1")
     signatures = parse_signatures((site / "stable" / "manifest.json.sig").read_bytes(), "manifest.json.sig")
     assert [s.keyid for s in signatures] == [release_key.public.keyid]
+
+
+@pytest.mark.parametrize("interrupt", [EOFError, KeyboardInterrupt])  # Ctrl-D, Ctrl-C at the prompt
+def test_no_answer_at_the_passphrase_prompt_is_one_line_naming_the_key(release_module, monkeypatch, tmp_path,
+                                                                        release_key, interrupt):
+    import getpass
+
+    import keys as key_roles
+
+    def no_answer(prompt: str = "") -> str:
+        raise interrupt
+
+    monkeypatch.setattr(sys, "stdin", TerminalStdin())
+    monkeypatch.setattr(getpass, "getpass", no_answer)
+    encrypted = tmp_path / "release.key"
+    encrypted.write_bytes(private_key_pem_of(release_key, PASSPHRASE))
+    with pytest.raises(key_roles.KeyRefusal) as caught:
+        key_roles.passphrase(encrypted)
+    assert caught.value.one_line() == f"{encrypted}: no passphrase given"
+    with pytest.raises(key_roles.KeyRefusal, match="no passphrase given"):
+        key_roles.passphrase(tmp_path / "new.key", new=True)
+    with pytest.raises(release_module.ReleaseError) as caught:  # what every command that signs prints
+        release_module.load_signing_keys([encrypted])
+    assert str(caught.value) == f"{encrypted}: no passphrase given"
+
+
+def test_no_answer_to_the_second_passphrase_prompt_of_keygen_is_refused_too(release_module, monkeypatch, tmp_path):
+    import getpass
+
+    import keys as key_roles
+
+    answers = iter([PASSPHRASE])
+
+    def answer(prompt: str = "") -> str:
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(sys, "stdin", TerminalStdin())
+    monkeypatch.setattr(getpass, "getpass", answer)
+    with pytest.raises(key_roles.KeyRefusal) as caught:
+        key_roles.passphrase(tmp_path / "new.key", new=True)
+    assert caught.value.one_line() == f"{tmp_path / 'new.key'}: no passphrase given"
