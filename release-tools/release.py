@@ -772,11 +772,12 @@ def verify(args: argparse.Namespace) -> None:
         raise ReleaseError(error.one_line()) from None
     check_against_schema(json.loads(data), f"{args.channel}/manifest.json")
     check_expiry(manifest.expires_at, args.channel, args.min_days)
-    archives = set()
+    archives: dict[str, list] = {}  # one archive is listed under every interpreter it serves: its entries by URL
     for release in manifest.releases:
-        for artifact in release.artifacts:  # each entry: one archive is listed under every interpreter it serves
-            check_artifact(args.root, str(release.version), artifact)
-            archives.add(artifact.url)
+        for artifact in release.artifacts:
+            archives.setdefault(artifact.url, []).append((str(release.version), artifact))
+    for entries in archives.values():
+        check_archive(args.root, entries)
     print(f"ok: {args.channel} serial {manifest.serial}, {len(manifest.releases)} release(s), "
           f"{len(archives)} artifact(s) match their signed size and sha256")
 
@@ -794,29 +795,37 @@ def check_expiry(expires_at: datetime, channel: str, min_days: float) -> None:
         print(f"warning: {when}: re-sign it before then (release.py resign)", file=sys.stderr)
 
 
-def check_artifact(root: Path, version: str, artifact) -> None:
-    from pilot.update.install import sha256_of
-
-    relpath = artifact_relpath(version, artifact.platform_tag)
-    if not artifact.url.endswith("/" + relpath):
-        raise ReleaseError(f"{version}: artifact URL {artifact.url} does not point at {relpath}")
-    path = root / relpath
-    if not path.is_file():
-        raise ReleaseError(f"{relpath}: missing from the release tree")
-    size, digest = path.stat().st_size, sha256_of(path)
-    if size != artifact.size:
-        raise ReleaseError(f"{relpath}: {size} bytes, the manifest signs {artifact.size}")
-    if digest != artifact.sha256:
-        raise ReleaseError(f"{relpath}: sha256 {digest[:16]}... differs from the signed {artifact.sha256[:16]}...")
+def check_archive(root: Path, entries: list) -> None:
+    """One archive and each (version, artifact) entry that lists it: the file's size and sha256 are read once and
+    each delta index it is signed with checked once, while every entry's own signed values and the cheap metadata
+    check (version, interpreter and platform, build id) are judged entry by entry."""
     from pilot.errors import VerificationError
-    from pilot.update.install import check_metadata
+    from pilot.update.install import check_metadata, sha256_of
 
-    try:  # the client's own check: version, interpreter and platform, build id
-        check_metadata(path, version=version, artifact=artifact)
-    except VerificationError as error:
-        raise ReleaseError(f"{relpath}: {error.one_line()}") from None
-    if artifact.delta_index is not None:
-        check_delta_index(root, relpath, artifact)
+    measured: dict[Path, tuple[int, str]] = {}
+    indexes: set = set()
+    for version, artifact in entries:
+        relpath = artifact_relpath(version, artifact.platform_tag)
+        if not artifact.url.endswith("/" + relpath):
+            raise ReleaseError(f"{version}: artifact URL {artifact.url} does not point at {relpath}")
+        path = root / relpath
+        if path not in measured:
+            if not path.is_file():
+                raise ReleaseError(f"{relpath}: missing from the release tree")
+            measured[path] = path.stat().st_size, sha256_of(path)
+        size, digest = measured[path]
+        if size != artifact.size:
+            raise ReleaseError(f"{relpath}: {size} bytes, the manifest signs {artifact.size}")
+        if digest != artifact.sha256:
+            raise ReleaseError(f"{relpath}: sha256 {digest[:16]}... differs from the signed {artifact.sha256[:16]}...")
+        try:  # the client's own check: version, interpreter and platform, build id
+            check_metadata(path, version=version, artifact=artifact)
+        except VerificationError as error:
+            raise ReleaseError(f"{relpath}: {error.one_line()}") from None
+        index = (relpath, artifact.url, artifact.size, artifact.sha256, artifact.delta_index)
+        if artifact.delta_index is not None and index not in indexes:
+            check_delta_index(root, relpath, artifact)
+            indexes.add(index)
 
 
 def check_delta_index(root: Path, relpath: str, artifact) -> None:

@@ -1030,3 +1030,46 @@ def test_no_answer_to_the_second_passphrase_prompt_of_keygen_is_refused_too(rele
     with pytest.raises(key_roles.KeyRefusal) as caught:
         key_roles.passphrase(tmp_path / "new.key", new=True)
     assert caught.value.one_line() == f"{tmp_path / 'new.key'}: no passphrase given"
+
+
+@pytest.mark.slow
+def test_verify_reads_each_archive_once_however_many_interpreters_list_it(release_module, monkeypatch, one_release,
+                                                                          release_key, capsys):
+    import pilot.update.install
+
+    hashed, indexes, metadata = [], [], []
+    sha256_of, check_delta_index = pilot.update.install.sha256_of, release_module.check_delta_index
+    check_metadata = pilot.update.install.check_metadata
+    monkeypatch.setattr(pilot.update.install, "sha256_of", lambda path: hashed.append(path) or sha256_of(path))
+    monkeypatch.setattr(release_module, "check_delta_index",
+                        lambda root, relpath, artifact: indexes.append(relpath) or check_delta_index(root, relpath,
+                                                                                                    artifact))
+    monkeypatch.setattr(pilot.update.install, "check_metadata",
+                        lambda path, **kw: metadata.append(kw["artifact"].python_tag) or check_metadata(path, **kw))
+    run_command(release_module, "verify", "--root", one_release, "--trusted-key", release_key.public_path)
+    assert "1 release(s), 1 artifact(s) match their signed size and sha256" in capsys.readouterr().out
+    assert hashed == [_artifact(one_release)]  # one sha256 of the whole file, not one per python tag
+    assert len(indexes) == 1
+    assert metadata == ["cp311", "cp312", "cp313"]  # the cheap check stays per tag
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("entry", "change", "said"), [
+    (2, {"sha256": "0" * 64}, "differs from the signed 0000000000000000..."),
+    (1, {"size": 1}, "bytes, the manifest signs 1"),
+    (2, {"python_tag": "cp310"}, "built for another interpreter or platform than the manifest says"),
+    (1, {"build_id": "f" * 64}, "the archive's build id differs from the signed one"),
+    (2, {"delta_index": {"size": 1}}, ".index: differs from the signed size and sha256"),
+])
+def test_verify_still_checks_every_entry_that_lists_an_archive(one_release, release_key, entry, change, said):
+    """An archive is read once, but an entry of another interpreter that signs other values is refused as before."""
+    document = published(one_release)
+    artifact = document["releases"][0]["artifacts"][entry]
+    for name, value in change.items():
+        if isinstance(value, dict):
+            artifact[name] = {**artifact[name], **value}
+        else:
+            artifact[name] = value
+    sign_document(one_release, document, release_key.private_path)
+    line = refusal(verify(one_release, release_key.public_path))
+    assert f"releases/1.0.0/{_artifact(one_release).name}" in line and said in line
