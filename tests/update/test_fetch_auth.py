@@ -10,7 +10,6 @@ tests hold for a custom header too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -18,72 +17,38 @@ import pytest
 from pilot.errors import DownloadError
 from pilot.net import TOKEN_HINT, ReleaseAuth
 from pilot.update.fetch import HttpFetcher
-from tests.update.test_fetch import FastServer, failure, reply
-
-TOKEN = "s3cret-Token_0123456789"
-BODY = b'{"manifest": true}'
-
-
-class Host(FastServer):
-    """Serves BODY for any path, after `answer(handler)` had its say; records each request's headers."""
-
-    def __init__(self, site, *, header: str = "Authorization", expected: str | None = None) -> None:
-        super().__init__(site)
-        self.seen: list[dict[str, str]] = []
-        self.header, self.expected = header, expected
-        self.redirects: dict[str, str] = {}
-        self.override = self._answer
-
-    def _answer(self, h: BaseHTTPRequestHandler) -> bool:
-        self.seen.append(dict(h.headers.items()))
-        if self.expected is not None and h.headers.get(self.header) != self.expected:
-            reply(h, 401, b"token required", headers={"WWW-Authenticate": "Bearer"})
-        elif h.path in self.redirects:
-            reply(h, 302, headers={"Location": self.redirects[h.path]})
-        else:
-            reply(h, 200, BODY, headers={"ETag": '"v1"'})
-        return True
-
-    def values(self, header: str) -> list[str | None]:
-        return [{k.lower(): v for k, v in seen.items()}.get(header.lower()) for seen in self.seen]
-
-
-@pytest.fixture
-def release(site) -> Iterator[Host]:
-    with Host(site, expected=f"Bearer {TOKEN}") as running:
-        yield running
-
-
-@pytest.fixture
-def elsewhere(site) -> Iterator[Host]:
-    with Host(site) as running:
-        yield running
-
-
-def manifest_url(host: Host, name: str = "127.0.0.1") -> str:
-    return f"http://{name}:{host.server_address[1]}/stable/manifest.json"
+from tests.support.auth_host import (  # noqa: F401 (the fixtures)
+    BODY,
+    TOKEN,
+    Host,
+    manifest_url,
+    other_host_fixture,
+    private_host_fixture,
+)
+from tests.support.server import reply
+from tests.update.test_fetch import failure
 
 
 def fetcher(auth: ReleaseAuth | None, **kw) -> HttpFetcher:
     return HttpFetcher(auth=auth, retries=0, sleep=lambda s: None, **kw)
 
 
-def test_the_token_opens_the_private_release_host(release) -> None:
-    url = manifest_url(release)
+def test_the_token_opens_the_private_release_host(private_host) -> None:
+    url = manifest_url(private_host)
     response = fetcher(ReleaseAuth(url, TOKEN)).fetch(url, max_bytes=1000)
     assert (response.status, response.data) == (200, BODY)
-    assert release.values("Authorization") == [f"Bearer {TOKEN}"]
+    assert private_host.values("Authorization") == [f"Bearer {TOKEN}"]
 
 
-def test_without_the_token_a_401_says_how_to_give_one(release) -> None:
+def test_without_the_token_a_401_says_how_to_give_one(private_host) -> None:
     with pytest.raises(DownloadError) as raised:
-        fetcher(None).fetch(manifest_url(release), max_bytes=1000)
+        fetcher(None).fetch(manifest_url(private_host), max_bytes=1000)
     line = failure(raised)
     assert "HTTP 401" in line and TOKEN_HINT in line
 
 
-def test_a_wrong_token_is_refused_without_being_shown(release) -> None:
-    url = manifest_url(release)
+def test_a_wrong_token_is_refused_without_being_shown(private_host) -> None:
+    url = manifest_url(private_host)
     with pytest.raises(DownloadError) as raised:
         fetcher(ReleaseAuth(url, "wrong-token")).fetch(url, max_bytes=1000)
     line = failure(raised)
@@ -98,76 +63,76 @@ def test_a_custom_header_carries_the_bare_token(site) -> None:
         assert host.values("X-Pilot-Token") == [TOKEN] and host.values("Authorization") == [None]
 
 
-def test_the_conditional_request_and_the_stream_carry_the_token(release) -> None:
-    url = manifest_url(release)
+def test_the_conditional_request_and_the_stream_carry_the_token(private_host) -> None:
+    url = manifest_url(private_host)
     client = fetcher(ReleaseAuth(url, TOKEN))
     assert client.fetch(url, max_bytes=1000, etag='"v0"').status == 200
     assert b"".join(client.stream(url, size=len(BODY))) == BODY
-    assert release.values("Authorization") == [f"Bearer {TOKEN}"] * 2
+    assert private_host.values("Authorization") == [f"Bearer {TOKEN}"] * 2
 
 
 @pytest.mark.parametrize("header", ["Authorization", "X-Pilot-Token"])
-def test_a_redirect_to_another_port_of_the_same_host_goes_without_the_token(site, elsewhere, header) -> None:
+def test_a_redirect_to_another_port_of_the_same_host_goes_without_the_token(site, other_host, header) -> None:
     expected = f"Bearer {TOKEN}" if header == "Authorization" else TOKEN
     with Host(site, header=header, expected=expected) as release:
         url = manifest_url(release)
-        release.redirects["/stable/manifest.json"] = manifest_url(elsewhere)  # same 127.0.0.1: the host rule allows it
+        release.redirects["/stable/manifest.json"] = manifest_url(other_host)  # same 127.0.0.1: the host rule allows it
         response = fetcher(ReleaseAuth(url, TOKEN, header)).fetch(url, max_bytes=1000)
-        assert response.url == manifest_url(elsewhere) and response.data == BODY
+        assert response.url == manifest_url(other_host) and response.data == BODY
         assert release.values(header) == [expected]
-        assert elsewhere.values(header) == [None]
-        assert all(TOKEN not in value for seen in elsewhere.seen for value in seen.values())
+        assert other_host.values(header) == [None]
+        assert all(TOKEN not in value for seen in other_host.seen for value in seen.values())
 
 
-def test_a_redirect_to_another_allowed_host_goes_without_the_token(release, elsewhere) -> None:
-    url = manifest_url(release)
-    release.redirects["/stable/manifest.json"] = manifest_url(elsewhere, "localhost")
+def test_a_redirect_to_another_allowed_host_goes_without_the_token(private_host, other_host) -> None:
+    url = manifest_url(private_host)
+    private_host.redirects["/stable/manifest.json"] = manifest_url(other_host, "localhost")
     client = fetcher(ReleaseAuth(url, TOKEN), allowed_hosts=frozenset({"127.0.0.1", "localhost"}))
     assert client.fetch(url, max_bytes=1000).data == BODY
-    assert elsewhere.values("Authorization") == [None]
+    assert other_host.values("Authorization") == [None]
 
 
-def test_the_same_server_under_another_name_is_another_host(release) -> None:
+def test_the_same_server_under_another_name_is_another_host(private_host) -> None:
     """localhost and 127.0.0.1 reach one socket, but only the name in the manifest URL gets the token."""
-    url = manifest_url(release)
-    release.redirects["/stable/manifest.json"] = manifest_url(release, "localhost")
+    url = manifest_url(private_host)
+    private_host.redirects["/stable/manifest.json"] = manifest_url(private_host, "localhost")
     client = fetcher(ReleaseAuth(url, TOKEN), allowed_hosts=frozenset({"127.0.0.1", "localhost"}))
     with pytest.raises(DownloadError, match="HTTP 401"):
         client.fetch(url, max_bytes=1000)
-    assert release.values("Authorization") == [f"Bearer {TOKEN}", None]
+    assert private_host.values("Authorization") == [f"Bearer {TOKEN}", None]
 
 
-def test_a_redirect_within_the_release_host_keeps_the_token(release) -> None:
-    url = manifest_url(release)
-    release.redirects["/stable/manifest.json"] = "/stable/v2/manifest.json"
+def test_a_redirect_within_the_release_host_keeps_the_token(private_host) -> None:
+    url = manifest_url(private_host)
+    private_host.redirects["/stable/manifest.json"] = "/stable/v2/manifest.json"
     assert fetcher(ReleaseAuth(url, TOKEN)).fetch(url, max_bytes=1000).data == BODY
-    assert release.values("Authorization") == [f"Bearer {TOKEN}"] * 2
+    assert private_host.values("Authorization") == [f"Bearer {TOKEN}"] * 2
 
 
-def test_a_token_for_another_release_host_is_not_sent(release, elsewhere) -> None:
-    client = fetcher(ReleaseAuth(manifest_url(elsewhere), TOKEN))
+def test_a_token_for_another_release_host_is_not_sent(private_host, other_host) -> None:
+    client = fetcher(ReleaseAuth(manifest_url(other_host), TOKEN))
     with pytest.raises(DownloadError, match="HTTP 401"):
-        client.fetch(manifest_url(release), max_bytes=1000)
-    assert release.values("Authorization") == [None]
+        client.fetch(manifest_url(private_host), max_bytes=1000)
+    assert private_host.values("Authorization") == [None]
 
 
-def test_the_token_is_in_no_error_line_and_no_log_record(release, caplog) -> None:
-    url = manifest_url(release)
-    release.expected = None
-    release.redirects["/stable/manifest.json"] = "/down"
+def test_the_token_is_in_no_error_line_and_no_log_record(private_host, caplog) -> None:
+    url = manifest_url(private_host)
+    private_host.expected = None
+    private_host.redirects["/stable/manifest.json"] = "/down"
 
     def down(h: BaseHTTPRequestHandler) -> bool:
         if h.path != "/down":
-            return release._answer(h)
-        release.seen.append(dict(h.headers.items()))
+            return private_host._answer(h)
+        private_host.seen.append(dict(h.headers.items()))
         reply(h, 503)
         return True
 
-    release.override = down
+    private_host.override = down
     client = HttpFetcher(auth=ReleaseAuth(url, TOKEN), retries=2, backoff=0, sleep=lambda s: None)
     with caplog.at_level(logging.DEBUG), pytest.raises(DownloadError) as raised:
         client.fetch(url, max_bytes=1000)
     assert "HTTP 503" in failure(raised) and TOKEN not in failure(raised)
-    assert release.values("Authorization") == [f"Bearer {TOKEN}"] * 6  # three tries of two hops
+    assert private_host.values("Authorization") == [f"Bearer {TOKEN}"] * 6  # three tries of two hops
     assert caplog.records and all(TOKEN not in record.getMessage() for record in caplog.records)
     assert TOKEN not in repr(client.auth) and TOKEN not in repr(vars(client))
