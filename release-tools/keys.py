@@ -69,6 +69,7 @@ def read_private_key(pem: bytes, path: Path):
 
 
 def unique(private_keys: list) -> list:
+    """The private keys given, each once (by keyid), in the order first given."""
     seen: dict[str, object] = {}
     for key in private_keys:
         seen.setdefault(public_key_of(key).keyid, key)

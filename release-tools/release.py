@@ -659,15 +659,6 @@ def read_keyset(root: Path, version: int):
     return parse_keyset(read_keyset_files(root, version)[0], keyset_path(version))
 
 
-def unique_keys(keys: list) -> list:
-    from pilot.update.signing import public_key_of
-
-    seen: dict[str, object] = {}
-    for key in keys:
-        seen.setdefault(public_key_of(key).keyid, key)
-    return list(seen.values())
-
-
 def rotate_keys(args: argparse.Namespace) -> None:
     """Publish key set n+1, signed by the old keys (set n's threshold) and the new ones (its own), and with
     --root-key by the root keys too, so that archives with and without root keys both follow it."""
@@ -676,7 +667,7 @@ def rotate_keys(args: argparse.Namespace) -> None:
     from pilot.update.signing import public_key_of
     from pilot.update.verify import KeySet
 
-    old, new = unique_keys(load_signing_keys(args.old_key)), unique_keys(load_signing_keys(args.new_key))
+    old, new = key_roles.unique(load_signing_keys(args.old_key)), key_roles.unique(load_signing_keys(args.new_key))
     root_private = load_signing_keys(args.root_key or [])
     roots, _ = key_roles.roots_to_check(args.root, root_private)
     if roots and not root_private:
@@ -693,10 +684,10 @@ def rotate_keys(args: argparse.Namespace) -> None:
     signatures = key_roles.sign_keyset(data, old + new + root_private)
     key_roles.check_link(previous, data, signatures, roots=roots, legacy=True)  # what every client checks
     path = write_keyset(args.root, successor, data, signatures)
-    removed = {k.keyid for k in previous.keys} - {k.keyid for k in successor.keys}
+    removed = key_roles.removed_keys(previous, successor)
     print(f"published key set {successor.version}: {len(successor.keys)} key(s), threshold {successor.threshold}"
           + (f", {len(removed)} key(s) revoked" if removed else "")
-          + (f", signed by {len(unique_keys(root_private))} root key(s) too" if root_private else ""))
+          + (f", signed by {len(key_roles.unique(root_private))} root key(s) too" if root_private else ""))
     print("sign from now on with the new keys, and re-sign every channel now (resign) so clients move to this set")
     print(path)
 
@@ -708,7 +699,7 @@ def revoke(args: argparse.Namespace) -> None:
 
     from pilot.update.verify import load_public_key
 
-    root_private = unique_keys(load_signing_keys(args.root_key))
+    root_private = key_roles.unique(load_signing_keys(args.root_key))
     release = tuple(load_keys(args.release_key, load_public_key))
     current = current_keyset_version(args.root)
     previous = read_keyset(args.root, current) if current > 1 else None
