@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pilot.errors import PilotError
 from pilot.update.signing import PASSPHRASE_ENV, encode_signatures, is_encrypted, load_private_key, public_key_of, sign
-from pilot.update.verify import KeySet, PublicKey, keyset_path, parse_signatures, verify_rotation
+from pilot.update.verify import KeySet, keyset_path, parse_signatures, verify_rotation
 
 MIN_PASSPHRASE = 8
 
@@ -82,9 +82,25 @@ def root_of(root_private: list) -> KeySet:
     return KeySet(version=1, threshold=len(keys), keys=keys)
 
 
+def embedded_keys(meta: dict, path: Path) -> KeySet | None:
+    """Key set 1 and, as its .root, the root keys an archive's build metadata embeds, read as the archive itself
+    reads them (KeySet.embedded of its BuildInfo); None for an archive that trusts no key (it verifies nothing).
+    Metadata that no client could read is one line naming the archive."""
+    from pilot.buildinfo import BuildInfo
+    from pilot.errors import VerificationError
+
+    try:
+        build = BuildInfo.from_dict(meta, path)
+        return KeySet.embedded(build) if build.trusted_keys else None
+    except (LookupError, ValueError, TypeError, AttributeError):
+        raise VerificationError(f"{path.name}: not a Pilot archive (its embedded keys are unreadable)") from None
+    except VerificationError as error:
+        raise VerificationError(f"{path.name}: {error.one_line()}") from None
+
+
 def archive_roots(site: Path) -> dict[Path, KeySet | None]:
-    """The root keys and threshold each archive under SITE/releases/ embeds (None: built without root keys):
-    what the installs of those archives will check a new key set against."""
+    """The root keys and threshold each archive under SITE/releases/ embeds (None: built without root keys, or
+    trusting no key at all): what the installs of those archives will check a new key set against."""
     from pilot.update.install import read_metadata
 
     roots: dict[Path, KeySet | None] = {}
@@ -93,8 +109,8 @@ def archive_roots(site: Path) -> dict[Path, KeySet | None]:
             meta = read_metadata(path)
         except PilotError:
             continue
-        keys = tuple(PublicKey.from_raw(bytes.fromhex(k["public"])) for k in meta.get("root_keys") or ())
-        roots[path] = KeySet(version=1, threshold=int(meta.get("root_threshold", 1)), keys=keys) if keys else None
+        embedded = embedded_keys(meta, path)
+        roots[path] = embedded.root if embedded is not None else None
     return roots
 
 

@@ -382,20 +382,17 @@ def installer_for(root: Path, base_url: str, channel: str, metas: list[tuple[Pat
     """install.sh for the site's root, trusting what a fresh client would: the key set that signs the manifest.
     None (and a line saying so) for archives that trust no key."""
     import installer
+    import keys as key_roles
 
     from pilot.launcher import build_pythons
 
     version = current_keyset_version(root)
-    if version == 1:  # the set built into the archives
-        anchor = metas[0][1]
-        keys = [(key["keyid"], bytes.fromhex(key["public"])) for key in anchor["trusted_keys"]]
-        threshold = int(anchor.get("threshold", 1))
-    else:
-        keyset = read_keyset(root, version)
-        keys, threshold = [(key.keyid, key.raw) for key in keyset.keys], keyset.threshold
-    if not keys:  # such archives cannot verify an update either: nothing to install from here
+    # Set 1 is the one built into the archives; later ones are published under SITE/keys/.
+    keyset = key_roles.embedded_keys(metas[0][1], metas[0][0]) if version == 1 else read_keyset(root, version)
+    if keyset is None:  # such archives cannot verify an update either: nothing to install from here
         print("install.sh not written: the archives trust no signing key (built without --trusted-key)")
         return None
+    keys, threshold = [(key.keyid, key.raw) for key in keyset.keys], keyset.threshold
     pythons = sorted({tag for _, meta in metas for tag in build_pythons(meta)}, key=lambda tag: int(tag[3:]))
     try:
         return installer.render(site=base_url, channel=channel, keys=keys, threshold=threshold, pythons=pythons)

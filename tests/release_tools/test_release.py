@@ -733,12 +733,19 @@ def key_tool(*args, passphrase: str | None = None) -> subprocess.CompletedProces
                           env=env, stdin=subprocess.DEVNULL, timeout=300)
 
 
-def fake_archive(site: Path, version: str, *, root: list | None = None, root_threshold: int = 1) -> Path:
-    """An archive under SITE/releases/ whose pilot-build.json embeds these root keys (only what revoke reads)."""
-    meta = {"version": version, "platform_tag": "linux_x86_64", "trusted_keys": []}
+FAKE_RELEASE_KEY = bytes(range(32))  # key set 1 of the fake archives: never signs anything here
+
+
+def fake_archive(site: Path, version: str, *, root: list | None = None, root_threshold: int = 1,
+                 **fields) -> Path:
+    """An archive under SITE/releases/ whose pilot-build.json embeds these root keys (and only what revoke reads
+    besides: a build id and key set 1, as every archive has them)."""
+    meta = {"version": version, "platform_tag": "linux_x86_64", "build_id": "b" * 64,
+            "trusted_keys": [{"keyid": hashlib.sha256(FAKE_RELEASE_KEY).hexdigest(), "public": FAKE_RELEASE_KEY.hex()}]}
     if root:
         meta.update(root_keys=[{"keyid": k.public.keyid, "public": k.public.raw.hex()} for k in root],
                     root_threshold=root_threshold)
+    meta.update(fields)
     path = site / "releases" / version / f"pilot-{version}-linux_x86_64.pyz"
     path.parent.mkdir(parents=True)
     with zipfile.ZipFile(path, "w") as zf:
@@ -837,6 +844,19 @@ def test_revoke_warns_about_archives_without_root_keys(site, roots, other_key):
                       "--release-key", other_key.public_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("warning: 1 archive(s) under") and "have no root keys" in result.stderr
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"root_keys": [{"keyid": "x", "public": "not hex"}]}, "not a Pilot archive (its embedded keys are unreadable)"),
+    ({"root_keys": "none"}, "not a Pilot archive (its embedded keys are unreadable)"),
+    ({"threshold": 2}, "key set 1: threshold 2 cannot be met by 1 key(s)"),
+])
+def test_an_archive_whose_embedded_keys_cannot_be_read_is_one_line_naming_it(site, roots, other_key, fields, said):
+    archive = fake_archive(site, "1.0.0", root=roots, **fields)
+    line = refusal(key_tool("revoke", "--root", site, "--root-key", roots[0].private_path, "--release-key",
+                            other_key.public_path))
+    assert line == f"release: {archive.name}: {said}"
+    assert not (site / "keys").exists()
 
 
 def test_rotate_keys_needs_the_root_keys_when_archives_have_them_and_then_both_kinds_follow(
