@@ -22,13 +22,14 @@ def key_lines(keys: list[tuple[str, bytes]]) -> str:
 
 
 def render(*, site: str, channel: str, keys: list[tuple[str, bytes]], threshold: int, pythons: list[str]) -> bytes:
-    """The script for site (its root URL, no trailing slash); keys: (keyid, raw 32-byte public key).
+    """The script for site (its root URL, no trailing slash); keys: (keyid, raw 32-byte public key); pythons: the
+    python tags the archives serve, oldest first (as pilot.launcher.build_pythons gives them).
     ValueError for a value that cannot go into it (a quote in the site's URL)."""
-    from pilot.launcher import python_span
+    from pilot.launcher import dotted, python_span
 
-    versions = [f"{tag[2]}.{tag[3:]}" for tag in sorted(pythons, key=lambda tag: int(tag[3:]), reverse=True)]
-    values = {"SITE": site, "CHANNEL": channel, "VERSIONS": " ".join(versions), "THRESHOLD": str(threshold),
-              "SPAN": python_span(sorted(pythons, key=lambda tag: int(tag[3:]))), "KEYS": key_lines(keys)}
+    versions = " ".join(dotted(tag) for tag in reversed(pythons))  # the newest interpreter is tried first
+    values = {"SITE": site, "CHANNEL": channel, "VERSIONS": versions, "THRESHOLD": str(threshold),
+              "SPAN": python_span(pythons), "KEYS": key_lines(keys)}
     for name, value in values.items():
         if "'" in value:
             raise ValueError(f"{name} {value!r}: a quote cannot go into install.sh")

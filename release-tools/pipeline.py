@@ -229,10 +229,10 @@ def root_keys_from_env(name: str, scratch: Path) -> list[Path]:
 def smoke_test(archive: Path, version: str) -> None:
     """Run the archive's own self-test (it unpacks itself and loads every native library) under each interpreter
     it supports, found on PATH as python3.11, python3.12, ...: one archive serves them all, so each must run it."""
-    from pilot.launcher import PUBLISHED_PYTHONS
+    from pilot.launcher import PUBLISHED_PYTHONS, dotted
 
     for tag in PUBLISHED_PYTHONS:
-        name = f"python{tag[2]}.{tag[3:]}"
+        name = f"python{dotted(tag)}"
         python = shutil.which(name)
         if python is None:
             raise PipelineError(f"{name} is not on PATH: the archive must be smoke-tested under every interpreter "

@@ -393,6 +393,7 @@ def installer_for(root: Path, base_url: str, channel: str, metas: list[tuple[Pat
         print("install.sh not written: the archives trust no signing key (built without --trusted-key)")
         return None
     keys, threshold = [(key.keyid, key.raw) for key in keyset.keys], keyset.threshold
+    # Oldest first, the order install.sh is rendered from: sorted once here, where the archives' lists are merged.
     pythons = sorted({tag for _, meta in metas for tag in build_pythons(meta)}, key=lambda tag: int(tag[3:]))
     try:
         return installer.render(site=base_url, channel=channel, keys=keys, threshold=threshold, pythons=pythons)
