@@ -201,14 +201,14 @@ launcher.compile_for_interpreter(sys.argv[2])
 def interpreters_for(tags: tuple[str, ...]) -> dict[str, str]:
     """tag -> an interpreter of that version (this one, or python3.X on PATH) that compiles Pilot's bytecode
     for the archive; an interpreter with none here compiles Pilot when it first unpacks the archive instead."""
-    from pilot.launcher import dotted
+    from pilot.launcher import dotted, python_tag
 
     found = {}
     for tag in tags:
-        for python in (sys.executable, shutil.which(f"python{dotted(tag)}")):
-            if python and _runs_as(python, tag):
-                found[tag] = python
-                break
+        if python_tag() == tag and sys.executable:  # this very interpreter: no process to ask its version
+            found[tag] = sys.executable
+        elif (python := shutil.which(f"python{dotted(tag)}")) and _runs_as(python, tag):
+            found[tag] = python
     return found
 
 
