@@ -360,7 +360,8 @@ class Site:
             self.server = StaticServer(self.root).__enter__()
         else:
             self.server = Nginx(self.root).__enter__() if nginx_available() else RangeServer(self.root).__enter__()
-        self.kind = "nginx" if isinstance(self.server, Nginx) else "tests/support/ranges.py"
+        self.kind = "nginx" if isinstance(self.server, Nginx) else \
+            "tests/support/ranges.py" if ranges else "tests/support/server.py"
         release_tool("publish", "--root", str(self.root), "--channel", "stable", "--base-url", self.server.url,
                      "--key", str(bench.archives.private), str(archive))
         self.archive = archive
