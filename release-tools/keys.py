@@ -35,11 +35,14 @@ class KeyRefusal(PilotError):
 # --- keys encrypted at rest -------------------------------------------------------------------
 
 
-def passphrase(path: Path, *, new: bool = False) -> bytes:
-    """PILOT_KEY_PASSPHRASE, else asked on the terminal (twice for a new key); refused without either."""
+def passphrase(path: Path, *, new: bool = False, prompt: bool = True) -> bytes:
+    """PILOT_KEY_PASSPHRASE, else asked on the terminal (twice for a new key); refused without either.
+    prompt=False (the CI pipeline): PILOT_KEY_PASSPHRASE only, never a question."""
     value = os.environ.get(PASSPHRASE_ENV)
     if value:
         secret = value
+    elif not prompt:
+        raise KeyRefusal(f"{path}: it is encrypted and needs a passphrase: set {PASSPHRASE_ENV}")
     elif not sys.stdin.isatty():
         raise KeyRefusal(f"{path}: {'encrypting it' if new else 'it is encrypted and'} needs a passphrase: set "
                          f"{PASSPHRASE_ENV}, or run the command in a terminal to be asked")
@@ -60,9 +63,10 @@ def ask(prompt: str, path: Path) -> str:
         raise KeyRefusal(f"{path}: no passphrase given") from None
 
 
-def read_private_key(pem: bytes, path: Path):
-    """A private key file's key; an encrypted one opened with its passphrase."""
-    return load_private_key(pem, passphrase(path) if is_encrypted(pem) else None)
+def read_private_key(pem: bytes, path: Path, *, prompt: bool = True):
+    """A private key file's key (path: what names it in a refusal); an encrypted one opened with its passphrase,
+    asked on a terminal unless prompt=False."""
+    return load_private_key(pem, passphrase(path, prompt=prompt) if is_encrypted(pem) else None)
 
 
 # --- key sets ---------------------------------------------------------------------------------

@@ -125,55 +125,54 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def write_key(args: argparse.Namespace) -> None:
     """Write a key held in an environment variable (a CI secret) to a file, checking what it is."""
-    from pilot.update.signing import public_key_of
-    from pilot.update.verify import load_public_key
-
-    text = os.environ.get(args.from_env, "").strip()
-    if not text:
-        raise PipelineError(f"{args.from_env} is unset or empty (store the {args.kind} key PEM in that secret)")
-    data = (text.replace("\r\n", "\n") + "\n").encode()
-    try:  # never echo the value: it may be a private key in the wrong secret
-        key = public_key_of(open_private_key(data)) if args.kind == "private" else load_public_key(data)
-        keyid = key.keyid
-    except Exception as error:
-        raise PipelineError(f"{args.from_env} does not hold an Ed25519 {args.kind} key in PEM form "
-                            f"({getattr(error, 'message', type(error).__name__)})") from None
-    if args.kind == "private" and args.out.exists():
-        raise PipelineError(f"{args.out} exists already; refusing to overwrite a signing key")
-    write_file(args.out, data, mode=0o600 if args.kind == "private" else 0o644)
+    keyid = key_from_env(args.from_env, args.kind, args.out)
     print(f"{args.kind} key {keyid[:16]}... written to {args.out}")
 
 
-def open_private_key(data: bytes):
-    """The key in a PEM; an encrypted one (release.py keygen --encrypt) with the passphrase in PILOT_KEY_PASSPHRASE,
-    which release.py, run by publish and resign, reads from the same environment."""
-    from pilot.update.signing import PASSPHRASE_ENV, load_private_key
+def key_from_env(name: str, kind: str, out: Path) -> str:
+    """The key PEM in environment variable `name` (a CI secret), checked to be an Ed25519 key of this kind and
+    written to `out` (a private key 0600, never over an existing file); its keyid."""
+    from pilot.update.signing import public_key_of
+    from pilot.update.verify import load_public_key
 
-    return load_private_key(data, os.environ.get(PASSPHRASE_ENV, "").encode() or None)
-
-
-def private_key_from_env(name: str, out: Path) -> None:
-    """A signing key held in an environment variable (a CI secret), checked and written 0600 into publish's
-    own scratch directory for release.py; that directory is removed when publish ends, so no copy is left."""
     text = os.environ.get(name, "").strip()
     if not text:
-        raise PipelineError(f"{name} is unset or empty (store the private key PEM in that secret)")
+        raise PipelineError(f"{name} is unset or empty (store the {kind} key PEM in that secret)")
     data = (text.replace("\r\n", "\n") + "\n").encode()
-    try:  # never echo the value
-        open_private_key(data)
+    try:  # never echo the value: it may be a private key in the wrong secret
+        key = public_key_of(open_private_key(data, name)) if kind == "private" else load_public_key(data)
+    except PipelineError:
+        raise
     except Exception as error:
-        raise PipelineError(f"{name} does not hold an Ed25519 private key in PEM form "
+        raise PipelineError(f"{name} does not hold an Ed25519 {kind} key in PEM form "
                             f"({getattr(error, 'message', type(error).__name__)})") from None
-    write_file(out, data, mode=0o600)
+    if kind == "private" and out.exists():
+        raise PipelineError(f"{out} exists already; refusing to overwrite a signing key")
+    write_file(out, data, mode=0o600 if kind == "private" else 0o644)
+    return key.keyid
+
+
+def open_private_key(data: bytes, name: str | Path):
+    """The key in a PEM (name: the file or variable that holds it), read as release.py reads it (keys.py); an
+    encrypted one (keygen --encrypt) with the passphrase in PILOT_KEY_PASSPHRASE, never asked: the pipeline runs
+    where no one answers, and release.py, run by publish and resign, reads the same environment."""
+    import keys
+
+    try:
+        return keys.read_private_key(data, name, prompt=False)
+    except keys.KeyRefusal as error:  # no passphrase: its line names the key already
+        raise PipelineError(error.one_line()) from None
 
 
 def derive_public_key(private_path: Path, out: Path) -> str:
     from pilot.update.signing import public_key_of, public_key_pem
 
     try:
-        private = open_private_key(private_path.read_bytes())
+        private = open_private_key(private_path.read_bytes(), private_path)
     except OSError as error:
         raise PipelineError(f"cannot read key {private_path}: {error.strerror}") from None
+    except PipelineError:
+        raise
     except Exception as error:
         raise PipelineError(f"{private_path}: {getattr(error, 'message', error)}") from None
     write_file(out, public_key_pem(private))
@@ -346,8 +345,9 @@ def signing_keys(args: argparse.Namespace, scratch: str) -> tuple[list[Path], li
         raise PipelineError("give the signing key(s): --private-key FILE or --private-key-env VAR")
     private_keys = list(args.private_key)
     for index, name in enumerate(args.private_key_env):
+        # Written into publish's own scratch directory for release.py: it is removed when publish ends.
         private_keys.append(Path(scratch) / f"signing-env-{index}.key")
-        private_key_from_env(name, private_keys[-1])
+        key_from_env(name, "private", private_keys[-1])
     public_paths, keyids = [], []
     for index, private_path in enumerate(private_keys):
         public_path = Path(scratch) / f"signing-{index}.pub"
@@ -365,8 +365,6 @@ def verify_command(site: Path, channel: str, public_paths: list[Path]) -> list[s
 
 
 def publish(args: argparse.Namespace) -> None:
-    if not args.private_key and not args.private_key_env:
-        raise PipelineError("give the signing key(s): --private-key FILE or --private-key-env VAR")
     archives = collect_artifacts(args.artifacts)
     with tempfile.TemporaryDirectory(prefix="pilot-pipeline-") as scratch:
         private_keys, public_paths, keyids = signing_keys(args, scratch)
