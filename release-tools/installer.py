@@ -40,3 +40,15 @@ def render(*, site: str, channel: str, keys: list[tuple[str, bytes]], threshold:
     if unfilled:
         raise ValueError(f"install.sh: {unfilled[0]} is not filled in")
     return text.encode()
+
+
+def with_keys(script: bytes, keys: list[tuple[str, bytes]], threshold: int) -> bytes:
+    """A script render wrote (publish) with its release keys and threshold replaced (a key rotation or
+    revocation); keys as for render. ValueError when its THRESHOLD= or KEYS= line is missing."""
+    text = script.decode()
+    lines = key_lines(keys)
+    text, thresholds = re.subn(r"^THRESHOLD=\d+", f"THRESHOLD={threshold}", text, count=1, flags=re.M)
+    text, found = re.subn(r"^KEYS='[^']*'", lambda _: f"KEYS='{lines}'", text, count=1, flags=re.M)
+    if thresholds != 1 or found != 1:
+        raise ValueError(f"{INSTALLER}: its THRESHOLD= or KEYS= line is missing (publish writes it anew)")
+    return text.encode()

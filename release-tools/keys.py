@@ -16,7 +16,6 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -179,19 +178,3 @@ def removed_keys(previous: KeySet | None, successor: KeySet) -> list[str]:
         return []
     kept = {k.keyid for k in successor.keys}
     return [k.keyid for k in previous.keys if k.keyid not in kept]
-
-
-# --- install.sh -------------------------------------------------------------------------------
-
-
-def installer_with_keys(script: bytes, keyset: KeySet) -> bytes:
-    """An install.sh already written (by publish) with its release keys and threshold replaced by this set's."""
-    from installer import key_lines
-
-    text = script.decode()
-    lines = key_lines([(k.keyid, k.raw) for k in keyset.keys])
-    text, thresholds = re.subn(r"^THRESHOLD=\d+", f"THRESHOLD={keyset.threshold}", text, count=1, flags=re.M)
-    text, keys = re.subn(r"^KEYS='[^']*'", lambda _: f"KEYS='{lines}'", text, count=1, flags=re.M)
-    if thresholds != 1 or keys != 1:
-        raise KeyRefusal("install.sh: its THRESHOLD= or KEYS= line is missing (publish writes it anew)")
-    return text.encode()

@@ -721,7 +721,6 @@ def write_keyset(root: Path, keyset, data: bytes, signatures: bytes) -> Path:
     """keys/<n>.json and its .sig (the signatures first: a client reading between the two sees no set n yet),
     then install.sh's release keys, which must be the ones that sign the manifests from now on."""
     import installer
-    import keys as key_roles
 
     from pilot.update.verify import keyset_path
 
@@ -730,7 +729,12 @@ def write_keyset(root: Path, keyset, data: bytes, signatures: bytes) -> Path:
     write_atomically(path, data)
     script = root / installer.INSTALLER
     if script.is_file():
-        write_atomically(script, key_roles.installer_with_keys(script.read_bytes(), keyset), mode=0o644)
+        try:
+            rewritten = installer.with_keys(script.read_bytes(), [(k.keyid, k.raw) for k in keyset.keys],
+                                            keyset.threshold)
+        except ValueError as error:
+            raise ReleaseError(str(error)) from None
+        write_atomically(script, rewritten, mode=0o644)
     return path
 
 
