@@ -112,6 +112,20 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise ReleaseError(f"cannot write {path}: {error.strerror}") from None
 
 
+def write_newer(path: Path, data: bytes) -> None:
+    """write_atomically, the file dated at least a whole second after the one it replaces. nginx (and any server
+    that derives them from the file) makes Last-Modified and the ETag from the mtime in whole seconds and the
+    size: two signings within one second, or after the clock stepped back, would share them, and a client
+    holding the first would be told 304 and keep it."""
+    try:
+        before = int(path.stat().st_mtime)
+    except FileNotFoundError:
+        before = None
+    write_atomically(path, data)
+    if before is not None and int(path.stat().st_mtime) <= before:
+        os.utime(path, (before + 1, before + 1))
+
+
 # --- keys -------------------------------------------------------------------------------------
 
 
@@ -236,8 +250,8 @@ def sign_and_write(root: Path, channel: str, document: dict, signing_keys: list)
     snapshot = snapshot_file(root, channel, document["serial"])
     write_atomically(snapshot.with_name(snapshot.name + ".sig"), signatures)
     write_atomically(snapshot, data)
-    write_atomically(path.with_name(path.name + ".sig"), signatures)
-    write_atomically(path, data)
+    write_newer(path.with_name(path.name + ".sig"), signatures)
+    write_newer(path, data)
     prune_snapshots(root, channel)  # only now: the manifest.json that names the newest is in place
     warn_about_size(data, channel)
     return SignedFile(data, signatures)

@@ -27,6 +27,7 @@ from pilot.update.signing import encode_signatures, load_private_key, public_key
 from pilot.update.verify import KeySet, load_public_key, parse_signatures, verify_manifest, verify_threshold
 from tests.conftest import RELEASE_TOOL, run_release_tool
 from tests.support.archives import REPO
+from tests.support.nginx import Nginx, needs_nginx
 
 SCHEMA = json.loads((REPO / "manifest.schema.json").read_text())
 BASE_URL = "https://downloads.example.test/pilot"
@@ -254,6 +255,31 @@ def test_a_second_publish_adds_the_release_and_bumps_the_serial(one_release, v11
     assert second["releases"][1] == first["releases"][0]  # the old release is carried over untouched
     assert parse_manifest(manifest_bytes(one_release)).latest.version.public == "1.1.0"
     assert "serial 2, 2 release(s), 2 artifact(s)" in ok(verify(one_release, release_key.public_path))
+
+
+def test_each_signing_dates_manifest_json_a_whole_second_after_the_one_it_replaces(one_release, release_key):
+    """nginx (and any server that derives them from the file) makes Last-Modified and the ETag from the mtime in
+    whole seconds and the size: two signings within one second, of equal size, would share an ETag, and a client
+    holding the first would be told 304 and keep it. A clock stepped back must not date it earlier either."""
+    mutable = [one_release / "stable" / name for name in ("manifest.json", "manifest.json.sig")]
+    ahead = int(time.time()) + 30  # the previous signing's second, as a clock that has since stepped back sees it
+    for path in mutable:
+        os.utime(path, (ahead, ahead))
+    ok(tool("resign", "--root", one_release, "--key", release_key.private_path))
+    assert [int(path.stat().st_mtime) for path in mutable] == [ahead + 1, ahead + 1]
+
+
+@needs_nginx
+def test_two_signings_in_a_row_are_two_etags_through_nginx(one_release, release_key):
+    from urllib.request import urlopen
+
+    with Nginx(one_release) as server:
+        etags = []
+        for _ in range(4):  # each signing ~0.4 s: several fall within one second
+            ok(tool("resign", "--root", one_release, "--key", release_key.private_path))
+            with urlopen(f"{server.url}/stable/manifest.json") as response:
+                etags.append(response.headers["ETag"])
+    assert len(set(etags)) == 4, etags
 
 
 @pytest.mark.slow
