@@ -9,7 +9,6 @@ procedure and its test cannot drift apart.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pilot.update.verify import KeySet, walk_keysets
 from tests.conftest import RELEASE_TOOL
 from tests.e2e.conftest import sha256
 from tests.security.conftest import SECURITY_DOC, refused
-from tests.support.archives import BUILD_SCRIPT, CACHE, source_fingerprint
+from tests.support.archives import ArchiveFactory
 from tests.support.keys import make_key
 
 if TYPE_CHECKING:
@@ -91,39 +90,21 @@ def new_release_key(session_dir) -> TestKey:
     return make_key("release-after-theft", session_dir / "keys")
 
 
-@pytest.fixture(scope="session")
-def fingerprint() -> str:
-    return source_fingerprint()
-
-
-def build_with_roots(version: str, release_key: TestKey, root_keys: list[TestKey], fingerprint: str) -> Path:
-    """A real archive of `version` whose key set 1 is the release key and whose root keys (threshold 2) are these,
-    cached like tests.support.archives.ArchiveFactory's."""
-    recipe = {"source": fingerprint, "version": version, "root_threshold": 2, "roles": True,
-              "keys": [hashlib.sha256(k.public_path.read_bytes()).hexdigest() for k in [release_key, *root_keys]]}
-    slot = CACHE / ("roles-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24])
-    done = slot / "archive.txt"
-    if done.exists() and Path(done.read_text().strip()).exists():
-        return Path(done.read_text().strip())
-    command = [sys.executable, str(BUILD_SCRIPT), "--version", version, "--out", str(slot / "dist"),
-               "--trusted-key", str(release_key.public_path), "--root-threshold", "2"]
-    for key in root_keys:
-        command += ["--root-key", str(key.public_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    path = Path(result.stdout.strip().splitlines()[-1])
-    done.write_text(str(path))
-    return path
+def build_with_roots(version: str, release_key: TestKey, root_keys: list[TestKey]) -> Path:
+    """A real, cached archive of `version` whose key set 1 is the release key and whose root keys (threshold 2)
+    are these."""
+    return ArchiveFactory([release_key.public_path]).build(version, root_keys=[k.public_path for k in root_keys],
+                                                           root_threshold=2)
 
 
 @pytest.fixture(scope="module")
-def rv1(release_key, root_keys, fingerprint) -> Path:
-    return build_with_roots("1.0.0", release_key, root_keys, fingerprint)
+def rv1(release_key, root_keys) -> Path:
+    return build_with_roots("1.0.0", release_key, root_keys)
 
 
 @pytest.fixture(scope="module")
-def rv2(release_key, root_keys, fingerprint) -> Path:
-    return build_with_roots("2.0.0", release_key, root_keys, fingerprint)
+def rv2(release_key, root_keys) -> Path:
+    return build_with_roots("2.0.0", release_key, root_keys)
 
 
 @pytest.fixture

@@ -56,11 +56,16 @@ def source_fingerprint() -> str:
 
 
 def run_build(version: str, out: Path, *, trusted_keys: Iterable[Path] = (), threshold: int = 1,
-              overlay: Path | None = None, env: dict | None = None, compresslevel: int = 6) -> Path:
+              root_keys: Iterable[Path] = (), root_threshold: int = 1, overlay: Path | None = None,
+              env: dict | None = None, compresslevel: int = 6) -> Path:
     command = [sys.executable, str(BUILD_SCRIPT), "--version", version, "--out", str(out),
                "--threshold", str(threshold), "--compresslevel", str(compresslevel)]
     for key in trusted_keys:
         command += ["--trusted-key", str(key)]
+    for key in root_keys:
+        command += ["--root-key", str(key)]
+    if root_keys:
+        command += ["--root-threshold", str(root_threshold)]
     if overlay is not None:
         command += ["--overlay", str(overlay)]
     result = subprocess.run(command, capture_output=True, text=True, env=with_interpreters(env or os.environ.copy()),
@@ -95,23 +100,27 @@ class ArchiveFactory:
         self.fingerprint = source_fingerprint()
 
     def build(self, version: str, overlay: dict[str, str] | None = None, *,
-              trusted_keys: list[Path] | None = None, threshold: int | None = None, compresslevel: int = 6) -> Path:
-        """compresslevel: another one than the default 6 changes every member (a release sharing nothing)."""
+              trusted_keys: list[Path] | None = None, threshold: int | None = None, compresslevel: int = 6,
+              root_keys: list[Path] = (), root_threshold: int = 1) -> Path:
+        """compresslevel: another one than the default 6 changes every member (a release sharing nothing);
+        root_keys: the offline keys that alone sign later key sets (build.py --root-key), root_threshold of them."""
         keys = self.trusted_keys if trusted_keys is None else trusted_keys
         threshold = self.threshold if threshold is None else threshold
         recipe = {
             "source": self.fingerprint, "version": version, "overlay": overlay or {}, "threshold": threshold,
             "keys": [hashlib.sha256(k.read_bytes()).hexdigest() for k in keys],
             **({"compresslevel": compresslevel} if compresslevel != 6 else {}),
+            **({"root_keys": [hashlib.sha256(k.read_bytes()).hexdigest() for k in root_keys],
+                "root_threshold": root_threshold} if root_keys else {}),
         }
         slot = CACHE / hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
         CACHE.mkdir(parents=True, exist_ok=True)
         with open(CACHE / f".{slot.name}.lock", "w") as lock:  # two test runs in one checkout build it once
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._build_into(slot, version, overlay, keys, threshold, compresslevel)
+            return self._build_into(slot, version, overlay, keys, threshold, compresslevel, root_keys, root_threshold)
 
     def _build_into(self, slot: Path, version: str, overlay: dict[str, str] | None, keys: list[Path], threshold: int,
-                    compresslevel: int) -> Path:
+                    compresslevel: int, root_keys: list[Path], root_threshold: int) -> Path:
         done = slot / "archive.txt"
         if done.exists():
             path = Path(done.read_text().strip())
@@ -124,7 +133,7 @@ class ArchiveFactory:
             for name, text in overlay.items():
                 (overlay_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 (overlay_dir / name).write_text(text)
-        path = run_build(version, slot / "dist", trusted_keys=keys, threshold=threshold, overlay=overlay_dir,
-                         compresslevel=compresslevel)
+        path = run_build(version, slot / "dist", trusted_keys=keys, threshold=threshold, root_keys=root_keys,
+                         root_threshold=root_threshold, overlay=overlay_dir, compresslevel=compresslevel)
         done.write_text(str(path))
         return path
